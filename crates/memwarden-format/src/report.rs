@@ -1,0 +1,337 @@
+//! The run report, schema `memwarden.report/1`.
+//!
+//! One JSON document per `memwarden run`. Field names carry their unit (`_bytes`, `_s`,
+//! `_ms`); a figure that could not be measured is `null`, never `0`. Every peak says which
+//! source it came from ([`PeakSource`]), because a kernel high-water mark and a sampled
+//! maximum deserve different trust. `docs/report-schema.md` documents each field; a change
+//! that removes or renames a field bumps [`SCHEMA`], additions do not.
+
+use serde::{Deserialize, Serialize};
+
+/// The schema identifier written into every report.
+pub const SCHEMA: &str = "memwarden.report/1";
+
+/// A complete run report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Always [`SCHEMA`].
+    pub schema: String,
+    /// Version of memwarden that wrote the report.
+    pub memwarden_version: String,
+    /// The command as given, program first.
+    pub command: Vec<String>,
+    /// Working directory of the command.
+    pub cwd: String,
+    /// Start of the run, seconds since the Unix epoch.
+    pub started_at_unix_s: f64,
+    /// Wall-clock duration from spawn to the command's exit.
+    pub duration_s: f64,
+    /// How the command ended.
+    pub exit: Exit,
+    /// The run's peak memory, with the source of each figure.
+    pub peak: Peak,
+    /// Memory limits in force and the headroom the peak left under the tightest one.
+    pub limits: Limits,
+    /// The `--budget` verdict and `--hard-limit` enforcement.
+    pub budget: Budget,
+    /// GPU memory, when NVML could be loaded.
+    pub gpu: Gpu,
+    /// The monitor's own settings and cost.
+    pub monitor: MonitorInfo,
+    /// Every process seen in the tree, in order of first sight.
+    pub processes: Vec<ProcessReport>,
+    /// Tree totals over time; bounded in length (neighbouring samples merged by maximum).
+    pub timeline: Vec<TimelinePoint>,
+    /// Things the reader should know about this run's figures.
+    pub warnings: Vec<String>,
+}
+
+/// How the command ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exit {
+    /// Exit code when the command exited normally.
+    pub code: Option<i32>,
+    /// Signal number when the command was killed by a signal.
+    pub signal: Option<i32>,
+    /// Signal name (`SIGKILL`), when killed by a signal.
+    pub signal_name: Option<String>,
+    /// True when the command was killed for exceeding a memory limit.
+    pub oom_killed: bool,
+    /// Who killed it: `kernel` (cgroup OOM killer) or `watchdog` (memwarden's own).
+    pub oom_killed_by: Option<String>,
+    /// Memory charged to the tree when it was killed.
+    pub oom_at_bytes: Option<u64>,
+    /// The status memwarden itself exits with (see docs/cli.md, "Exit codes").
+    pub memwarden_exit_code: i32,
+}
+
+/// Where a peak figure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeakSource {
+    /// The kernel's per-process high-water mark, `VmHWM` in `/proc/PID/status`.
+    #[serde(rename = "VmHWM")]
+    VmHwm,
+    /// `ru_maxrss` of a reaped process: the kernel's high-water mark, read at exit.
+    #[serde(rename = "ru_maxrss")]
+    RuMaxrss,
+    /// The cgroup's own peak counter (`memory.peak` or `memory.max_usage_in_bytes`).
+    #[serde(rename = "cgroup")]
+    Cgroup,
+    /// The largest of memwarden's samples: a lower bound, exact only if the peak was held
+    /// for longer than the sampling interval.
+    #[serde(rename = "sampled")]
+    Sampled,
+    /// NVML's per-process GPU memory, sampled.
+    #[serde(rename = "nvml")]
+    Nvml,
+}
+
+/// The run's peak memory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Peak {
+    /// Peak resident set of the tree: the larger of the largest sampled tree total and the
+    /// largest per-process kernel high-water mark.
+    pub rss_bytes: u64,
+    /// Source of `rss_bytes`.
+    pub source: PeakSource,
+    /// Peak proportional set size of the tree (shared pages split among sharers).
+    pub pss_bytes: Option<u64>,
+    /// Peak unique set size of the tree (private pages only).
+    pub uss_bytes: Option<u64>,
+    /// Anonymous, file-backed and shared-memory resident bytes at the sampled RSS peak.
+    pub anon_bytes: Option<u64>,
+    /// See `anon_bytes`.
+    pub file_bytes: Option<u64>,
+    /// See `anon_bytes`.
+    pub shmem_bytes: Option<u64>,
+    /// Peak of the run's own cgroup (includes page cache and kernel memory charged to it).
+    pub cgroup_bytes: Option<u64>,
+    /// Heap bytes at the peak, from the allocation profiler (not yet available: `null`).
+    pub heap_bytes: Option<u64>,
+    /// Peak GPU memory of the tree, when NVML is available.
+    pub gpu_bytes: Option<u64>,
+    /// Seconds after the start at which the sampled tree RSS was highest.
+    pub at_s: f64,
+    /// The process with the largest high-water mark.
+    pub pid: Option<i32>,
+    /// Source of each figure above, by field name.
+    pub sources: std::collections::BTreeMap<String, PeakSource>,
+}
+
+/// Memory limits in force and the headroom left.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    /// cgroup version memwarden found for its own memory cgroup (1 or 2), if any.
+    pub cgroup_version: Option<u8>,
+    /// Path of that cgroup, relative to the cgroup filesystem.
+    pub cgroup_path: Option<String>,
+    /// The effective limit of the enclosing cgroups (the smallest along the path).
+    pub cgroup_limit_bytes: Option<u64>,
+    /// The enclosing cgroup's usage when the run started.
+    pub cgroup_usage_at_start_bytes: Option<u64>,
+    /// OOM kills recorded by the enclosing cgroup during the run.
+    pub cgroup_oom_kills_during_run: Option<u64>,
+    /// Physical memory of the machine.
+    pub system_total_bytes: u64,
+    /// `MemAvailable` when the run started.
+    pub system_available_at_start_bytes: u64,
+    /// The tightest limit: smallest of the hard limit, the cgroup limit and physical memory.
+    pub tightest_limit_bytes: u64,
+    /// Which limit is tightest: `hard_limit`, `cgroup` or `system`.
+    pub tightest_limit_source: String,
+    /// `tightest_limit_bytes - peak.rss_bytes` (negative when over).
+    pub headroom_bytes: i64,
+}
+
+/// The verdict on `--budget` and how `--hard-limit` was enforced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Budget {
+    /// `--budget`, when given.
+    pub limit_bytes: Option<u64>,
+    /// The figure compared with the budget (`peak.rss_bytes`).
+    pub metric: String,
+    /// `pass`, `fail` or `unset`.
+    pub status: BudgetStatus,
+    /// `--hard-limit`, when given.
+    pub hard_limit_bytes: Option<u64>,
+    /// `cgroup`, `watchdog` or `none`.
+    pub enforced_by: Enforcement,
+    /// Why the hard limit is enforced the way it is (e.g. why the cgroup fell back).
+    pub enforcement_note: Option<String>,
+}
+
+/// Outcome of the budget check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BudgetStatus {
+    /// Peak at or under the budget.
+    Pass,
+    /// Peak over the budget.
+    Fail,
+    /// No budget given.
+    Unset,
+}
+
+/// How a hard memory limit is enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Enforcement {
+    /// The command runs in its own memory cgroup with the limit; the kernel enforces it.
+    Cgroup,
+    /// memwarden kills the tree when its sampled RSS crosses the limit.
+    Watchdog,
+    /// No hard limit.
+    None,
+}
+
+/// GPU memory, when NVML is present.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Gpu {
+    /// `available` or `unavailable`.
+    pub status: String,
+    /// Why it is unavailable (no driver, no device...).
+    pub reason: Option<String>,
+    /// Devices seen.
+    pub devices: Vec<GpuDevice>,
+}
+
+/// One GPU.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GpuDevice {
+    /// NVML index.
+    pub index: u32,
+    /// Product name.
+    pub name: String,
+    /// Total memory of the device.
+    pub total_bytes: u64,
+    /// Peak memory used on this device by processes of the tree.
+    pub peak_tree_bytes: u64,
+}
+
+/// The monitor's own settings and cost.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MonitorInfo {
+    /// Sampling interval.
+    pub interval_ms: u64,
+    /// Samples taken.
+    pub samples: u64,
+    /// CPU time memwarden itself used (user + system), from `getrusage(RUSAGE_SELF)`.
+    pub self_cpu_s: f64,
+    /// `self_cpu_s / duration_s`: the share of one core the monitor used.
+    pub self_cpu_share: f64,
+    /// Whether the command ran in a cgroup memwarden created for it.
+    pub own_cgroup: bool,
+}
+
+/// One process of the tree.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessReport {
+    /// Process id.
+    pub pid: i32,
+    /// Parent process id when first seen.
+    pub ppid: i32,
+    /// Command line (empty when the process vanished before it could be read).
+    pub cmdline: Vec<String>,
+    /// First seen, seconds after the start.
+    pub first_seen_s: f64,
+    /// Last seen alive, seconds after the start.
+    pub last_seen_s: f64,
+    /// Exit code, when memwarden reaped it.
+    pub exit_code: Option<i32>,
+    /// Killing signal, when memwarden reaped it.
+    pub exit_signal: Option<i32>,
+    /// Peak resident set.
+    pub peak_rss_bytes: u64,
+    /// Source of `peak_rss_bytes`.
+    pub peak_rss_source: Option<PeakSource>,
+    /// Peak proportional set size (sampled).
+    pub peak_pss_bytes: Option<u64>,
+    /// Peak unique set size (sampled).
+    pub peak_uss_bytes: Option<u64>,
+    /// Peak anonymous resident bytes (sampled).
+    pub peak_anon_bytes: Option<u64>,
+    /// Peak file-backed resident bytes (sampled).
+    pub peak_file_bytes: Option<u64>,
+    /// Peak shared-memory resident bytes (sampled).
+    pub peak_shmem_bytes: Option<u64>,
+    /// Peak GPU memory (sampled through NVML).
+    pub peak_gpu_bytes: Option<u64>,
+}
+
+/// Tree totals at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct TimelinePoint {
+    /// Seconds after the start.
+    pub t_s: f64,
+    /// Sum of the processes' resident sets.
+    pub rss_bytes: u64,
+    /// Sum of the processes' proportional set sizes.
+    pub pss_bytes: u64,
+    /// Sum of the processes' unique set sizes.
+    pub uss_bytes: u64,
+    /// Anonymous resident bytes.
+    pub anon_bytes: u64,
+    /// File-backed resident bytes.
+    pub file_bytes: u64,
+    /// Shared-memory resident bytes.
+    pub shmem_bytes: u64,
+    /// Usage of the run's own cgroup, when it has one.
+    pub cgroup_bytes: Option<u64>,
+    /// GPU memory of the tree, when NVML is available.
+    pub gpu_bytes: Option<u64>,
+    /// Processes alive.
+    pub processes: u32,
+}
+
+impl TimelinePoint {
+    /// Merges two neighbouring points into one that keeps the larger of each figure, so a
+    /// shortened timeline never hides a peak.
+    pub fn merge_max(&self, other: &TimelinePoint) -> TimelinePoint {
+        let max_opt = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        TimelinePoint {
+            t_s: if other.rss_bytes > self.rss_bytes { other.t_s } else { self.t_s },
+            rss_bytes: self.rss_bytes.max(other.rss_bytes),
+            pss_bytes: self.pss_bytes.max(other.pss_bytes),
+            uss_bytes: self.uss_bytes.max(other.uss_bytes),
+            anon_bytes: self.anon_bytes.max(other.anon_bytes),
+            file_bytes: self.file_bytes.max(other.file_bytes),
+            shmem_bytes: self.shmem_bytes.max(other.shmem_bytes),
+            cgroup_bytes: max_opt(self.cgroup_bytes, other.cgroup_bytes),
+            gpu_bytes: max_opt(self.gpu_bytes, other.gpu_bytes),
+            processes: self.processes.max(other.processes),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peak_sources_serialize_as_documented() {
+        let names: Vec<String> = [
+            PeakSource::VmHwm,
+            PeakSource::RuMaxrss,
+            PeakSource::Cgroup,
+            PeakSource::Sampled,
+            PeakSource::Nvml,
+        ]
+        .iter()
+        .map(|s| serde_json::to_string(s).expect("serializes"))
+        .collect();
+        assert_eq!(names, ["\"VmHWM\"", "\"ru_maxrss\"", "\"cgroup\"", "\"sampled\"", "\"nvml\""]);
+        assert_eq!(serde_json::to_string(&BudgetStatus::Fail).expect("ok"), "\"fail\"");
+        assert_eq!(serde_json::to_string(&Enforcement::Watchdog).expect("ok"), "\"watchdog\"");
+    }
+
+    #[test]
+    fn merged_points_keep_every_maximum() {
+        let a = TimelinePoint { t_s: 1.0, rss_bytes: 10, pss_bytes: 9, gpu_bytes: None, processes: 3, ..Default::default() };
+        let b = TimelinePoint { t_s: 2.0, rss_bytes: 20, pss_bytes: 5, gpu_bytes: Some(4), processes: 1, ..Default::default() };
+        let m = a.merge_max(&b);
+        assert_eq!((m.t_s, m.rss_bytes, m.pss_bytes, m.gpu_bytes, m.processes), (2.0, 20, 9, Some(4), 3));
+    }
+}
