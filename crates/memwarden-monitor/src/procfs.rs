@@ -20,32 +20,26 @@ pub fn page_size() -> u64 {
     }
 }
 
-/// Reads a whole `/proc` or cgroup file into `buf` with one positional read at offset 0, so
-/// an open file can be read again and again without reopening it.
-pub fn pread_all(file: &File, buf: &mut Vec<u8>) -> io::Result<usize> {
-    buf.clear();
-    let mut offset = 0_u64;
+/// Reads a whole `/proc` or cgroup file into `buf` with positional reads at offset 0, so an
+/// open file can be read again and again without reopening it. These files are generated
+/// whole on each read, so a read that does not fill the buffer has reached the end: the
+/// usual case costs one system call. `buf` is kept at its grown size between calls and the
+/// file's content is the returned slice.
+pub fn pread_all<'a>(file: &File, buf: &'a mut Vec<u8>) -> io::Result<&'a [u8]> {
+    let mut len = 0;
     loop {
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(4096);
+        if buf.len() - len < 1024 {
+            buf.resize((buf.len() * 2).max(4096), 0);
         }
-        let len = buf.len();
-        let spare = buf.capacity() - len;
-        buf.resize(len + spare, 0);
-        let read = file.read_at(&mut buf[len..], offset);
-        match read {
-            Ok(0) => {
-                buf.truncate(len);
-                return Ok(len);
-            }
+        let spare = buf.len() - len;
+        match file.read_at(&mut buf[len..], len as u64) {
             Ok(n) => {
-                buf.truncate(len + n);
-                offset += n as u64;
+                len += n;
+                if n < spare {
+                    return Ok(&buf[..len]);
+                }
             }
-            Err(e) => {
-                buf.truncate(len);
-                return Err(e);
-            }
+            Err(e) => return Err(e),
         }
     }
 }
@@ -281,8 +275,8 @@ mod tests {
         let file = File::open("/proc/self/statm").expect("open");
         let mut buf = Vec::new();
         for _ in 0..3 {
-            pread_all(&file, &mut buf).expect("read");
-            assert!(parse_statm(&buf, page_size()).expect("parses").resident_bytes > 0);
+            let text = pread_all(&file, &mut buf).expect("read");
+            assert!(parse_statm(text, page_size()).expect("parses").resident_bytes > 0);
         }
     }
 }

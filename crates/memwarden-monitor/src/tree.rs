@@ -1,10 +1,12 @@
 //! Finding and sampling every process of a tree.
 //!
-//! Membership: a process belongs to the tree when its parent does, or when its parent is
-//! the monitor itself (the command, and orphans re-parented to memwarden, which makes itself
-//! a child subreaper). Each sample lists `/proc`, classifies only pids it has not seen
-//! before, and forgets pids that vanished, so the cost per tick is one directory read plus
-//! one `stat` per new process.
+//! Membership: when the command runs in a cgroup of its own, the tree is exactly the
+//! cgroup's `cgroup.procs`, read through a kept-open descriptor (about 10 µs). Otherwise a
+//! process belongs to the tree when its parent does, or when its parent is the monitor
+//! itself (the command, and orphans re-parented to memwarden, which makes itself a child
+//! subreaper): each sample lists `/proc` (the costliest part of a sample: its cost grows
+//! with the number of processes on the machine), classifies only pids it has not seen
+//! before, and forgets pids that vanished.
 //!
 //! Reading: per live process, RSS comes from a kept-open `statm` (about 1.5 µs a read here);
 //! `status` (for `VmHWM`) and `smaps_rollup` (for PSS/USS, whose cost grows with the
@@ -20,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use memwarden_format::report::PeakSource;
 
+use crate::cgroup::Cgroup;
 use crate::gpu::{GpuMonitor, GpuReading};
 use crate::procfs::{self, Statm};
 
@@ -103,8 +106,11 @@ impl ProcessRecord {
         }
     }
 
+    /// Raises the peak; a kernel high-water mark equal to a sampled figure replaces it as the
+    /// source, because it proves the figure rather than merely observing it.
     fn raise_rss(&mut self, bytes: u64, source: PeakSource) {
-        if bytes > self.peak_rss_bytes {
+        let proves = source != PeakSource::Sampled && self.peak_rss_source == PeakSource::Sampled;
+        if bytes > self.peak_rss_bytes || bytes == self.peak_rss_bytes && proves {
             self.peak_rss_bytes = bytes;
             self.peak_rss_source = source;
         }
@@ -134,8 +140,19 @@ pub struct TreeTotals {
     pub shmem_bytes: u64,
     /// Sum of GPU memory, when NVML is available.
     pub gpu_bytes: Option<u64>,
+    /// Usage of the run's own cgroup, when it has one.
+    pub cgroup_bytes: Option<u64>,
     /// Live processes sampled.
     pub processes: u32,
+}
+
+/// Where the tree's members come from.
+#[derive(Debug)]
+enum Membership {
+    /// `cgroup.procs` and the usage counter of the run's own cgroup, kept open.
+    Cgroup { procs: File, usage: File },
+    /// Parent links read from `/proc`.
+    ProcScan,
 }
 
 /// Per-process state kept between samples.
@@ -160,6 +177,7 @@ pub struct TreeSampler {
     records: Vec<ProcessRecord>,
     foreign: HashSet<i32>,
     gpu: Option<GpuMonitor>,
+    membership: Membership,
     gpu_device_peaks: Vec<(u64, u64)>,
     buf: Vec<u8>,
     pids: Vec<i32>,
@@ -180,11 +198,21 @@ impl TreeSampler {
             records: Vec::new(),
             foreign: HashSet::new(),
             gpu,
+            membership: Membership::ProcScan,
             gpu_device_peaks: vec![(0, 0); devices],
             buf: Vec::with_capacity(8192),
             pids: Vec::new(),
             samples: 0,
         }
+    }
+
+    /// Takes the tree's members from `cgroup`, which holds the command and everything it
+    /// starts, instead of scanning `/proc`; also reports the cgroup's usage each sample.
+    pub fn use_cgroup(&mut self, cgroup: &Cgroup) -> std::io::Result<()> {
+        let procs = File::open(cgroup.dir.join("cgroup.procs"))?;
+        let usage = File::open(cgroup.dir.join(cgroup.usage_file()))?;
+        self.membership = Membership::Cgroup { procs, usage };
+        Ok(())
     }
 
     /// Every process seen so far, in order of first sight.
@@ -228,13 +256,17 @@ impl TreeSampler {
         let at = now - self.start;
         let gpu = self.gpu.as_ref().map(GpuMonitor::read);
         let mut totals = TreeTotals { at, gpu_bytes: gpu.as_ref().map(|_| 0), ..TreeTotals::default() };
+        if let Membership::Cgroup { usage, .. } = &self.membership {
+            totals.cgroup_bytes = procfs::pread_all(usage, &mut self.buf)
+                .ok()
+                .and_then(|text| std::str::from_utf8(text).ok()?.trim().parse().ok());
+        }
         let mut gone = Vec::new();
         for (&pid, live) in self.live.iter_mut() {
             let record = &mut self.records[live.record];
-            let statm = match procfs::pread_all(&live.statm, &mut self.buf) {
-                Ok(_) => procfs::parse_statm(&self.buf, self.page_size),
-                Err(_) => None,
-            };
+            let statm = procfs::pread_all(&live.statm, &mut self.buf)
+                .ok()
+                .and_then(|text| procfs::parse_statm(text, self.page_size));
             let Some(statm) = statm.filter(|s| s.resident_bytes > 0) else {
                 // Gone, or a zombie with no memory left: keep what was measured.
                 gone.push(pid);
@@ -315,26 +347,40 @@ impl TreeSampler {
 
     fn discover(&mut self) {
         self.pids.clear();
-        let Ok(entries) = fs::read_dir("/proc") else { return };
-        for entry in entries.flatten() {
-            if let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) {
-                self.pids.push(pid);
+        match &self.membership {
+            Membership::Cgroup { procs, .. } => {
+                if let Ok(text) = procfs::pread_all(procs, &mut self.buf) {
+                    let text = String::from_utf8_lossy(text);
+                    self.pids.extend(text.lines().filter_map(|line| line.trim().parse::<i32>().ok()));
+                }
+            }
+            Membership::ProcScan => {
+                let Ok(entries) = fs::read_dir("/proc") else { return };
+                for entry in entries.flatten() {
+                    if let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) {
+                        self.pids.push(pid);
+                    }
+                }
             }
         }
+        let in_cgroup = matches!(self.membership, Membership::Cgroup { .. });
         let present: HashSet<i32> = self.pids.iter().copied().collect();
         self.foreign.retain(|pid| present.contains(pid));
         let mut unknown: Vec<(i32, i32)> = Vec::new();
-        for &pid in &self.pids {
+        let pids = std::mem::take(&mut self.pids);
+        for &pid in &pids {
             if pid == self.monitor_pid || self.live.contains_key(&pid) || self.foreign.contains(&pid) {
                 continue;
             }
             let stat = procfs::read_text(&PathBuf::from(format!("/proc/{pid}/stat")))
                 .and_then(|text| procfs::parse_stat(&text));
             match stat {
+                Some(stat) if in_cgroup => self.track(pid, stat.ppid),
                 Some(stat) => unknown.push((pid, stat.ppid)),
                 None => continue, // vanished between the listing and the read
             }
         }
+        self.pids = pids;
         // Parents may be listed after their children (pid wrap-around): iterate to a fixpoint.
         loop {
             let before = unknown.len();

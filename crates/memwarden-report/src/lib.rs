@@ -1,1 +1,8 @@
-pub fn x(){}
+//! Analysis and rendering of memwarden run reports.
+//!
+//! - [`text`]: the terminal summary printed at the end of `memwarden run`.
+//!
+//! Reports themselves are defined in `memwarden-format`; this crate only reads them, so
+//! every renderer works the same on a live run and on a report loaded from disk.
+
+pub mod text;

@@ -1,0 +1,45 @@
+//! memwarden's exit statuses (documented in docs/cli.md, "Exit codes").
+//!
+//! When the command ran, memwarden exits with the command's own status (128 + N when a
+//! signal N killed it, as shells do), so that `memwarden run -- CMD` can replace `CMD` in a
+//! script. memwarden's own outcomes use the codes below, chosen to match what shells and
+//! `env`/`docker run` use where they overlap.
+
+use std::fmt;
+
+/// An exit status of memwarden.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// The command's own status, passed through.
+    Command(u8),
+    /// Bad arguments: an unparseable size, an unwritable output path, a missing command.
+    Usage,
+    /// The command succeeded but its peak exceeded `--budget`.
+    BudgetExceeded,
+    /// memwarden itself failed (could not set up monitoring, could not write the report).
+    Internal,
+    /// The command was found but could not be executed (permissions, bad binary).
+    CannotExecute,
+    /// The command was not found.
+    NotFound,
+}
+
+impl Status {
+    /// The number the process exits with.
+    pub fn code(self) -> u8 {
+        match self {
+            Status::Command(code) => code,
+            Status::Usage => 2,
+            Status::BudgetExceeded => 3,
+            Status::Internal => 125,
+            Status::CannotExecute => 126,
+            Status::NotFound => 127,
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.code())
+    }
+}

@@ -1,0 +1,125 @@
+//! `memwarden run` arguments, validated before anything starts.
+
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use memwarden_format::units::parse_size;
+
+use crate::cli::{CgroupMode, RunArgs};
+
+/// A validated `memwarden run`.
+#[derive(Debug)]
+pub struct RunConfig {
+    /// The command, program first.
+    pub command: Vec<String>,
+    /// Sampling interval.
+    pub interval: Duration,
+    /// `--budget`.
+    pub budget_bytes: Option<u64>,
+    /// `--hard-limit`.
+    pub hard_limit_bytes: Option<u64>,
+    /// `--cgroup`.
+    pub cgroup: CgroupMode,
+    /// `--json`, opened (created, truncated) so that a bad path fails before the command runs.
+    pub json: Option<(PathBuf, File)>,
+    /// `--quiet`.
+    pub quiet: bool,
+}
+
+impl RunConfig {
+    /// Validates raw arguments; the error is a sentence for the user.
+    pub fn from_args(args: RunArgs) -> Result<RunConfig, String> {
+        let interval = parse_interval(&args.interval)?;
+        let budget_bytes = args
+            .budget
+            .as_deref()
+            .map(|s| parse_size(s).map_err(|e| format!("--budget: {e}")))
+            .transpose()?;
+        let hard_limit_bytes = args
+            .hard_limit
+            .as_deref()
+            .map(|s| parse_size(s).map_err(|e| format!("--hard-limit: {e}")))
+            .transpose()?;
+        if hard_limit_bytes.is_some_and(|b| b < (1 << 20)) {
+            return Err("--hard-limit: a limit under 1 MiB would kill any process at start; give a larger size".into());
+        }
+        if args.command.first().is_none_or(|program| program.is_empty()) {
+            return Err("no command given: write it after `--`, e.g. memwarden run -- python train.py".into());
+        }
+        let json = args.json.map(|path| open_output(&path).map(|file| (path, file))).transpose()?;
+        Ok(RunConfig {
+            command: args.command,
+            interval,
+            budget_bytes,
+            hard_limit_bytes,
+            cgroup: args.cgroup,
+            json,
+            quiet: args.quiet,
+        })
+    }
+}
+
+/// Parses `50ms`, `0.2s`, `1s` or a plain number of milliseconds.
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, scale_ms) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        (text, 1.0)
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("--interval: invalid duration '{text}': write e.g. 50ms or 0.5s"))?;
+    let ms = value * scale_ms;
+    if !(1.0..=60_000.0).contains(&ms) {
+        return Err(format!("--interval: '{text}' is out of range: choose between 1ms and 60s"));
+    }
+    Ok(Duration::from_secs_f64(ms / 1000.0))
+}
+
+fn open_output(path: &Path) -> Result<File, String> {
+    if path.is_dir() {
+        return Err(format!("--json {}: is a directory; give a file path such as {}/report.json", path.display(), path.display()));
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent)
+            .map_err(|e| format!("--json {}: cannot create directory {}: {e}", path.display(), parent.display()))?;
+    }
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|e| format!("--json {}: cannot write: {e}; choose a writable path", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals() {
+        assert_eq!(parse_interval("50ms"), Ok(Duration::from_millis(50)));
+        assert_eq!(parse_interval("0.2s"), Ok(Duration::from_millis(200)));
+        assert_eq!(parse_interval("10"), Ok(Duration::from_millis(10)));
+        assert!(parse_interval("0ms").is_err());
+        assert!(parse_interval("fast").unwrap_err().contains("50ms"));
+        assert!(parse_interval("2h").is_err());
+    }
+
+    #[test]
+    fn output_paths() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(open_output(&dir.path().join("a/b/report.json")).is_ok(), "parents are created");
+        let err = open_output(dir.path()).unwrap_err();
+        assert!(err.contains("is a directory"), "{err}");
+        let file = dir.path().join("plain");
+        fs::write(&file, "x").expect("write");
+        let err = open_output(&file.join("report.json")).unwrap_err();
+        assert!(err.contains("cannot"), "{err}");
+    }
+}

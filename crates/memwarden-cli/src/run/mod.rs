@@ -1,0 +1,206 @@
+//! `memwarden run`: spawn the command, sample its tree until it exits, report.
+
+mod config;
+mod isolation;
+mod recorder;
+mod report;
+mod status_line;
+mod supervise;
+
+use std::io::{self, Write};
+use std::time::{Duration, Instant, SystemTime};
+
+use memwarden_format::report::{BudgetStatus, Enforcement};
+use memwarden_monitor::gpu::GpuMonitor;
+use memwarden_monitor::procfs;
+use memwarden_monitor::tree::{ExitStatus, SamplerOptions, TreeSampler};
+
+use crate::cli::RunArgs;
+use crate::exit::Status;
+use config::RunConfig;
+use isolation::Isolation;
+use recorder::Recorder;
+use status_line::StatusLine;
+use supervise::{Event, Supervisor};
+
+/// While a watchdog enforces a hard limit, samples come at least this often, so that a fast
+/// allocator overshoots the limit by as little as the kernel's page-fault rate allows.
+const WATCHDOG_INTERVAL: Duration = Duration::from_millis(10);
+
+/// What the run observed, handed to the report builder.
+#[derive(Debug)]
+pub struct Observed {
+    started_at: SystemTime,
+    duration: Duration,
+    exit: ExitStatus,
+    watchdog_kill_at_bytes: Option<u64>,
+    enclosing_oom_kills_before: Option<u64>,
+    forwarded_signals: Vec<i32>,
+    self_cpu_s: f64,
+    survivors: Vec<i32>,
+    gpu_unavailable_reason: Option<String>,
+    meminfo: procfs::MemInfo,
+    enclosing_usage_at_start: Option<u64>,
+}
+
+/// Runs `memwarden run` and returns the exit status.
+pub fn main(args: RunArgs) -> Status {
+    let config = match RunConfig::from_args(args) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("memwarden: error: {message}");
+            return Status::Usage;
+        }
+    };
+    match execute(config) {
+        Ok(status) => status,
+        Err((status, message)) => {
+            eprintln!("memwarden: error: {message}");
+            status
+        }
+    }
+}
+
+fn execute(mut config: RunConfig) -> Result<Status, (Status, String)> {
+    let supervisor = Supervisor::install().map_err(|e| (Status::Internal, format!("cannot set up signal handling: {e}")))?;
+    let mut isolation = Isolation::prepare(config.cgroup, config.hard_limit_bytes).map_err(|m| (Status::Usage, m))?;
+    let meminfo = procfs::read_meminfo().unwrap_or_default();
+    let enclosing_oom_kills_before = isolation.enclosing.as_ref().and_then(|c| c.oom_kills());
+    let enclosing_usage_at_start = isolation.enclosing.as_ref().and_then(|c| c.usage_bytes());
+    let (gpu, gpu_unavailable_reason) = match GpuMonitor::open() {
+        Ok(gpu) => (Some(gpu), None),
+        Err(reason) => (None, Some(reason)),
+    };
+    // SAFETY: getpid has no preconditions.
+    #[allow(unsafe_code)]
+    let monitor_pid = unsafe { libc::getpid() };
+
+    let started_at = SystemTime::now();
+    let start = Instant::now();
+    let pid = match supervisor.spawn(&config.command, isolation.join_fd()) {
+        Ok(pid) => pid,
+        Err(e) => {
+            let _ = isolation.cleanup();
+            let program = &config.command[0];
+            return Err(match e.kind() {
+                io::ErrorKind::NotFound => (Status::NotFound, format!("command not found: {program}: check the name and PATH")),
+                io::ErrorKind::PermissionDenied => {
+                    (Status::CannotExecute, format!("cannot execute {program}: permission denied (is it executable?)"))
+                }
+                _ => (Status::CannotExecute, format!("cannot execute {program}: {e}")),
+            });
+        }
+    };
+    let mut sampler = TreeSampler::new(monitor_pid, start, SamplerOptions::default(), gpu);
+    sampler.adopt(pid, monitor_pid);
+    if let Some(own) = &isolation.own {
+        if let Err(e) = sampler.use_cgroup(own) {
+            eprintln!("memwarden: warning: cannot read the run's cgroup ({e}); scanning /proc instead");
+        }
+    }
+
+    let interval = match (isolation.enforcement, config.hard_limit_bytes) {
+        (Enforcement::Watchdog, Some(_)) => config.interval.min(WATCHDOG_INTERVAL),
+        _ => config.interval,
+    };
+    let mut recorder = Recorder::new();
+    let mut status_line = StatusLine::new(config.quiet);
+    let mut forwarded_signals = Vec::new();
+    let mut watchdog_kill_at_bytes = None;
+    let mut main_exit = None;
+    let mut next_sample = start;
+    while main_exit.is_none() {
+        let now = Instant::now();
+        if now >= next_sample {
+            let totals = sampler.sample();
+            recorder.push(&totals);
+            if let (Enforcement::Watchdog, Some(limit), None) =
+                (isolation.enforcement, config.hard_limit_bytes, watchdog_kill_at_bytes)
+            {
+                if totals.pss_bytes > limit {
+                    watchdog_kill_at_bytes = Some(totals.pss_bytes);
+                    for member in sampler.live_pids() {
+                        supervise::send_signal(member, libc::SIGKILL);
+                    }
+                }
+            }
+            status_line.update(totals.at, totals.rss_bytes, recorder.rss_peak.rss_bytes, totals.processes, config.budget_bytes);
+            next_sample += interval;
+            if next_sample < now {
+                next_sample = now + interval;
+            }
+        }
+        for event in supervisor.wait(next_sample.saturating_duration_since(Instant::now())) {
+            match event {
+                Event::Child => {
+                    for reaped in supervisor.reap() {
+                        sampler.record_exit(reaped.pid, reaped.status, reaped.max_rss_bytes);
+                        if reaped.pid == pid {
+                            main_exit = Some(reaped.status);
+                        }
+                    }
+                }
+                Event::Signal { signo, forward } => {
+                    if forward {
+                        supervise::send_signal(pid, signo);
+                    }
+                    forwarded_signals.push(signo);
+                }
+            }
+        }
+    }
+    let duration = start.elapsed();
+    // The command is gone; whatever it left running is sampled once more and reported.
+    let totals = sampler.sample();
+    if totals.processes > 0 {
+        recorder.push(&totals);
+    }
+    for reaped in supervisor.reap() {
+        sampler.record_exit(reaped.pid, reaped.status, reaped.max_rss_bytes);
+    }
+    status_line.clear();
+
+    let observed = Observed {
+        started_at,
+        duration,
+        exit: main_exit.unwrap_or(ExitStatus::Code(0)),
+        watchdog_kill_at_bytes,
+        enclosing_oom_kills_before,
+        forwarded_signals,
+        self_cpu_s: supervise::self_cpu_s(),
+        survivors: sampler.live_pids(),
+        gpu_unavailable_reason,
+        meminfo,
+        enclosing_usage_at_start,
+    };
+    let mut report = report::build(&config, &isolation, &sampler, &recorder, &observed, interval);
+    if let Some(warning) = isolation.cleanup() {
+        report.warnings.push(warning);
+    }
+    let status = exit_status(&report);
+    report.exit.memwarden_exit_code = i32::from(status.code());
+
+    if let Some((path, file)) = config.json.as_mut() {
+        let written = serde_json::to_writer_pretty(&mut *file, &report)
+            .map_err(io::Error::from)
+            .and_then(|()| file.write_all(b"\n"))
+            .and_then(|()| file.flush());
+        if let Err(e) = written {
+            return Err((Status::Internal, format!("cannot write the report to {}: {e}", path.display())));
+        }
+    }
+    if !config.quiet {
+        eprint!("{}", memwarden_report::text::summary(&report));
+    }
+    Ok(status)
+}
+
+/// The command's status first (a failed command is the news), then the budget.
+fn exit_status(report: &memwarden_format::report::Report) -> Status {
+    match (report.exit.code, report.exit.signal) {
+        (_, Some(signal)) => Status::Command((128 + signal).clamp(0, 255) as u8),
+        (Some(code), None) if code != 0 => Status::Command(code.clamp(0, 255) as u8),
+        _ if report.budget.status == BudgetStatus::Fail => Status::BudgetExceeded,
+        _ => Status::Command(0),
+    }
+}

@@ -1,0 +1,254 @@
+//! Turning what a run observed into the report (`memwarden.report/1`).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, UNIX_EPOCH};
+
+use memwarden_format::report::{
+    Budget, BudgetStatus, Exit, Gpu, GpuDevice, Limits, MonitorInfo, Peak, PeakSource, ProcessReport, Report,
+    SCHEMA,
+};
+use memwarden_format::units::format_size;
+use memwarden_monitor::tree::{ExitStatus, TreeSampler};
+
+use super::config::RunConfig;
+use super::isolation::Isolation;
+use super::recorder::Recorder;
+use super::supervise::signal_name;
+use super::Observed;
+
+/// Builds the report; `memwarden_exit_code` is filled in by the caller.
+pub fn build(
+    config: &RunConfig,
+    isolation: &Isolation,
+    sampler: &TreeSampler,
+    recorder: &Recorder,
+    observed: &Observed,
+    interval: Duration,
+) -> Report {
+    let mut warnings = Vec::new();
+    let own_cgroup_peak = isolation.own.as_ref().and_then(|c| c.peak_bytes());
+    let own_oom_kills = isolation.own.as_ref().and_then(|c| c.oom_kills()).unwrap_or(0);
+    let enclosing_oom_kills = match (isolation.enclosing.as_ref().and_then(|c| c.oom_kills()), observed.enclosing_oom_kills_before) {
+        (Some(after), Some(before)) => Some(after.saturating_sub(before)),
+        _ => None,
+    };
+
+    let exit = build_exit(observed, own_oom_kills, enclosing_oom_kills, own_cgroup_peak);
+    if own_oom_kills > 0 && !exit.oom_killed {
+        warnings.push(format!("the kernel OOM-killed {own_oom_kills} process(es) of the tree at the hard limit"));
+    }
+    if enclosing_oom_kills.is_some_and(|k| k > 0) && !exit.oom_killed {
+        warnings.push("the OOM killer struck in memwarden's cgroup during the run".to_owned());
+    }
+
+    let processes: Vec<ProcessReport> = sampler.processes().iter().map(process_report).collect();
+    let peak = build_peak(recorder, sampler, own_cgroup_peak);
+    if peak.source == PeakSource::Sampled && sampler.processes().len() > 1 {
+        warnings.push(
+            "peak.rss_bytes is the largest sampled sum over the tree: processes that peaked \
+             between samples at once may have needed more"
+                .to_owned(),
+        );
+    }
+    if peak.rss_bytes > observed.meminfo.available_bytes && observed.meminfo.available_bytes > 0 {
+        warnings.push(format!(
+            "the peak ({}) exceeded the memory available when the run started ({})",
+            format_size(peak.rss_bytes),
+            format_size(observed.meminfo.available_bytes)
+        ));
+    }
+    if !observed.survivors.is_empty() {
+        warnings.push(format!(
+            "{} process(es) of the tree were still running when the command exited: {:?}",
+            observed.survivors.len(),
+            observed.survivors
+        ));
+    }
+    if !observed.forwarded_signals.is_empty() {
+        let names: Vec<String> = observed.forwarded_signals.iter().map(|&s| signal_name(s)).collect();
+        warnings.push(format!("memwarden received {} during the run", names.join(", ")));
+    }
+    if let Some(note) = &isolation.note {
+        if config.hard_limit_bytes.is_some() || config.cgroup != crate::cli::CgroupMode::Auto {
+            warnings.push(note.clone());
+        }
+    }
+
+    let limits = build_limits(config, isolation, observed, peak.rss_bytes);
+    let budget = Budget {
+        limit_bytes: config.budget_bytes,
+        metric: "peak.rss_bytes".to_owned(),
+        status: match config.budget_bytes {
+            None => BudgetStatus::Unset,
+            Some(limit) if peak.rss_bytes > limit => BudgetStatus::Fail,
+            Some(_) => BudgetStatus::Pass,
+        },
+        hard_limit_bytes: config.hard_limit_bytes,
+        enforced_by: isolation.enforcement,
+        enforcement_note: isolation.note.clone(),
+    };
+    let duration_s = observed.duration.as_secs_f64();
+    Report {
+        schema: SCHEMA.to_owned(),
+        memwarden_version: env!("CARGO_PKG_VERSION").to_owned(),
+        command: config.command.clone(),
+        cwd: std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_default(),
+        started_at_unix_s: observed.started_at.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
+        duration_s,
+        exit,
+        peak,
+        limits,
+        budget,
+        gpu: build_gpu(sampler, observed),
+        monitor: MonitorInfo {
+            interval_ms: interval.as_millis() as u64,
+            samples: recorder.samples,
+            self_cpu_s: observed.self_cpu_s,
+            self_cpu_share: if duration_s > 0.0 { observed.self_cpu_s / duration_s } else { 0.0 },
+            own_cgroup: isolation.own.is_some(),
+        },
+        processes,
+        timeline: recorder.timeline(),
+        warnings,
+    }
+}
+
+fn build_exit(observed: &Observed, own_oom_kills: u64, enclosing_oom_kills: Option<u64>, own_peak: Option<u64>) -> Exit {
+    let mut exit = Exit::default();
+    match observed.exit {
+        ExitStatus::Code(code) => exit.code = Some(code),
+        ExitStatus::Signal(signal) => {
+            exit.signal = Some(signal);
+            exit.signal_name = Some(signal_name(signal));
+        }
+    }
+    let killed = exit.signal == Some(libc::SIGKILL);
+    if let Some(at) = observed.watchdog_kill_at_bytes {
+        exit.oom_killed = true;
+        exit.oom_killed_by = Some("watchdog".to_owned());
+        exit.oom_at_bytes = Some(at);
+    } else if killed && (own_oom_kills > 0 || enclosing_oom_kills.is_some_and(|k| k > 0)) {
+        exit.oom_killed = true;
+        exit.oom_killed_by = Some("kernel".to_owned());
+        exit.oom_at_bytes = own_peak;
+    }
+    exit
+}
+
+fn build_peak(recorder: &Recorder, sampler: &TreeSampler, own_cgroup_peak: Option<u64>) -> Peak {
+    let at_peak = recorder.rss_peak;
+    let largest = sampler.processes().iter().max_by_key(|p| p.peak_rss_bytes);
+    let (rss_bytes, source) = match largest {
+        Some(p) if p.peak_rss_bytes >= at_peak.rss_bytes && p.peak_rss_bytes > 0 => (p.peak_rss_bytes, p.peak_rss_source),
+        _ => (at_peak.rss_bytes, PeakSource::Sampled),
+    };
+    let sampled = recorder.samples > 0;
+    let mut sources = BTreeMap::new();
+    sources.insert("rss_bytes".to_owned(), source);
+    for field in ["pss_bytes", "uss_bytes", "anon_bytes", "file_bytes", "shmem_bytes"] {
+        if sampled {
+            sources.insert(field.to_owned(), PeakSource::Sampled);
+        }
+    }
+    let cgroup_bytes = own_cgroup_peak.or(recorder.max.cgroup_bytes);
+    if cgroup_bytes.is_some() {
+        let source = if own_cgroup_peak.is_some() { PeakSource::Cgroup } else { PeakSource::Sampled };
+        sources.insert("cgroup_bytes".to_owned(), source);
+    }
+    if recorder.max.gpu_bytes.is_some() {
+        sources.insert("gpu_bytes".to_owned(), PeakSource::Nvml);
+    }
+    Peak {
+        rss_bytes,
+        source,
+        pss_bytes: sampled.then_some(recorder.max.pss_bytes),
+        uss_bytes: sampled.then_some(recorder.max.uss_bytes),
+        anon_bytes: sampled.then_some(at_peak.anon_bytes),
+        file_bytes: sampled.then_some(at_peak.file_bytes),
+        shmem_bytes: sampled.then_some(at_peak.shmem_bytes),
+        cgroup_bytes,
+        heap_bytes: None,
+        gpu_bytes: recorder.max.gpu_bytes,
+        at_s: at_peak.t_s,
+        pid: largest.map(|p| p.pid),
+        sources,
+    }
+}
+
+fn build_limits(config: &RunConfig, isolation: &Isolation, observed: &Observed, peak_bytes: u64) -> Limits {
+    let enclosing = isolation.enclosing.as_ref();
+    let cgroup_limit_bytes = enclosing.and_then(|c| c.limit_bytes());
+    let mut candidates = vec![(observed.meminfo.total_bytes, "system")];
+    if let Some(limit) = cgroup_limit_bytes {
+        candidates.push((limit, "cgroup"));
+    }
+    if let Some(limit) = config.hard_limit_bytes {
+        candidates.push((limit, "hard_limit"));
+    }
+    let (tightest, source) = candidates.into_iter().filter(|(b, _)| *b > 0).min_by_key(|(b, _)| *b).unwrap_or((0, "system"));
+    Limits {
+        cgroup_version: enclosing.map(|c| c.version_number()),
+        cgroup_path: enclosing.map(|c| c.path.clone()),
+        cgroup_limit_bytes,
+        cgroup_usage_at_start_bytes: observed.enclosing_usage_at_start,
+        cgroup_oom_kills_during_run: match (enclosing.and_then(|c| c.oom_kills()), observed.enclosing_oom_kills_before) {
+            (Some(after), Some(before)) => Some(after.saturating_sub(before)),
+            _ => None,
+        },
+        system_total_bytes: observed.meminfo.total_bytes,
+        system_available_at_start_bytes: observed.meminfo.available_bytes,
+        tightest_limit_bytes: tightest,
+        tightest_limit_source: source.to_owned(),
+        headroom_bytes: tightest as i64 - peak_bytes as i64,
+    }
+}
+
+fn build_gpu(sampler: &TreeSampler, observed: &Observed) -> Gpu {
+    match sampler.gpu() {
+        Some(gpu) => Gpu {
+            status: "available".to_owned(),
+            reason: None,
+            devices: gpu
+                .devices()
+                .iter()
+                .zip(sampler.gpu_device_peaks())
+                .map(|(info, &(tree, _anyone))| GpuDevice {
+                    index: info.index,
+                    name: info.name.clone(),
+                    total_bytes: info.total_bytes,
+                    peak_tree_bytes: tree,
+                })
+                .collect(),
+        },
+        None => Gpu {
+            status: "unavailable".to_owned(),
+            reason: observed.gpu_unavailable_reason.clone(),
+            devices: Vec::new(),
+        },
+    }
+}
+
+fn process_report(record: &memwarden_monitor::tree::ProcessRecord) -> ProcessReport {
+    let (exit_code, exit_signal) = match record.exit {
+        Some(ExitStatus::Code(code)) => (Some(code), None),
+        Some(ExitStatus::Signal(signal)) => (None, Some(signal)),
+        None => (None, None),
+    };
+    ProcessReport {
+        pid: record.pid,
+        ppid: record.ppid,
+        cmdline: record.cmdline.clone(),
+        first_seen_s: record.first_seen.as_secs_f64(),
+        last_seen_s: record.last_seen.as_secs_f64(),
+        exit_code,
+        exit_signal,
+        peak_rss_bytes: record.peak_rss_bytes,
+        peak_rss_source: Some(record.peak_rss_source),
+        peak_pss_bytes: record.peak_pss_bytes,
+        peak_uss_bytes: record.peak_uss_bytes,
+        peak_anon_bytes: record.peak_anon_bytes,
+        peak_file_bytes: record.peak_file_bytes,
+        peak_shmem_bytes: record.peak_shmem_bytes,
+        peak_gpu_bytes: record.peak_gpu_bytes,
+    }
+}

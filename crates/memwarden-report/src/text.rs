@@ -1,0 +1,110 @@
+//! The terminal summary: peak, when, which process, headroom, budget verdict.
+
+use std::fmt::Write;
+
+use memwarden_format::report::{BudgetStatus, Enforcement, PeakSource, Report};
+use memwarden_format::units::{format_size, format_size_decimal};
+
+fn source_name(source: PeakSource) -> &'static str {
+    match source {
+        PeakSource::VmHwm => "kernel high-water mark, VmHWM",
+        PeakSource::RuMaxrss => "kernel high-water mark, ru_maxrss",
+        PeakSource::Cgroup => "cgroup peak counter",
+        PeakSource::Sampled => "largest sample",
+        PeakSource::Nvml => "NVML, sampled",
+    }
+}
+
+/// Renders the summary (several lines, each ending in a newline).
+pub fn summary(report: &Report) -> String {
+    let mut out = String::new();
+    let command = report.command.join(" ");
+    let ending = match (report.exit.code, &report.exit.signal_name) {
+        (_, Some(name)) => format!("was killed by {name}"),
+        (Some(code), None) => format!("exited with code {code}"),
+        (None, None) => "ended".to_owned(),
+    };
+    let _ = writeln!(out, "memwarden: `{command}` {ending} after {:.2} s", report.duration_s);
+    if report.exit.oom_killed {
+        let by = report.exit.oom_killed_by.as_deref().unwrap_or("kernel");
+        let at = report.exit.oom_at_bytes.map(|b| format!(" at {}", format_size(b))).unwrap_or_default();
+        let _ = writeln!(out, "  OOM-KILLED   by the {by}{at}");
+    }
+    let peak = &report.peak;
+    let who = peak
+        .pid
+        .and_then(|pid| report.processes.iter().find(|p| p.pid == pid))
+        .map(|p| format!(" in pid {} ({})", p.pid, short_cmdline(&p.cmdline)))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "  peak RSS     {} ({}) at {:.2} s{who}  [{}]",
+        format_size(peak.rss_bytes),
+        format_size_decimal(peak.rss_bytes),
+        peak.at_s,
+        source_name(peak.source)
+    );
+    if let Some(pss) = peak.pss_bytes {
+        let uss = peak.uss_bytes.map(|u| format!(", USS {}", format_size(u))).unwrap_or_default();
+        let _ = writeln!(out, "  peak PSS     {}{uss}  (tree total, shared pages counted once)", format_size(pss));
+    }
+    if let Some(cgroup) = peak.cgroup_bytes {
+        let _ = writeln!(out, "  cgroup peak  {}  (includes page cache)", format_size(cgroup));
+    }
+    match peak.gpu_bytes {
+        Some(gpu) => {
+            let _ = writeln!(out, "  peak GPU     {}", format_size(gpu));
+        }
+        None if report.gpu.status == "available" => {
+            let _ = writeln!(out, "  peak GPU     0 B (no process of the tree used a GPU)");
+        }
+        None => {}
+    }
+    let limits = &report.limits;
+    let headroom = if limits.headroom_bytes >= 0 {
+        format!("headroom {}", format_size(limits.headroom_bytes as u64))
+    } else {
+        format!("OVER by {}", format_size(limits.headroom_bytes.unsigned_abs()))
+    };
+    let limit_name = match limits.tightest_limit_source.as_str() {
+        "cgroup" => "container cgroup limit",
+        "hard_limit" => "--hard-limit",
+        _ => "system memory",
+    };
+    let _ = writeln!(out, "  limit        {} ({limit_name}); {headroom}", format_size(limits.tightest_limit_bytes));
+    let budget = &report.budget;
+    if let Some(limit) = budget.limit_bytes {
+        let verdict = match budget.status {
+            BudgetStatus::Fail => "FAIL",
+            _ => "pass",
+        };
+        let percent = if limit > 0 { peak.rss_bytes as f64 * 100.0 / limit as f64 } else { f64::INFINITY };
+        let _ = writeln!(out, "  budget       {verdict}: {} of {} ({percent:.0}%)", format_size(peak.rss_bytes), format_size(limit));
+    }
+    if let Some(hard) = budget.hard_limit_bytes {
+        let by = match budget.enforced_by {
+            Enforcement::Cgroup => "the kernel (cgroup)",
+            Enforcement::Watchdog => "memwarden's watchdog",
+            Enforcement::None => "nothing",
+        };
+        let _ = writeln!(out, "  hard limit   {} enforced by {by}", format_size(hard));
+    }
+    if report.processes.len() > 1 {
+        let _ = writeln!(out, "  processes    {} seen", report.processes.len());
+    }
+    for warning in &report.warnings {
+        let _ = writeln!(out, "  warning: {warning}");
+    }
+    out
+}
+
+fn short_cmdline(cmdline: &[String]) -> String {
+    let joined = cmdline.join(" ");
+    if joined.is_empty() {
+        return "command line unknown".to_owned();
+    }
+    match joined.char_indices().nth(60) {
+        Some((cut, _)) => format!("{}...", &joined[..cut]),
+        None => joined,
+    }
+}
