@@ -78,7 +78,12 @@ pub struct RunArgs {
     pub quiet: bool,
 
     /// The command to run, after `--`.
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
     pub command: Vec<String>,
 }
 
@@ -94,8 +99,18 @@ mod tests {
 
     #[test]
     fn command_arguments_are_not_taken_as_options() {
-        let cli = Cli::try_parse_from(["memwarden", "run", "--budget", "1GiB", "--", "python", "-c", "x", "--json"])
-            .expect("parses");
+        let cli = Cli::try_parse_from([
+            "memwarden",
+            "run",
+            "--budget",
+            "1GiB",
+            "--",
+            "python",
+            "-c",
+            "x",
+            "--json",
+        ])
+        .expect("parses");
         let Command::Run(args) = cli.command;
         assert_eq!(args.command, ["python", "-c", "x", "--json"]);
         assert_eq!(args.budget.as_deref(), Some("1GiB"));

@@ -292,7 +292,11 @@ impl TimelinePoint {
             (a, b) => a.or(b),
         };
         TimelinePoint {
-            t_s: if other.rss_bytes > self.rss_bytes { other.t_s } else { self.t_s },
+            t_s: if other.rss_bytes > self.rss_bytes {
+                other.t_s
+            } else {
+                self.t_s
+            },
             rss_bytes: self.rss_bytes.max(other.rss_bytes),
             pss_bytes: self.pss_bytes.max(other.pss_bytes),
             uss_bytes: self.uss_bytes.max(other.uss_bytes),
@@ -322,16 +326,48 @@ mod tests {
         .iter()
         .map(|s| serde_json::to_string(s).expect("serializes"))
         .collect();
-        assert_eq!(names, ["\"VmHWM\"", "\"ru_maxrss\"", "\"cgroup\"", "\"sampled\"", "\"nvml\""]);
-        assert_eq!(serde_json::to_string(&BudgetStatus::Fail).expect("ok"), "\"fail\"");
-        assert_eq!(serde_json::to_string(&Enforcement::Watchdog).expect("ok"), "\"watchdog\"");
+        assert_eq!(
+            names,
+            [
+                "\"VmHWM\"",
+                "\"ru_maxrss\"",
+                "\"cgroup\"",
+                "\"sampled\"",
+                "\"nvml\""
+            ]
+        );
+        assert_eq!(
+            serde_json::to_string(&BudgetStatus::Fail).expect("ok"),
+            "\"fail\""
+        );
+        assert_eq!(
+            serde_json::to_string(&Enforcement::Watchdog).expect("ok"),
+            "\"watchdog\""
+        );
     }
 
     #[test]
     fn merged_points_keep_every_maximum() {
-        let a = TimelinePoint { t_s: 1.0, rss_bytes: 10, pss_bytes: 9, gpu_bytes: None, processes: 3, ..Default::default() };
-        let b = TimelinePoint { t_s: 2.0, rss_bytes: 20, pss_bytes: 5, gpu_bytes: Some(4), processes: 1, ..Default::default() };
+        let a = TimelinePoint {
+            t_s: 1.0,
+            rss_bytes: 10,
+            pss_bytes: 9,
+            gpu_bytes: None,
+            processes: 3,
+            ..Default::default()
+        };
+        let b = TimelinePoint {
+            t_s: 2.0,
+            rss_bytes: 20,
+            pss_bytes: 5,
+            gpu_bytes: Some(4),
+            processes: 1,
+            ..Default::default()
+        };
         let m = a.merge_max(&b);
-        assert_eq!((m.t_s, m.rss_bytes, m.pss_bytes, m.gpu_bytes, m.processes), (2.0, 20, 9, Some(4), 3));
+        assert_eq!(
+            (m.t_s, m.rss_bytes, m.pss_bytes, m.gpu_bytes, m.processes),
+            (2.0, 20, 9, Some(4), 3)
+        );
     }
 }

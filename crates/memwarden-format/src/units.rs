@@ -158,10 +158,19 @@ mod tests {
     fn refuses_malformed_sizes_with_a_reason() {
         assert_eq!(parse_size(""), Err(SizeError::Empty));
         assert!(matches!(parse_size("lots"), Err(SizeError::BadNumber(_))));
-        assert!(matches!(parse_size("1.2.3GiB"), Err(SizeError::BadNumber(_))));
+        assert!(matches!(
+            parse_size("1.2.3GiB"),
+            Err(SizeError::BadNumber(_))
+        ));
         assert!(matches!(parse_size("-5MiB"), Err(SizeError::OutOfRange(_))));
-        assert!(matches!(parse_size("12parsecs"), Err(SizeError::UnknownUnit { .. })));
-        assert!(matches!(parse_size("99999999999TiB"), Err(SizeError::OutOfRange(_))));
+        assert!(matches!(
+            parse_size("12parsecs"),
+            Err(SizeError::UnknownUnit { .. })
+        ));
+        assert!(matches!(
+            parse_size("99999999999TiB"),
+            Err(SizeError::OutOfRange(_))
+        ));
         let ambiguous = parse_size("512M").unwrap_err();
         assert!(ambiguous.to_string().contains("MiB"), "{ambiguous}");
         assert!(ambiguous.to_string().contains("MB"), "{ambiguous}");

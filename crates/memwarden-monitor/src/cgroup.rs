@@ -88,7 +88,9 @@ fn parse_mounts(mountinfo: &str) -> Vec<CgroupMount> {
     let mut mounts = Vec::new();
     for line in mountinfo.lines() {
         // Fields: id parent major:minor root mount-point options [optional...] - fstype source super-options
-        let Some((before, after)) = line.split_once(" - ") else { continue };
+        let Some((before, after)) = line.split_once(" - ") else {
+            continue;
+        };
         let fields: Vec<&str> = before.split_ascii_whitespace().collect();
         let tail: Vec<&str> = after.split_ascii_whitespace().collect();
         if fields.len() < 5 || tail.is_empty() {
@@ -96,7 +98,11 @@ fn parse_mounts(mountinfo: &str) -> Vec<CgroupMount> {
         }
         let version = match tail[0] {
             "cgroup2" => Version::V2,
-            "cgroup" if tail.get(2).is_some_and(|opts| opts.split(',').any(|o| o == "memory")) => {
+            "cgroup"
+                if tail
+                    .get(2)
+                    .is_some_and(|opts| opts.split(',').any(|o| o == "memory")) =>
+            {
                 Version::V1
             }
             _ => continue,
@@ -116,8 +122,12 @@ fn unescape_mount_field(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
-            let code = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4].iter().all(u8::is_ascii_digit)
+        {
+            let code =
+                (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(code);
             i += 4;
         } else {
@@ -138,7 +148,8 @@ pub fn locate(mountinfo: &str, proc_cgroup: &str, fs_root: &Path) -> Option<Cgro
     let mut v2_path = None;
     for line in proc_cgroup.lines() {
         let mut parts = line.splitn(3, ':');
-        let (Some(hierarchy), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        let (Some(hierarchy), Some(controllers), Some(path)) =
+            (parts.next(), parts.next(), parts.next())
         else {
             continue;
         };
@@ -152,8 +163,15 @@ pub fn locate(mountinfo: &str, proc_cgroup: &str, fs_root: &Path) -> Option<Cgro
     for (version, path) in candidates {
         let Some(path) = path else { continue };
         for mount in mounts.iter().filter(|m| m.version == version) {
-            let Some(inside) = strip_mount_root(&path, &mount.root) else { continue };
-            let mount_point = fs_root.join(mount.mount_point.strip_prefix("/").unwrap_or(&mount.mount_point));
+            let Some(inside) = strip_mount_root(&path, &mount.root) else {
+                continue;
+            };
+            let mount_point = fs_root.join(
+                mount
+                    .mount_point
+                    .strip_prefix("/")
+                    .unwrap_or(&mount.mount_point),
+            );
             let dir = mount_point.join(inside.trim_start_matches('/'));
             let control = match version {
                 Version::V1 => "memory.limit_in_bytes",
@@ -163,7 +181,12 @@ pub fn locate(mountinfo: &str, proc_cgroup: &str, fs_root: &Path) -> Option<Cgro
             let has_memory = dir.join(control).exists()
                 || version == Version::V2 && controllers_of(&dir).iter().any(|c| c == "memory");
             if has_memory {
-                return Some(Cgroup { version, dir, path: path.clone(), mount_point });
+                return Some(Cgroup {
+                    version,
+                    dir,
+                    path: path.clone(),
+                    mount_point,
+                });
             }
         }
     }
@@ -224,8 +247,12 @@ impl Cgroup {
         match self.version {
             Version::V1 => {
                 let stat = fs::read_to_string(self.dir.join("memory.stat")).ok();
-                let hierarchical = stat.as_deref().and_then(|s| keyed_value(s, "hierarchical_memory_limit"));
-                limit_from(hierarchical.or_else(|| read_u64(&self.dir.join("memory.limit_in_bytes"))))
+                let hierarchical = stat
+                    .as_deref()
+                    .and_then(|s| keyed_value(s, "hierarchical_memory_limit"));
+                limit_from(
+                    hierarchical.or_else(|| read_u64(&self.dir.join("memory.limit_in_bytes"))),
+                )
             }
             Version::V2 => {
                 let mut tightest: Option<u64> = None;
@@ -288,9 +315,17 @@ impl Cgroup {
     /// Creates a child cgroup `name`, with `limit_bytes` as its hard memory limit (swap
     /// included, so the limit cannot be escaped by swapping). Fails without leaving a
     /// directory behind when the kernel does not provide the memory controller there.
-    pub fn create_child(&self, name: &str, limit_bytes: Option<u64>) -> Result<Cgroup, CgroupError> {
+    pub fn create_child(
+        &self,
+        name: &str,
+        limit_bytes: Option<u64>,
+    ) -> Result<Cgroup, CgroupError> {
         let dir = self.dir.join(name);
-        fs::create_dir(&dir).map_err(|source| CgroupError::Io { action: "cannot create cgroup", path: dir.clone(), source })?;
+        fs::create_dir(&dir).map_err(|source| CgroupError::Io {
+            action: "cannot create cgroup",
+            path: dir.clone(),
+            source,
+        })?;
         let child = Cgroup {
             version: self.version,
             dir: dir.clone(),
@@ -311,7 +346,9 @@ impl Cgroup {
         };
         if !self.dir.join(control_file).exists() {
             let hint = match self.version {
-                Version::V1 => "the parent directory is not a cgroup v1 memory hierarchy".to_owned(),
+                Version::V1 => {
+                    "the parent directory is not a cgroup v1 memory hierarchy".to_owned()
+                }
                 Version::V2 => match parent.enable_memory_for_children() {
                     Ok(()) if self.dir.join(control_file).exists() => String::new(),
                     Ok(()) => "the parent directory is not a cgroup v2 filesystem".to_owned(),
@@ -319,7 +356,11 @@ impl Cgroup {
                 },
             };
             if !self.dir.join(control_file).exists() {
-                return Err(CgroupError::NoMemoryController { path: self.dir.clone(), control_file, hint });
+                return Err(CgroupError::NoMemoryController {
+                    path: self.dir.clone(),
+                    control_file,
+                    hint,
+                });
             }
         }
         if let Some(limit) = limit_bytes {
@@ -356,7 +397,11 @@ impl Cgroup {
 
     fn write(&self, file: &str, value: &str) -> Result<(), CgroupError> {
         let path = self.dir.join(file);
-        fs::write(&path, value).map_err(|source| CgroupError::Io { action: "cannot write", path, source })
+        fs::write(&path, value).map_err(|source| CgroupError::Io {
+            action: "cannot write",
+            path,
+            source,
+        })
     }
 
     /// Opens `cgroup.procs` for writing, close-on-exec, so that a child can join the cgroup
@@ -367,7 +412,11 @@ impl Cgroup {
             .write(true)
             .custom_flags(libc::O_CLOEXEC)
             .open(&path)
-            .map_err(|source| CgroupError::Io { action: "cannot open", path, source })
+            .map_err(|source| CgroupError::Io {
+                action: "cannot open",
+                path,
+                source,
+            })
     }
 
     /// Removes a cgroup memwarden created. Processes still in it (daemons the command left
@@ -378,7 +427,11 @@ impl Cgroup {
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
                 Err(e) if attempt == 19 => {
-                    return Err(CgroupError::Io { action: "cannot remove cgroup", path: self.dir.clone(), source: e })
+                    return Err(CgroupError::Io {
+                        action: "cannot remove cgroup",
+                        path: self.dir.clone(),
+                        source: e,
+                    })
                 }
                 Err(_) => {
                     for pid in self.pids() {
@@ -420,8 +473,16 @@ mod tests {
         write(&dir, "memory.limit_in_bytes", "4294967296\n");
         write(&dir, "memory.usage_in_bytes", "1048576000\n");
         write(&dir, "memory.max_usage_in_bytes", "2147483648\n");
-        write(&dir, "memory.stat", "cache 4096\nrss 8192\nhierarchical_memory_limit 3221225472\n");
-        write(&dir, "memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n");
+        write(
+            &dir,
+            "memory.stat",
+            "cache 4096\nrss 8192\nhierarchical_memory_limit 3221225472\n",
+        );
+        write(
+            &dir,
+            "memory.oom_control",
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        );
         write(&dir, "cgroup.procs", "100\n101\n");
         let cgroup = locate(V1_MOUNTINFO, V1_CGROUP, root.path()).expect("v1 located");
         (root, cgroup)
@@ -436,7 +497,11 @@ mod tests {
         write(&dir, "memory.max", "max\n");
         write(&dir, "memory.current", "52428800\n");
         write(&dir, "memory.peak", "104857600\n");
-        write(&dir, "memory.events", "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\noom_group_kill 0\n");
+        write(
+            &dir,
+            "memory.events",
+            "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\noom_group_kill 0\n",
+        );
         let cgroup = locate(V2_MOUNTINFO, V2_CGROUP, root.path()).expect("v2 located");
         (root, cgroup)
     }
@@ -446,13 +511,20 @@ mod tests {
         let (root, cgroup) = v1_fixture();
         assert_eq!(cgroup.version, Version::V1);
         assert_eq!(cgroup.path, "/jobs/job7");
-        assert_eq!(cgroup.dir, root.path().join("sys/fs/cgroup/memory/jobs/job7"));
+        assert_eq!(
+            cgroup.dir,
+            root.path().join("sys/fs/cgroup/memory/jobs/job7")
+        );
     }
 
     #[test]
     fn v1_figures_use_the_hierarchical_limit() {
         let (_root, cgroup) = v1_fixture();
-        assert_eq!(cgroup.limit_bytes(), Some(3 << 30), "an ancestor's tighter limit wins");
+        assert_eq!(
+            cgroup.limit_bytes(),
+            Some(3 << 30),
+            "an ancestor's tighter limit wins"
+        );
         assert_eq!(cgroup.usage_bytes(), Some(1_048_576_000));
         assert_eq!(cgroup.peak_bytes(), Some(2 << 30));
         assert_eq!(cgroup.oom_kills(), Some(2));
@@ -462,8 +534,16 @@ mod tests {
     #[test]
     fn v1_unlimited_is_none() {
         let (_root, cgroup) = v1_fixture();
-        fs::write(cgroup.dir.join("memory.stat"), "hierarchical_memory_limit 9223372036854771712\n").expect("w");
-        fs::write(cgroup.dir.join("memory.limit_in_bytes"), "9223372036854771712\n").expect("w");
+        fs::write(
+            cgroup.dir.join("memory.stat"),
+            "hierarchical_memory_limit 9223372036854771712\n",
+        )
+        .expect("w");
+        fs::write(
+            cgroup.dir.join("memory.limit_in_bytes"),
+            "9223372036854771712\n",
+        )
+        .expect("w");
         assert_eq!(cgroup.limit_bytes(), None);
     }
 
@@ -490,7 +570,8 @@ mod tests {
         let dir = root.path().join("sys/fs/cgroup/pod");
         write(&dir, "memory.current", "1\n");
         let mountinfo = "25 1 0:22 /kubepods/burstable /sys/fs/cgroup ro - cgroup2 cgroup2 rw\n";
-        let cgroup = locate(mountinfo, "0::/kubepods/burstable/pod\n", root.path()).expect("located");
+        let cgroup =
+            locate(mountinfo, "0::/kubepods/burstable/pod\n", root.path()).expect("located");
         assert_eq!(cgroup.dir, dir);
     }
 
@@ -503,16 +584,25 @@ mod tests {
 
     #[test]
     fn mount_points_with_escaped_spaces() {
-        let mounts = parse_mounts("37 30 0:33 / /mnt/my\\040cgroups rw - cgroup cgroup rw,memory\n");
+        let mounts =
+            parse_mounts("37 30 0:33 / /mnt/my\\040cgroups rw - cgroup cgroup rw,memory\n");
         assert_eq!(mounts[0].mount_point, PathBuf::from("/mnt/my cgroups"));
     }
 
     #[test]
     fn creating_a_child_outside_a_cgroup_filesystem_fails_cleanly() {
         for (_root, cgroup) in [v1_fixture(), v2_fixture()] {
-            let err = cgroup.create_child("memwarden-test", Some(1 << 20)).expect_err("fixture is no cgroupfs");
-            assert!(matches!(err, CgroupError::NoMemoryController { .. }), "{err}");
-            assert!(!cgroup.dir.join("memwarden-test").exists(), "no directory left behind");
+            let err = cgroup
+                .create_child("memwarden-test", Some(1 << 20))
+                .expect_err("fixture is no cgroupfs");
+            assert!(
+                matches!(err, CgroupError::NoMemoryController { .. }),
+                "{err}"
+            );
+            assert!(
+                !cgroup.dir.join("memwarden-test").exists(),
+                "no directory left behind"
+            );
         }
     }
 
@@ -520,7 +610,11 @@ mod tests {
     fn real_cgroup_of_this_process_is_readable_when_present() {
         // Integration check on the live system: whatever version it has, figures are sane.
         if let Some(cgroup) = current() {
-            assert!(cgroup.usage_bytes().is_some(), "usage readable in {}", cgroup.dir.display());
+            assert!(
+                cgroup.usage_bytes().is_some(),
+                "usage readable in {}",
+                cgroup.dir.display()
+            );
         } else {
             eprintln!("SKIPPED: no memory cgroup visible on this machine");
         }

@@ -39,7 +39,9 @@ pub struct GpuMonitor {
 
 impl std::fmt::Debug for GpuMonitor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GpuMonitor").field("devices", &self.devices).finish()
+        f.debug_struct("GpuMonitor")
+            .field("devices", &self.devices)
+            .finish()
     }
 }
 
@@ -52,13 +54,17 @@ impl GpuMonitor {
             return Err("disabled by MEMWARDEN_NO_GPU".to_owned());
         }
         let nvml = Nvml::init().map_err(|e| format!("NVML could not be loaded: {e}"))?;
-        let count = nvml.device_count().map_err(|e| format!("NVML lists no devices: {e}"))?;
+        let count = nvml
+            .device_count()
+            .map_err(|e| format!("NVML lists no devices: {e}"))?;
         if count == 0 {
             return Err("NVML found no GPU".to_owned());
         }
         let mut devices = Vec::new();
         for index in 0..count {
-            let device = nvml.device_by_index(index).map_err(|e| format!("GPU {index}: {e}"))?;
+            let device = nvml
+                .device_by_index(index)
+                .map_err(|e| format!("GPU {index}: {e}"))?;
             devices.push(GpuInfo {
                 index,
                 name: device.name().unwrap_or_else(|_| "unknown".to_owned()),

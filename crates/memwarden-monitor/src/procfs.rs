@@ -73,8 +73,10 @@ pub fn parse_statm(text: &[u8], page_size: u64) -> Option<Statm> {
 }
 
 /// The memory lines of `/proc/PID/status`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Status {
+    /// `Name`: the command name (changes on exec).
+    pub name: String,
     /// `VmRSS`.
     pub rss_bytes: u64,
     /// `VmHWM`: the kernel's high-water mark of the resident set.
@@ -92,8 +94,14 @@ pub fn parse_status(text: &str) -> Option<Status> {
     let mut status = Status::default();
     let mut seen_rss = false;
     for line in text.lines() {
-        let Some((key, value)) = line.split_once(':') else { continue };
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
         let slot = match key {
+            "Name" => {
+                value.trim().clone_into(&mut status.name);
+                continue;
+            }
             "VmRSS" => {
                 seen_rss = true;
                 &mut status.rss_bytes
@@ -127,7 +135,9 @@ pub fn parse_smaps_rollup(text: &str) -> Option<SmapsRollup> {
     let mut rollup = SmapsRollup::default();
     let mut seen_pss = false;
     for line in text.lines() {
-        let Some((key, value)) = line.split_once(':') else { continue };
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
         match key {
             "Rss" => rollup.rss_bytes = parse_kb(value)?,
             "Pss" => {
@@ -186,7 +196,9 @@ pub fn parse_meminfo(text: &str) -> Option<MemInfo> {
     let mut info = MemInfo::default();
     let (mut total, mut available) = (false, false);
     for line in text.lines() {
-        let Some((key, value)) = line.split_once(':') else { continue };
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
         match key {
             "MemTotal" => {
                 info.total_bytes = parse_kb(value)?;
@@ -226,12 +238,18 @@ mod tests {
         let status = parse_status(STATUS).expect("parses");
         assert_eq!(status.hwm_bytes, 640_000 * 1024);
         assert_eq!(status.rss_bytes, 620_000 * 1024);
-        assert_eq!(status.anon_bytes + status.file_bytes + status.shmem_bytes, status.rss_bytes);
+        assert_eq!(
+            status.anon_bytes + status.file_bytes + status.shmem_bytes,
+            status.rss_bytes
+        );
     }
 
     #[test]
     fn zombie_status_has_no_memory() {
-        assert_eq!(parse_status("Name:\tdefunct\nState:\tZ (zombie)\nPPid:\t1\n"), None);
+        assert_eq!(
+            parse_status("Name:\tdefunct\nState:\tZ (zombie)\nPPid:\t1\n"),
+            None
+        );
     }
 
     #[test]
@@ -247,9 +265,21 @@ mod tests {
 
     #[test]
     fn stat_with_hostile_command_name() {
-        let stat = parse_stat("42 (evil) S 7 (x) R 1 2 3") ;
-        assert_eq!(stat, Some(Stat { ppid: 1, state: 'R' }));
-        assert_eq!(parse_stat("17 (python3) S 1 17 17 0"), Some(Stat { ppid: 1, state: 'S' }));
+        let stat = parse_stat("42 (evil) S 7 (x) R 1 2 3");
+        assert_eq!(
+            stat,
+            Some(Stat {
+                ppid: 1,
+                state: 'R'
+            })
+        );
+        assert_eq!(
+            parse_stat("17 (python3) S 1 17 17 0"),
+            Some(Stat {
+                ppid: 1,
+                state: 'S'
+            })
+        );
         assert_eq!(parse_stat("garbage"), None);
     }
 
@@ -257,16 +287,29 @@ mod tests {
     fn statm_in_pages() {
         assert_eq!(
             parse_statm(b"1000 300 100 1 0 250 0\n", 4096),
-            Some(Statm { resident_bytes: 300 * 4096, shared_bytes: 100 * 4096 })
+            Some(Statm {
+                resident_bytes: 300 * 4096,
+                shared_bytes: 100 * 4096
+            })
         );
         assert_eq!(parse_statm(b"", 4096), None);
     }
 
     #[test]
     fn cmdline_and_meminfo() {
-        assert_eq!(parse_cmdline(b"python\0-c\0print(1)\0"), ["python", "-c", "print(1)"]);
-        let info = parse_meminfo("MemTotal: 24684092 kB\nMemFree: 1 kB\nMemAvailable: 24398024 kB\n");
-        assert_eq!(info, Some(MemInfo { total_bytes: 24_684_092 * 1024, available_bytes: 24_398_024 * 1024 }));
+        assert_eq!(
+            parse_cmdline(b"python\0-c\0print(1)\0"),
+            ["python", "-c", "print(1)"]
+        );
+        let info =
+            parse_meminfo("MemTotal: 24684092 kB\nMemFree: 1 kB\nMemAvailable: 24398024 kB\n");
+        assert_eq!(
+            info,
+            Some(MemInfo {
+                total_bytes: 24_684_092 * 1024,
+                available_bytes: 24_398_024 * 1024
+            })
+        );
         assert_eq!(parse_meminfo("MemTotal: 5 kB\n"), None);
     }
 
@@ -276,7 +319,12 @@ mod tests {
         let mut buf = Vec::new();
         for _ in 0..3 {
             let text = pread_all(&file, &mut buf).expect("read");
-            assert!(parse_statm(text, page_size()).expect("parses").resident_bytes > 0);
+            assert!(
+                parse_statm(text, page_size())
+                    .expect("parses")
+                    .resident_bytes
+                    > 0
+            );
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Finding and sampling every process of a tree.
 //!
 //! Membership: when the command runs in a cgroup of its own, the tree is exactly the
-//! cgroup's `cgroup.procs`, read through a kept-open descriptor (about 10 µs). Otherwise a
+//! cgroup's `cgroup.procs` (about 10 µs a read; reopened each time, because cgroup v1
+//! serves a cached pid list to a descriptor that stays open). Otherwise a
 //! process belongs to the tree when its parent does, or when its parent is the monitor
 //! itself (the command, and orphans re-parented to memwarden, which makes itself a child
 //! subreaper): each sample lists `/proc` (the costliest part of a sample: its cost grows
@@ -37,7 +38,10 @@ pub struct SamplerOptions {
 
 impl Default for SamplerOptions {
     fn default() -> Self {
-        SamplerOptions { pss_max_age: Duration::from_secs(2), hwm_max_age: Duration::from_millis(500) }
+        SamplerOptions {
+            pss_max_age: Duration::from_secs(2),
+            hwm_max_age: Duration::from_millis(500),
+        }
     }
 }
 
@@ -149,8 +153,8 @@ pub struct TreeTotals {
 /// Where the tree's members come from.
 #[derive(Debug)]
 enum Membership {
-    /// `cgroup.procs` and the usage counter of the run's own cgroup, kept open.
-    Cgroup { procs: File, usage: File },
+    /// `cgroup.procs` of the run's own cgroup, and its usage counter, kept open.
+    Cgroup { procs: PathBuf, usage: File },
     /// Parent links read from `/proc`.
     ProcScan,
 }
@@ -159,6 +163,9 @@ enum Membership {
 #[derive(Debug)]
 struct Live {
     record: usize,
+    /// `Name:` of `status` when the command line was read; a change means an exec.
+    name: Option<String>,
+    samples: u64,
     statm: File,
     last_status: Instant,
     shmem_bytes: u64,
@@ -187,7 +194,12 @@ pub struct TreeSampler {
 impl TreeSampler {
     /// A sampler for the tree of processes whose ancestor chain reaches `monitor_pid`
     /// (the process that spawned the command and reaps orphans).
-    pub fn new(monitor_pid: i32, start: Instant, options: SamplerOptions, gpu: Option<GpuMonitor>) -> Self {
+    pub fn new(
+        monitor_pid: i32,
+        start: Instant,
+        options: SamplerOptions,
+        gpu: Option<GpuMonitor>,
+    ) -> Self {
         let devices = gpu.as_ref().map_or(0, |g| g.devices().len());
         TreeSampler {
             monitor_pid,
@@ -209,15 +221,21 @@ impl TreeSampler {
     /// Takes the tree's members from `cgroup`, which holds the command and everything it
     /// starts, instead of scanning `/proc`; also reports the cgroup's usage each sample.
     pub fn use_cgroup(&mut self, cgroup: &Cgroup) -> std::io::Result<()> {
-        let procs = File::open(cgroup.dir.join("cgroup.procs"))?;
+        let procs = cgroup.dir.join("cgroup.procs");
+        File::open(&procs)?;
         let usage = File::open(cgroup.dir.join(cgroup.usage_file()))?;
         self.membership = Membership::Cgroup { procs, usage };
         Ok(())
     }
 
-    /// Every process seen so far, in order of first sight.
-    pub fn processes(&self) -> &[ProcessRecord] {
-        &self.records
+    /// Every process measured so far, in order of first sight. A process that was listed
+    /// but gone before its first reading, and not reaped by memwarden, has no figures and
+    /// is left out rather than reported as using nothing.
+    pub fn processes(&self) -> Vec<&ProcessRecord> {
+        self.records
+            .iter()
+            .filter(|r| r.peak_rss_bytes > 0 || r.exit.is_some())
+            .collect()
     }
 
     /// Pids being sampled now.
@@ -255,7 +273,11 @@ impl TreeSampler {
         let now = Instant::now();
         let at = now - self.start;
         let gpu = self.gpu.as_ref().map(GpuMonitor::read);
-        let mut totals = TreeTotals { at, gpu_bytes: gpu.as_ref().map(|_| 0), ..TreeTotals::default() };
+        let mut totals = TreeTotals {
+            at,
+            gpu_bytes: gpu.as_ref().map(|_| 0),
+            ..TreeTotals::default()
+        };
         if let Membership::Cgroup { usage, .. } = &self.membership {
             totals.cgroup_bytes = procfs::pread_all(usage, &mut self.buf)
                 .ok()
@@ -306,11 +328,15 @@ impl TreeSampler {
         let at = self.start.elapsed();
         let index = match self.live.get(&pid) {
             Some(live) => Some(live.record),
-            None => self.records.iter().rposition(|r| r.pid == pid && r.exit.is_none() && !r.alive),
+            None => self
+                .records
+                .iter()
+                .rposition(|r| r.pid == pid && r.exit.is_none() && !r.alive),
         };
         let index = index.unwrap_or_else(|| {
             // Lived and died between two samples: all we have is what the kernel kept.
-            self.records.push(ProcessRecord::new(pid, self.monitor_pid, Vec::new(), at));
+            self.records
+                .push(ProcessRecord::new(pid, self.monitor_pid, Vec::new(), at));
             self.records.len() - 1
         });
         let had_children = self.records.iter().any(|r| r.ppid == pid);
@@ -349,15 +375,26 @@ impl TreeSampler {
         self.pids.clear();
         match &self.membership {
             Membership::Cgroup { procs, .. } => {
-                if let Ok(text) = procfs::pread_all(procs, &mut self.buf) {
+                let listed =
+                    File::open(procs).and_then(|file| procfs::pread_all(&file, &mut self.buf));
+                if let Ok(text) = listed {
                     let text = String::from_utf8_lossy(text);
-                    self.pids.extend(text.lines().filter_map(|line| line.trim().parse::<i32>().ok()));
+                    self.pids.extend(
+                        text.lines()
+                            .filter_map(|line| line.trim().parse::<i32>().ok()),
+                    );
                 }
             }
             Membership::ProcScan => {
-                let Ok(entries) = fs::read_dir("/proc") else { return };
+                let Ok(entries) = fs::read_dir("/proc") else {
+                    return;
+                };
                 for entry in entries.flatten() {
-                    if let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) {
+                    if let Some(pid) = entry
+                        .file_name()
+                        .to_str()
+                        .and_then(|n| n.parse::<i32>().ok())
+                    {
                         self.pids.push(pid);
                     }
                 }
@@ -369,7 +406,10 @@ impl TreeSampler {
         let mut unknown: Vec<(i32, i32)> = Vec::new();
         let pids = std::mem::take(&mut self.pids);
         for &pid in &pids {
-            if pid == self.monitor_pid || self.live.contains_key(&pid) || self.foreign.contains(&pid) {
+            if pid == self.monitor_pid
+                || self.live.contains_key(&pid)
+                || self.foreign.contains(&pid)
+            {
                 continue;
             }
             let stat = procfs::read_text(&PathBuf::from(format!("/proc/{pid}/stat")))
@@ -402,16 +442,30 @@ impl TreeSampler {
     }
 
     fn track(&mut self, pid: i32, ppid: i32) {
-        let Ok(statm) = File::open(format!("/proc/{pid}/statm")) else { return };
+        let Ok(statm) = File::open(format!("/proc/{pid}/statm")) else {
+            return;
+        };
         let cmdline = fs::read(format!("/proc/{pid}/cmdline"))
             .map(|bytes| procfs::parse_cmdline(&bytes))
             .unwrap_or_default();
         let record = self.records.len();
-        self.records.push(ProcessRecord::new(pid, ppid, cmdline, self.start.elapsed()));
-        let long_ago = Instant::now().checked_sub(Duration::from_secs(3600)).unwrap_or(self.start);
+        self.records
+            .push(ProcessRecord::new(pid, ppid, cmdline, self.start.elapsed()));
+        let long_ago = Instant::now()
+            .checked_sub(Duration::from_secs(3600))
+            .unwrap_or(self.start);
         self.live.insert(
             pid,
-            Live { record, statm, last_status: long_ago, shmem_bytes: 0, last_smaps: None, last_rss_bytes: 0 },
+            Live {
+                record,
+                name: None,
+                samples: 0,
+                statm,
+                last_status: long_ago,
+                shmem_bytes: 0,
+                last_smaps: None,
+                last_rss_bytes: 0,
+            },
         );
     }
 }
@@ -427,6 +481,10 @@ fn sample_process(
 ) {
     let rss = statm.resident_bytes;
     record.raise_rss(rss, PeakSource::Sampled);
+    live.samples += 1;
+    // A process is often first seen between fork and exec: read its command line again on
+    // the second sample, and whenever `status` shows a new name.
+    let mut reread_cmdline = live.samples == 2;
     // A fall in RSS means something was freed; the high-water mark may hold a spike we
     // did not see, so read it before the process gets a chance to exit.
     let fell = rss + significant_change(live.last_rss_bytes) < live.last_rss_bytes;
@@ -436,8 +494,20 @@ fn sample_process(
         {
             live.last_status = now;
             live.shmem_bytes = status.shmem_bytes;
+            if live.name.as_deref().is_some_and(|name| name != status.name) {
+                reread_cmdline = true;
+            }
+            live.name = Some(status.name);
             record.raise_rss(status.hwm_bytes, PeakSource::VmHwm);
             raise(&mut record.peak_shmem_bytes, status.shmem_bytes);
+        }
+    }
+    if reread_cmdline {
+        if let Ok(bytes) = fs::read(format!("/proc/{pid}/cmdline")) {
+            let cmdline = procfs::parse_cmdline(&bytes);
+            if !cmdline.is_empty() {
+                record.cmdline = cmdline;
+            }
         }
     }
     live.last_rss_bytes = rss;
@@ -469,7 +539,8 @@ fn sample_process(
 fn estimate_pss_uss(live: &Live, rss: u64) -> (u64, u64) {
     match live.last_smaps {
         Some((_, rss_then, pss, uss)) => {
-            let shift = |v: u64| (v as i128 + rss as i128 - rss_then as i128).clamp(0, rss as i128) as u64;
+            let shift =
+                |v: u64| (v as i128 + rss as i128 - rss_then as i128).clamp(0, rss as i128) as u64;
             (shift(pss), shift(uss))
         }
         None => (rss, rss),
@@ -511,7 +582,9 @@ mod tests {
         assert!(seen >= 3, "sh and both sleeps sampled, saw {seen}");
         let records = sampler.processes();
         assert!(records.iter().all(|r| r.peak_rss_bytes > 0));
-        assert!(records.iter().any(|r| r.cmdline.first().is_some_and(|c| c.contains("sleep"))));
+        assert!(records
+            .iter()
+            .any(|r| r.cmdline.first().is_some_and(|c| c.contains("sleep"))));
         child.kill().expect("kill");
         child.wait().expect("wait");
     }
@@ -521,7 +594,10 @@ mod tests {
         let mut sampler = TreeSampler::new(1, Instant::now(), SamplerOptions::default(), None);
         sampler.record_exit(4_000_000, ExitStatus::Code(3), 5 << 20);
         let record = &sampler.processes()[0];
-        assert_eq!((record.peak_rss_bytes, record.peak_rss_source), (5 << 20, PeakSource::RuMaxrss));
+        assert_eq!(
+            (record.peak_rss_bytes, record.peak_rss_source),
+            (5 << 20, PeakSource::RuMaxrss)
+        );
         assert_eq!(record.exit, Some(ExitStatus::Code(3)));
         assert!(!record.alive);
     }
@@ -530,6 +606,8 @@ mod tests {
     fn pss_estimate_follows_rss_between_walks() {
         let live = Live {
             record: 0,
+            name: None,
+            samples: 0,
             statm: File::open("/proc/self/statm").expect("open"),
             last_status: Instant::now(),
             shmem_bytes: 0,

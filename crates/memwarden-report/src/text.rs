@@ -24,10 +24,18 @@ pub fn summary(report: &Report) -> String {
         (Some(code), None) => format!("exited with code {code}"),
         (None, None) => "ended".to_owned(),
     };
-    let _ = writeln!(out, "memwarden: `{command}` {ending} after {:.2} s", report.duration_s);
+    let _ = writeln!(
+        out,
+        "memwarden: `{command}` {ending} after {:.2} s",
+        report.duration_s
+    );
     if report.exit.oom_killed {
         let by = report.exit.oom_killed_by.as_deref().unwrap_or("kernel");
-        let at = report.exit.oom_at_bytes.map(|b| format!(" at {}", format_size(b))).unwrap_or_default();
+        let at = report
+            .exit
+            .oom_at_bytes
+            .map(|b| format!(" at {}", format_size(b)))
+            .unwrap_or_default();
         let _ = writeln!(out, "  OOM-KILLED   by the {by}{at}");
     }
     let peak = &report.peak;
@@ -45,18 +53,32 @@ pub fn summary(report: &Report) -> String {
         source_name(peak.source)
     );
     if let Some(pss) = peak.pss_bytes {
-        let uss = peak.uss_bytes.map(|u| format!(", USS {}", format_size(u))).unwrap_or_default();
-        let _ = writeln!(out, "  peak PSS     {}{uss}  (tree total, shared pages counted once)", format_size(pss));
+        let uss = peak
+            .uss_bytes
+            .map(|u| format!(", USS {}", format_size(u)))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  peak PSS     {}{uss}  (tree total, shared pages counted once)",
+            format_size(pss)
+        );
     }
     if let Some(cgroup) = peak.cgroup_bytes {
-        let _ = writeln!(out, "  cgroup peak  {}  (includes page cache)", format_size(cgroup));
+        let _ = writeln!(
+            out,
+            "  cgroup peak  {}  (includes page cache)",
+            format_size(cgroup)
+        );
     }
     match peak.gpu_bytes {
         Some(gpu) => {
             let _ = writeln!(out, "  peak GPU     {}", format_size(gpu));
         }
         None if report.gpu.status == "available" => {
-            let _ = writeln!(out, "  peak GPU     0 B (no process of the tree used a GPU)");
+            let _ = writeln!(
+                out,
+                "  peak GPU     0 B (no process of the tree used a GPU)"
+            );
         }
         None => {}
     }
@@ -64,22 +86,38 @@ pub fn summary(report: &Report) -> String {
     let headroom = if limits.headroom_bytes >= 0 {
         format!("headroom {}", format_size(limits.headroom_bytes as u64))
     } else {
-        format!("OVER by {}", format_size(limits.headroom_bytes.unsigned_abs()))
+        format!(
+            "OVER by {}",
+            format_size(limits.headroom_bytes.unsigned_abs())
+        )
     };
     let limit_name = match limits.tightest_limit_source.as_str() {
         "cgroup" => "container cgroup limit",
         "hard_limit" => "--hard-limit",
         _ => "system memory",
     };
-    let _ = writeln!(out, "  limit        {} ({limit_name}); {headroom}", format_size(limits.tightest_limit_bytes));
+    let _ = writeln!(
+        out,
+        "  limit        {} ({limit_name}); {headroom}",
+        format_size(limits.tightest_limit_bytes)
+    );
     let budget = &report.budget;
     if let Some(limit) = budget.limit_bytes {
         let verdict = match budget.status {
             BudgetStatus::Fail => "FAIL",
             _ => "pass",
         };
-        let percent = if limit > 0 { peak.rss_bytes as f64 * 100.0 / limit as f64 } else { f64::INFINITY };
-        let _ = writeln!(out, "  budget       {verdict}: {} of {} ({percent:.0}%)", format_size(peak.rss_bytes), format_size(limit));
+        let percent = if limit > 0 {
+            peak.rss_bytes as f64 * 100.0 / limit as f64
+        } else {
+            f64::INFINITY
+        };
+        let _ = writeln!(
+            out,
+            "  budget       {verdict}: {} of {} ({percent:.0}%)",
+            format_size(peak.rss_bytes),
+            format_size(limit)
+        );
     }
     if let Some(hard) = budget.hard_limit_bytes {
         let by = match budget.enforced_by {

@@ -44,10 +44,20 @@ impl RunConfig {
         if hard_limit_bytes.is_some_and(|b| b < (1 << 20)) {
             return Err("--hard-limit: a limit under 1 MiB would kill any process at start; give a larger size".into());
         }
-        if args.command.first().is_none_or(|program| program.is_empty()) {
-            return Err("no command given: write it after `--`, e.g. memwarden run -- python train.py".into());
+        if args
+            .command
+            .first()
+            .is_none_or(|program| program.is_empty())
+        {
+            return Err(
+                "no command given: write it after `--`, e.g. memwarden run -- python train.py"
+                    .into(),
+            );
         }
-        let json = args.json.map(|path| open_output(&path).map(|file| (path, file))).transpose()?;
+        let json = args
+            .json
+            .map(|path| open_output(&path).map(|file| (path, file)))
+            .transpose()?;
         Ok(RunConfig {
             command: args.command,
             interval,
@@ -76,25 +86,41 @@ pub fn parse_interval(text: &str) -> Result<Duration, String> {
         .map_err(|_| format!("--interval: invalid duration '{text}': write e.g. 50ms or 0.5s"))?;
     let ms = value * scale_ms;
     if !(1.0..=60_000.0).contains(&ms) {
-        return Err(format!("--interval: '{text}' is out of range: choose between 1ms and 60s"));
+        return Err(format!(
+            "--interval: '{text}' is out of range: choose between 1ms and 60s"
+        ));
     }
     Ok(Duration::from_secs_f64(ms / 1000.0))
 }
 
 fn open_output(path: &Path) -> Result<File, String> {
     if path.is_dir() {
-        return Err(format!("--json {}: is a directory; give a file path such as {}/report.json", path.display(), path.display()));
+        return Err(format!(
+            "--json {}: is a directory; give a file path such as {}/report.json",
+            path.display(),
+            path.display()
+        ));
     }
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::create_dir_all(parent)
-            .map_err(|e| format!("--json {}: cannot create directory {}: {e}", path.display(), parent.display()))?;
+        fs::create_dir_all(parent).map_err(|e| {
+            format!(
+                "--json {}: cannot create directory {}: {e}",
+                path.display(),
+                parent.display()
+            )
+        })?;
     }
     OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .open(path)
-        .map_err(|e| format!("--json {}: cannot write: {e}; choose a writable path", path.display()))
+        .map_err(|e| {
+            format!(
+                "--json {}: cannot write: {e}; choose a writable path",
+                path.display()
+            )
+        })
 }
 
 #[cfg(test)]
@@ -114,7 +140,10 @@ mod tests {
     #[test]
     fn output_paths() {
         let dir = tempfile::tempdir().expect("tempdir");
-        assert!(open_output(&dir.path().join("a/b/report.json")).is_ok(), "parents are created");
+        assert!(
+            open_output(&dir.path().join("a/b/report.json")).is_ok(),
+            "parents are created"
+        );
         let err = open_output(dir.path()).unwrap_err();
         assert!(err.contains("is a directory"), "{err}");
         let file = dir.path().join("plain");

@@ -34,10 +34,18 @@ impl Isolation {
     /// kernel refuses.
     pub fn prepare(mode: CgroupMode, hard_limit_bytes: Option<u64>) -> Result<Isolation, String> {
         let enclosing = cgroup::current();
-        let mut isolation = Isolation { enclosing, own: None, join: None, enforcement: Enforcement::None, note: None };
+        let mut isolation = Isolation {
+            enclosing,
+            own: None,
+            join: None,
+            enforcement: Enforcement::None,
+            note: None,
+        };
         let refused = match (mode, &isolation.enclosing) {
             (CgroupMode::Off, _) => Some("--cgroup off".to_owned()),
-            (_, None) => Some("no memory cgroup controller is mounted and visible to memwarden".to_owned()),
+            (_, None) => {
+                Some("no memory cgroup controller is mounted and visible to memwarden".to_owned())
+            }
             (_, Some(enclosing)) => {
                 // SAFETY: getpid has no preconditions.
                 #[allow(unsafe_code)]
@@ -60,7 +68,9 @@ impl Isolation {
         };
         if let Some(reason) = refused {
             if mode == CgroupMode::Require {
-                return Err(format!("--cgroup require: the command cannot get a memory cgroup of its own: {reason}"));
+                return Err(format!(
+                    "--cgroup require: the command cannot get a memory cgroup of its own: {reason}"
+                ));
             }
             isolation.note = Some(match hard_limit_bytes {
                 Some(_) => format!("no cgroup of its own for the command ({reason}): the hard limit is enforced by memwarden's watchdog"),
@@ -68,7 +78,11 @@ impl Isolation {
             });
         }
         if hard_limit_bytes.is_some() {
-            isolation.enforcement = if isolation.own.is_some() { Enforcement::Cgroup } else { Enforcement::Watchdog };
+            isolation.enforcement = if isolation.own.is_some() {
+                Enforcement::Cgroup
+            } else {
+                Enforcement::Watchdog
+            };
         }
         Ok(isolation)
     }
@@ -82,6 +96,8 @@ impl Isolation {
     pub fn cleanup(&mut self) -> Option<String> {
         self.join = None;
         let (own, enclosing) = (self.own.as_ref()?, self.enclosing.as_ref()?);
-        own.remove(enclosing).err().map(|e| format!("the run's cgroup was left behind: {e}"))
+        own.remove(enclosing)
+            .err()
+            .map(|e| format!("the run's cgroup was left behind: {e}"))
     }
 }

@@ -62,8 +62,14 @@ pub fn main(args: RunArgs) -> Status {
 }
 
 fn execute(mut config: RunConfig) -> Result<Status, (Status, String)> {
-    let supervisor = Supervisor::install().map_err(|e| (Status::Internal, format!("cannot set up signal handling: {e}")))?;
-    let mut isolation = Isolation::prepare(config.cgroup, config.hard_limit_bytes).map_err(|m| (Status::Usage, m))?;
+    let supervisor = Supervisor::install().map_err(|e| {
+        (
+            Status::Internal,
+            format!("cannot set up signal handling: {e}"),
+        )
+    })?;
+    let mut isolation = Isolation::prepare(config.cgroup, config.hard_limit_bytes)
+        .map_err(|m| (Status::Usage, m))?;
     let meminfo = procfs::read_meminfo().unwrap_or_default();
     let enclosing_oom_kills_before = isolation.enclosing.as_ref().and_then(|c| c.oom_kills());
     let enclosing_usage_at_start = isolation.enclosing.as_ref().and_then(|c| c.usage_bytes());
@@ -83,11 +89,18 @@ fn execute(mut config: RunConfig) -> Result<Status, (Status, String)> {
             let _ = isolation.cleanup();
             let program = &config.command[0];
             return Err(match e.kind() {
-                io::ErrorKind::NotFound => (Status::NotFound, format!("command not found: {program}: check the name and PATH")),
-                io::ErrorKind::PermissionDenied => {
-                    (Status::CannotExecute, format!("cannot execute {program}: permission denied (is it executable?)"))
-                }
-                _ => (Status::CannotExecute, format!("cannot execute {program}: {e}")),
+                io::ErrorKind::NotFound => (
+                    Status::NotFound,
+                    format!("command not found: {program}: check the name and PATH"),
+                ),
+                io::ErrorKind::PermissionDenied => (
+                    Status::CannotExecute,
+                    format!("cannot execute {program}: permission denied (is it executable?)"),
+                ),
+                _ => (
+                    Status::CannotExecute,
+                    format!("cannot execute {program}: {e}"),
+                ),
             });
         }
     };
@@ -95,7 +108,9 @@ fn execute(mut config: RunConfig) -> Result<Status, (Status, String)> {
     sampler.adopt(pid, monitor_pid);
     if let Some(own) = &isolation.own {
         if let Err(e) = sampler.use_cgroup(own) {
-            eprintln!("memwarden: warning: cannot read the run's cgroup ({e}); scanning /proc instead");
+            eprintln!(
+                "memwarden: warning: cannot read the run's cgroup ({e}); scanning /proc instead"
+            );
         }
     }
 
@@ -114,9 +129,11 @@ fn execute(mut config: RunConfig) -> Result<Status, (Status, String)> {
         if now >= next_sample {
             let totals = sampler.sample();
             recorder.push(&totals);
-            if let (Enforcement::Watchdog, Some(limit), None) =
-                (isolation.enforcement, config.hard_limit_bytes, watchdog_kill_at_bytes)
-            {
+            if let (Enforcement::Watchdog, Some(limit), None) = (
+                isolation.enforcement,
+                config.hard_limit_bytes,
+                watchdog_kill_at_bytes,
+            ) {
                 if totals.pss_bytes > limit {
                     watchdog_kill_at_bytes = Some(totals.pss_bytes);
                     for member in sampler.live_pids() {
@@ -124,7 +141,13 @@ fn execute(mut config: RunConfig) -> Result<Status, (Status, String)> {
                     }
                 }
             }
-            status_line.update(totals.at, totals.rss_bytes, recorder.rss_peak.rss_bytes, totals.processes, config.budget_bytes);
+            status_line.update(
+                totals.at,
+                totals.rss_bytes,
+                recorder.rss_peak.rss_bytes,
+                totals.processes,
+                config.budget_bytes,
+            );
             next_sample += interval;
             if next_sample < now {
                 next_sample = now + interval;
@@ -173,7 +196,9 @@ fn execute(mut config: RunConfig) -> Result<Status, (Status, String)> {
         meminfo,
         enclosing_usage_at_start,
     };
-    let mut report = report::build(&config, &isolation, &sampler, &recorder, &observed, interval);
+    let mut report = report::build(
+        &config, &isolation, &sampler, &recorder, &observed, interval,
+    );
     if let Some(warning) = isolation.cleanup() {
         report.warnings.push(warning);
     }
@@ -186,7 +211,10 @@ fn execute(mut config: RunConfig) -> Result<Status, (Status, String)> {
             .and_then(|()| file.write_all(b"\n"))
             .and_then(|()| file.flush());
         if let Err(e) = written {
-            return Err((Status::Internal, format!("cannot write the report to {}: {e}", path.display())));
+            return Err((
+                Status::Internal,
+                format!("cannot write the report to {}: {e}", path.display()),
+            ));
         }
     }
     if !config.quiet {

@@ -24,7 +24,10 @@ pub struct Recorder {
 impl Recorder {
     /// An empty recorder.
     pub fn new() -> Self {
-        Recorder { stride: 1, ..Default::default() }
+        Recorder {
+            stride: 1,
+            ..Default::default()
+        }
     }
 
     /// Adds one sample.
@@ -45,7 +48,11 @@ impl Recorder {
         if point.rss_bytes > self.rss_peak.rss_bytes || self.samples == 1 {
             self.rss_peak = point;
         }
-        self.max = if self.samples == 1 { point } else { self.max.merge_max(&point) };
+        self.max = if self.samples == 1 {
+            point
+        } else {
+            self.max.merge_max(&point)
+        };
         let (merged, count) = match self.pending.take() {
             Some((pending, count)) => (pending.merge_max(&point), count + 1),
             None => (point, 1),
@@ -56,7 +63,11 @@ impl Recorder {
         }
         self.timeline.push(merged);
         if self.timeline.len() >= MAX_POINTS {
-            self.timeline = self.timeline.chunks(2).map(|pair| pair.iter().skip(1).fold(pair[0], |a, b| a.merge_max(b))).collect();
+            self.timeline = self
+                .timeline
+                .chunks(2)
+                .map(|pair| pair.iter().skip(1).fold(pair[0], |a, b| a.merge_max(b)))
+                .collect();
             self.stride *= 2;
         }
     }
@@ -80,16 +91,32 @@ mod tests {
     fn long_runs_keep_a_bounded_timeline_and_every_peak() {
         let mut recorder = Recorder::new();
         for i in 0..50_000_u64 {
-            let rss = if i == 31_337 { 10 << 30 } else { (i % 100) << 20 };
-            let totals = TreeTotals { at: Duration::from_millis(i * 50), rss_bytes: rss, processes: 1, ..Default::default() };
+            let rss = if i == 31_337 {
+                10 << 30
+            } else {
+                (i % 100) << 20
+            };
+            let totals = TreeTotals {
+                at: Duration::from_millis(i * 50),
+                rss_bytes: rss,
+                processes: 1,
+                ..Default::default()
+            };
             recorder.push(&totals);
         }
         let timeline = recorder.timeline();
         assert!(timeline.len() <= MAX_POINTS, "{}", timeline.len());
         assert!(timeline.len() >= MAX_POINTS / 2);
-        assert_eq!(timeline.iter().map(|p| p.rss_bytes).max(), Some(10 << 30), "the spike survives merging");
+        assert_eq!(
+            timeline.iter().map(|p| p.rss_bytes).max(),
+            Some(10 << 30),
+            "the spike survives merging"
+        );
         assert_eq!(recorder.rss_peak.rss_bytes, 10 << 30);
         assert!((recorder.rss_peak.t_s - 31_337.0 * 0.05).abs() < 1e-6);
-        assert!(timeline.windows(2).all(|w| w[0].t_s <= w[1].t_s), "time order kept");
+        assert!(
+            timeline.windows(2).all(|w| w[0].t_s <= w[1].t_s),
+            "time order kept"
+        );
     }
 }

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
 
 use memwarden_format::report::{
-    Budget, BudgetStatus, Exit, Gpu, GpuDevice, Limits, MonitorInfo, Peak, PeakSource, ProcessReport, Report,
-    SCHEMA,
+    Budget, BudgetStatus, Exit, Gpu, GpuDevice, Limits, MonitorInfo, Peak, PeakSource,
+    ProcessReport, Report, SCHEMA,
 };
 use memwarden_format::units::format_size;
 use memwarden_monitor::tree::{ExitStatus, TreeSampler};
@@ -27,21 +27,39 @@ pub fn build(
 ) -> Report {
     let mut warnings = Vec::new();
     let own_cgroup_peak = isolation.own.as_ref().and_then(|c| c.peak_bytes());
-    let own_oom_kills = isolation.own.as_ref().and_then(|c| c.oom_kills()).unwrap_or(0);
-    let enclosing_oom_kills = match (isolation.enclosing.as_ref().and_then(|c| c.oom_kills()), observed.enclosing_oom_kills_before) {
+    let own_oom_kills = isolation
+        .own
+        .as_ref()
+        .and_then(|c| c.oom_kills())
+        .unwrap_or(0);
+    let enclosing_oom_kills = match (
+        isolation.enclosing.as_ref().and_then(|c| c.oom_kills()),
+        observed.enclosing_oom_kills_before,
+    ) {
         (Some(after), Some(before)) => Some(after.saturating_sub(before)),
         _ => None,
     };
 
-    let exit = build_exit(observed, own_oom_kills, enclosing_oom_kills, own_cgroup_peak);
+    let exit = build_exit(
+        observed,
+        own_oom_kills,
+        enclosing_oom_kills,
+        own_cgroup_peak,
+    );
     if own_oom_kills > 0 && !exit.oom_killed {
-        warnings.push(format!("the kernel OOM-killed {own_oom_kills} process(es) of the tree at the hard limit"));
+        warnings.push(format!(
+            "the kernel OOM-killed {own_oom_kills} process(es) of the tree at the hard limit"
+        ));
     }
     if enclosing_oom_kills.is_some_and(|k| k > 0) && !exit.oom_killed {
         warnings.push("the OOM killer struck in memwarden's cgroup during the run".to_owned());
     }
 
-    let processes: Vec<ProcessReport> = sampler.processes().iter().map(process_report).collect();
+    let processes: Vec<ProcessReport> = sampler
+        .processes()
+        .into_iter()
+        .map(process_report)
+        .collect();
     let peak = build_peak(recorder, sampler, own_cgroup_peak);
     if peak.source == PeakSource::Sampled && sampler.processes().len() > 1 {
         warnings.push(
@@ -65,8 +83,15 @@ pub fn build(
         ));
     }
     if !observed.forwarded_signals.is_empty() {
-        let names: Vec<String> = observed.forwarded_signals.iter().map(|&s| signal_name(s)).collect();
-        warnings.push(format!("memwarden received {} during the run", names.join(", ")));
+        let names: Vec<String> = observed
+            .forwarded_signals
+            .iter()
+            .map(|&s| signal_name(s))
+            .collect();
+        warnings.push(format!(
+            "memwarden received {} during the run",
+            names.join(", ")
+        ));
     }
     if let Some(note) = &isolation.note {
         if config.hard_limit_bytes.is_some() || config.cgroup != crate::cli::CgroupMode::Auto {
@@ -92,8 +117,13 @@ pub fn build(
         schema: SCHEMA.to_owned(),
         memwarden_version: env!("CARGO_PKG_VERSION").to_owned(),
         command: config.command.clone(),
-        cwd: std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_default(),
-        started_at_unix_s: observed.started_at.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
+        cwd: std::env::current_dir()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        started_at_unix_s: observed
+            .started_at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
         duration_s,
         exit,
         peak,
@@ -104,7 +134,11 @@ pub fn build(
             interval_ms: interval.as_millis() as u64,
             samples: recorder.samples,
             self_cpu_s: observed.self_cpu_s,
-            self_cpu_share: if duration_s > 0.0 { observed.self_cpu_s / duration_s } else { 0.0 },
+            self_cpu_share: if duration_s > 0.0 {
+                observed.self_cpu_s / duration_s
+            } else {
+                0.0
+            },
             own_cgroup: isolation.own.is_some(),
         },
         processes,
@@ -113,7 +147,12 @@ pub fn build(
     }
 }
 
-fn build_exit(observed: &Observed, own_oom_kills: u64, enclosing_oom_kills: Option<u64>, own_peak: Option<u64>) -> Exit {
+fn build_exit(
+    observed: &Observed,
+    own_oom_kills: u64,
+    enclosing_oom_kills: Option<u64>,
+    own_peak: Option<u64>,
+) -> Exit {
     let mut exit = Exit::default();
     match observed.exit {
         ExitStatus::Code(code) => exit.code = Some(code),
@@ -137,22 +176,37 @@ fn build_exit(observed: &Observed, own_oom_kills: u64, enclosing_oom_kills: Opti
 
 fn build_peak(recorder: &Recorder, sampler: &TreeSampler, own_cgroup_peak: Option<u64>) -> Peak {
     let at_peak = recorder.rss_peak;
-    let largest = sampler.processes().iter().max_by_key(|p| p.peak_rss_bytes);
+    let largest = sampler
+        .processes()
+        .into_iter()
+        .max_by_key(|p| p.peak_rss_bytes);
     let (rss_bytes, source) = match largest {
-        Some(p) if p.peak_rss_bytes >= at_peak.rss_bytes && p.peak_rss_bytes > 0 => (p.peak_rss_bytes, p.peak_rss_source),
+        Some(p) if p.peak_rss_bytes >= at_peak.rss_bytes && p.peak_rss_bytes > 0 => {
+            (p.peak_rss_bytes, p.peak_rss_source)
+        }
         _ => (at_peak.rss_bytes, PeakSource::Sampled),
     };
     let sampled = recorder.samples > 0;
     let mut sources = BTreeMap::new();
     sources.insert("rss_bytes".to_owned(), source);
-    for field in ["pss_bytes", "uss_bytes", "anon_bytes", "file_bytes", "shmem_bytes"] {
+    for field in [
+        "pss_bytes",
+        "uss_bytes",
+        "anon_bytes",
+        "file_bytes",
+        "shmem_bytes",
+    ] {
         if sampled {
             sources.insert(field.to_owned(), PeakSource::Sampled);
         }
     }
     let cgroup_bytes = own_cgroup_peak.or(recorder.max.cgroup_bytes);
     if cgroup_bytes.is_some() {
-        let source = if own_cgroup_peak.is_some() { PeakSource::Cgroup } else { PeakSource::Sampled };
+        let source = if own_cgroup_peak.is_some() {
+            PeakSource::Cgroup
+        } else {
+            PeakSource::Sampled
+        };
         sources.insert("cgroup_bytes".to_owned(), source);
     }
     if recorder.max.gpu_bytes.is_some() {
@@ -175,7 +229,12 @@ fn build_peak(recorder: &Recorder, sampler: &TreeSampler, own_cgroup_peak: Optio
     }
 }
 
-fn build_limits(config: &RunConfig, isolation: &Isolation, observed: &Observed, peak_bytes: u64) -> Limits {
+fn build_limits(
+    config: &RunConfig,
+    isolation: &Isolation,
+    observed: &Observed,
+    peak_bytes: u64,
+) -> Limits {
     let enclosing = isolation.enclosing.as_ref();
     let cgroup_limit_bytes = enclosing.and_then(|c| c.limit_bytes());
     let mut candidates = vec![(observed.meminfo.total_bytes, "system")];
@@ -185,13 +244,20 @@ fn build_limits(config: &RunConfig, isolation: &Isolation, observed: &Observed, 
     if let Some(limit) = config.hard_limit_bytes {
         candidates.push((limit, "hard_limit"));
     }
-    let (tightest, source) = candidates.into_iter().filter(|(b, _)| *b > 0).min_by_key(|(b, _)| *b).unwrap_or((0, "system"));
+    let (tightest, source) = candidates
+        .into_iter()
+        .filter(|(b, _)| *b > 0)
+        .min_by_key(|(b, _)| *b)
+        .unwrap_or((0, "system"));
     Limits {
         cgroup_version: enclosing.map(|c| c.version_number()),
         cgroup_path: enclosing.map(|c| c.path.clone()),
         cgroup_limit_bytes,
         cgroup_usage_at_start_bytes: observed.enclosing_usage_at_start,
-        cgroup_oom_kills_during_run: match (enclosing.and_then(|c| c.oom_kills()), observed.enclosing_oom_kills_before) {
+        cgroup_oom_kills_during_run: match (
+            enclosing.and_then(|c| c.oom_kills()),
+            observed.enclosing_oom_kills_before,
+        ) {
             (Some(after), Some(before)) => Some(after.saturating_sub(before)),
             _ => None,
         },

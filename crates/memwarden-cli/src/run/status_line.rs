@@ -19,11 +19,22 @@ pub struct StatusLine {
 impl StatusLine {
     /// A status line for stderr, unless quiet or stderr is not a terminal.
     pub fn new(quiet: bool) -> Self {
-        StatusLine { enabled: !quiet && std::io::stderr().is_terminal(), last_draw: None, drawn: false }
+        StatusLine {
+            enabled: !quiet && std::io::stderr().is_terminal(),
+            last_draw: None,
+            drawn: false,
+        }
     }
 
     /// Redraws at most every 200 ms.
-    pub fn update(&mut self, elapsed: Duration, current_bytes: u64, peak_bytes: u64, processes: u32, budget_bytes: Option<u64>) {
+    pub fn update(
+        &mut self,
+        elapsed: Duration,
+        current_bytes: u64,
+        peak_bytes: u64,
+        processes: u32,
+        budget_bytes: Option<u64>,
+    ) {
         if !self.enabled || self.last_draw.is_some_and(|t| t.elapsed() < REFRESH) {
             return;
         }
@@ -56,11 +67,24 @@ impl StatusLine {
 
 /// `[########------------]  40% of 2.00 GiB`, or `[!!!!...] 120% ...` when over.
 pub fn budget_bar(peak_bytes: u64, budget_bytes: u64) -> String {
-    let ratio = if budget_bytes == 0 { f64::INFINITY } else { peak_bytes as f64 / budget_bytes as f64 };
+    let ratio = if budget_bytes == 0 {
+        f64::INFINITY
+    } else {
+        peak_bytes as f64 / budget_bytes as f64
+    };
     let filled = ((ratio.min(1.0)) * BAR_WIDTH as f64).round() as usize;
     let mark = if ratio > 1.0 { "!" } else { "#" };
-    let percent = if ratio.is_finite() { format!("{:>3.0}%", ratio * 100.0) } else { "over".to_owned() };
-    format!("[{}{}] {percent} of {}", mark.repeat(filled), "-".repeat(BAR_WIDTH - filled), format_size(budget_bytes))
+    let percent = if ratio.is_finite() {
+        format!("{:>3.0}%", ratio * 100.0)
+    } else {
+        "over".to_owned()
+    };
+    format!(
+        "[{}{}] {percent} of {}",
+        mark.repeat(filled),
+        "-".repeat(BAR_WIDTH - filled),
+        format_size(budget_bytes)
+    )
 }
 
 #[cfg(test)]

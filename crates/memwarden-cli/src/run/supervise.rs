@@ -18,7 +18,13 @@ use std::time::Duration;
 
 use memwarden_monitor::tree::ExitStatus;
 
-const HANDLED: [libc::c_int; 5] = [libc::SIGCHLD, libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+const HANDLED: [libc::c_int; 5] = [
+    libc::SIGCHLD,
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+];
 
 /// Something that happened while waiting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +99,9 @@ impl Supervisor {
     /// of the command is charged elsewhere).
     #[allow(unsafe_code)]
     pub fn spawn(&self, command: &[String], join_cgroup: Option<RawFd>) -> io::Result<i32> {
-        let (program, args) = command.split_first().ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let (program, args) = command
+            .split_first()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
         let mut cmd = Command::new(program);
         cmd.args(args);
         // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
@@ -119,9 +127,17 @@ impl Supervisor {
     /// Waits up to `timeout` for signals; returns what arrived (empty on timeout).
     #[allow(unsafe_code)]
     pub fn wait(&self, timeout: Duration) -> Vec<Event> {
-        let mut poll_fd = libc::pollfd { fd: self.signals.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut poll_fd = libc::pollfd {
+            fd: self.signals.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         let timeout_ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-        let timeout_ms = if timeout.is_zero() { 0 } else { timeout_ms.max(1) };
+        let timeout_ms = if timeout.is_zero() {
+            0
+        } else {
+            timeout_ms.max(1)
+        };
         // SAFETY: one valid pollfd.
         let ready = unsafe { libc::poll(&mut poll_fd, 1, timeout_ms) };
         let mut events = Vec::new();
@@ -132,7 +148,8 @@ impl Supervisor {
             let mut info = MaybeUninit::<libc::signalfd_siginfo>::uninit();
             let size = std::mem::size_of::<libc::signalfd_siginfo>();
             // SAFETY: reads at most `size` bytes into `info`.
-            let read = unsafe { libc::read(self.signals.as_raw_fd(), info.as_mut_ptr().cast(), size) };
+            let read =
+                unsafe { libc::read(self.signals.as_raw_fd(), info.as_mut_ptr().cast(), size) };
             if read != size as isize {
                 break;
             }
@@ -147,7 +164,10 @@ impl Supervisor {
                 // si_code <= 0 means sent by a process (kill, sigqueue, tgkill); the kernel
                 // (a terminal's Ctrl-C, a hang-up) uses positive codes and signals the whole
                 // foreground process group, the command included.
-                events.push(Event::Signal { signo, forward: info.ssi_code <= 0 });
+                events.push(Event::Signal {
+                    signo,
+                    forward: info.ssi_code <= 0,
+                });
             }
         }
         events
@@ -172,7 +192,11 @@ impl Supervisor {
             } else {
                 ExitStatus::Code(libc::WEXITSTATUS(status))
             };
-            reaped.push(Reaped { pid, status, max_rss_bytes: usage.ru_maxrss.max(0) as u64 * 1024 });
+            reaped.push(Reaped {
+                pid,
+                status,
+                max_rss_bytes: usage.ru_maxrss.max(0) as u64 * 1024,
+            });
         }
     }
 }

@@ -1,0 +1,128 @@
+//! Helpers for the integration tests: they run the real `memwarden` binary on real commands.
+
+#![allow(dead_code, missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// The Python interpreter with numpy: `MEMWARDEN_TEST_PYTHON`, else the workspace's `.venv`
+/// (made by `scripts/test.sh`), else `python3`. Panics with what to do when numpy is missing,
+/// because these tests must not pass without running.
+pub fn python() -> PathBuf {
+    let candidates = [
+        std::env::var_os("MEMWARDEN_TEST_PYTHON").map(PathBuf::from),
+        Some(workspace_root().join(".venv/bin/python")).filter(|p| p.exists()),
+        Some(PathBuf::from("python3")),
+    ];
+    for python in candidates.into_iter().flatten() {
+        let ok = Command::new(&python)
+            .args(["-c", "import numpy"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return python;
+        }
+    }
+    panic!("these tests need Python with numpy: run scripts/test.sh, or set MEMWARDEN_TEST_PYTHON");
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+pub fn memwarden() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_memwarden"));
+    command.env("MEMWARDEN_NO_GPU", "1");
+    command
+}
+
+/// A finished run: its output and its JSON report.
+pub struct Run {
+    pub output: Output,
+    pub report: Option<Value>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Run {
+    pub fn code(&self) -> i32 {
+        self.output
+            .status
+            .code()
+            .expect("memwarden exited normally")
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+
+    pub fn report(&self) -> &Value {
+        self.report
+            .as_ref()
+            .unwrap_or_else(|| panic!("no report written; stderr:\n{}", self.stderr()))
+    }
+
+    pub fn u64_at(&self, pointer: &str) -> u64 {
+        self.report()
+            .pointer(pointer)
+            .and_then(Value::as_u64)
+            .unwrap_or_else(|| panic!("{pointer} missing or not a count in {:#}", self.report()))
+    }
+
+    pub fn str_at(&self, pointer: &str) -> String {
+        self.report()
+            .pointer(pointer)
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("{pointer} missing or not a string"))
+            .to_owned()
+    }
+}
+
+/// Runs `memwarden run --json <tmp>/report.json <options> -- <command>`.
+pub fn run(options: &[&str], command: &[&str]) -> Run {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("report.json");
+    let output = memwarden()
+        .arg("run")
+        .arg("--json")
+        .arg(&json)
+        .args(options)
+        .arg("--")
+        .args(command)
+        .current_dir(dir.path())
+        .output()
+        .expect("memwarden runs");
+    let report = std::fs::read_to_string(&json)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok());
+    Run {
+        output,
+        report,
+        dir,
+    }
+}
+
+/// Runs a Python snippet (with numpy available) under memwarden.
+pub fn run_python(options: &[&str], code: &str) -> Run {
+    let python = python();
+    run(options, &[python.to_str().expect("utf-8 path"), "-c", code])
+}
+
+pub fn within(actual: u64, expected: u64, tolerance: f64) -> bool {
+    (actual as f64 - expected as f64).abs() <= expected as f64 * tolerance
+}
+
+/// Python that allocates and touches `mib` MiB with numpy, holds it, and prints its own
+/// `ru_maxrss` in bytes on stdout: the true peak to compare with.
+pub fn numpy_hold(mib: u64, hold_s: f64) -> String {
+    format!(
+        "import numpy as np, time, resource\n\
+         a = np.ones({mib} * 1024 * 1024 // 8)\n\
+         time.sleep({hold_s})\n\
+         print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n"
+    )
+}
