@@ -467,13 +467,13 @@ fn the_command_gets_a_cgroup_of_its_own_with_an_exact_peak_when_the_kernel_allow
     assert_eq!(run.report()["monitor"]["own_cgroup"], Value::Bool(true));
     assert_eq!(run.str_at("/peak/sources/cgroup_bytes"), "cgroup");
     assert!(run.u64_at("/peak/cgroup_bytes") >= 200 * MIB);
+    // Tests run in parallel, each memwarden with its own `memwarden-PID`: look for this one's.
+    let memwarden_pid = run.u64_at("/processes/0/ppid");
     let path = run.str_at("/limits/cgroup_path");
     let leftovers: Vec<_> = ["/sys/fs/cgroup/memory", "/sys/fs/cgroup"]
         .iter()
-        .filter_map(|mount| std::fs::read_dir(format!("{mount}{path}")).ok())
-        .flat_map(|entries| entries.flatten())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("memwarden-"))
-        .map(|e| e.path())
+        .map(|mount| std::path::PathBuf::from(format!("{mount}{path}/memwarden-{memwarden_pid}")))
+        .filter(|dir| dir.exists())
         .collect();
     assert!(
         leftovers.is_empty(),

@@ -555,6 +555,7 @@ fn significant_change(rss: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::process::CommandExt;
     use std::process::Command;
 
     #[test]
@@ -563,6 +564,7 @@ mod tests {
         let start = Instant::now();
         let mut child = Command::new("sh")
             .args(["-c", "sleep 2 & sleep 2; wait"])
+            .process_group(0)
             .spawn()
             .expect("spawn sh");
         // SAFETY: getpid has no preconditions.
@@ -585,7 +587,8 @@ mod tests {
         assert!(records
             .iter()
             .any(|r| r.cmdline.first().is_some_and(|c| c.contains("sleep"))));
-        child.kill().expect("kill");
+        // SAFETY: killpg has no memory-safety preconditions; the group is the child's own.
+        unsafe { libc::killpg(child.id() as i32, libc::SIGKILL) };
         child.wait().expect("wait");
     }
 

@@ -18,7 +18,7 @@ fn source_name(source: PeakSource) -> &'static str {
 /// Renders the summary (several lines, each ending in a newline).
 pub fn summary(report: &Report) -> String {
     let mut out = String::new();
-    let command = report.command.join(" ");
+    let command = display_command(&report.command, 120);
     let ending = match (report.exit.code, &report.exit.signal_name) {
         (_, Some(name)) => format!("was killed by {name}"),
         (Some(code), None) => format!("exited with code {code}"),
@@ -42,7 +42,7 @@ pub fn summary(report: &Report) -> String {
     let who = peak
         .pid
         .and_then(|pid| report.processes.iter().find(|p| p.pid == pid))
-        .map(|p| format!(" in pid {} ({})", p.pid, short_cmdline(&p.cmdline)))
+        .map(|p| format!(" in pid {} ({})", p.pid, display_command(&p.cmdline, 60)))
         .unwrap_or_default();
     let _ = writeln!(
         out,
@@ -136,13 +136,61 @@ pub fn summary(report: &Report) -> String {
     out
 }
 
-fn short_cmdline(cmdline: &[String]) -> String {
-    let joined = cmdline.join(" ");
-    if joined.is_empty() {
+/// A command line as a shell user would type it, on one line, cut to `max_chars`.
+pub fn display_command(args: &[String], max_chars: usize) -> String {
+    if args.is_empty() {
         return "command line unknown".to_owned();
     }
-    match joined.char_indices().nth(60) {
-        Some((cut, _)) => format!("{}...", &joined[..cut]),
-        None => joined,
+    let quoted: Vec<String> = args.iter().map(|arg| shell_quote(arg)).collect();
+    let line = quoted.join(" ");
+    match line.char_indices().nth(max_chars) {
+        Some((cut, _)) => format!("{}...", &line[..cut]),
+        None => line,
+    }
+}
+
+fn shell_quote(arg: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_-./=:,+@%".contains(c);
+    if !arg.is_empty() && arg.chars().all(plain) {
+        return arg.to_owned();
+    }
+    let mut out = String::from("'");
+    for c in arg.chars() {
+        match c {
+            '\'' => out.push_str(r"'\''"),
+            '\n' => out.push_str(r"\n"),
+            '\t' => out.push_str(r"\t"),
+            c if c.is_control() => out.push_str(&format!(r"\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn commands_display_on_one_line_as_typed() {
+        assert_eq!(
+            display_command(&args(&["python", "train.py", "--lr=0.1"]), 80),
+            "python train.py --lr=0.1"
+        );
+        assert_eq!(
+            display_command(&args(&["python", "-c", "import x\nprint(1)"]), 80),
+            r"python -c 'import x\nprint(1)'"
+        );
+        assert_eq!(
+            display_command(&args(&["sh", "-c", "echo 'hi'"]), 80),
+            r"sh -c 'echo '\''hi'\'''"
+        );
+        assert_eq!(display_command(&args(&["a", "b"]), 1), "a...");
+        assert_eq!(display_command(&[], 10), "command line unknown");
     }
 }

@@ -1,0 +1,31 @@
+# Shared by scripts/example.sh and scripts/test.sh: set up what a fresh machine lacks.
+# shellcheck shell=bash
+
+repo_root() { cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd; }
+
+# The Python environment the example, the tests and the benchmarks use: .venv at the
+# repository root, with the example's requirements. MEMWARDEN_PYTHON picks the interpreter
+# that creates it (default python3).
+ensure_venv() {
+    local root=$1
+    local python=${MEMWARDEN_PYTHON:-python3}
+    if [ ! -x "$root/.venv/bin/python" ]; then
+        echo "==> creating $root/.venv with $($python --version 2>&1)"
+        "$python" -m venv "$root/.venv"
+    fi
+    if ! "$root/.venv/bin/python" -c 'import numpy, sklearn, joblib' 2>/dev/null; then
+        echo "==> installing the example's requirements into .venv (PyPI)"
+        "$root/.venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$root/examples/requirements.txt"
+    fi
+}
+
+# Debian packages the tests use: util-linux's `script` and `unshare`.
+ensure_debian_tools() {
+    local missing=()
+    command -v script >/dev/null || missing+=(bsdutils)
+    command -v unshare >/dev/null || missing+=(util-linux)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "==> installing ${missing[*]} (apt-get)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    fi
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Everything CI checks, from a fresh clone: formatting, lints, and every test (unit,
+# integration on real processes, real numpy and the real cgroup of this machine).
+# Installs what it needs: the Python packages from PyPI into .venv, util-linux tools
+# with apt-get when missing.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+root=$(repo_root)
+cd "$root"
+
+ensure_debian_tools
+ensure_venv "$root"
+export MEMWARDEN_TEST_PYTHON="$root/.venv/bin/python"
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy -D warnings"
+cargo clippy --quiet --all-targets -- -D warnings
+echo "==> tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --no-fail-fast
+    cargo test --quiet --doc
+else
+    cargo test --no-fail-fast
+fi
+echo "==> all tests passed"
