@@ -136,18 +136,24 @@ fn the_command_exit_code_passes_through() {
 
 #[test]
 fn a_command_that_exits_at_once_still_has_a_complete_report() {
-    let run = run(&[], &["true"]);
-    assert_eq!(run.code(), 0, "{}", run.stderr());
-    let processes = run.report()["processes"].as_array().expect("processes");
-    assert_eq!(processes.len(), 1);
-    assert!(
-        processes[0]["peak_rss_bytes"]
-            .as_u64()
-            .is_some_and(|b| b > 0),
-        "{:#}",
-        processes[0]
-    );
-    assert!(run.u64_at("/peak/rss_bytes") > 0);
+    // With and without a cgroup of its own: the command may already be a zombie when it is
+    // first listed, and must still be one process with its command line.
+    for mode in ["auto", "off"] {
+        let run = run(&["--cgroup", mode], &["true"]);
+        assert_eq!(run.code(), 0, "{}", run.stderr());
+        let processes = run.report()["processes"].as_array().expect("processes");
+        assert_eq!(processes.len(), 1, "--cgroup {mode}: {processes:#?}");
+        assert!(
+            processes[0]["peak_rss_bytes"]
+                .as_u64()
+                .is_some_and(|b| b > 0),
+            "{:#}",
+            processes[0]
+        );
+        assert_eq!(processes[0]["cmdline"][0], "true");
+        assert_eq!(processes[0]["exit_code"], 0);
+        assert!(run.u64_at("/peak/rss_bytes") > 0);
+    }
 }
 
 #[test]

@@ -182,7 +182,9 @@ pub struct TreeSampler {
     options: SamplerOptions,
     live: HashMap<i32, Live>,
     records: Vec<ProcessRecord>,
-    foreign: HashSet<i32>,
+    /// Pids not to track: not of the tree, zombies, or already retired. Forgotten once
+    /// they leave the listing, so a reused pid is classified afresh.
+    ignored: HashSet<i32>,
     gpu: Option<GpuMonitor>,
     membership: Membership,
     gpu_device_peaks: Vec<(u64, u64)>,
@@ -208,7 +210,7 @@ impl TreeSampler {
             options,
             live: HashMap::new(),
             records: Vec::new(),
-            foreign: HashSet::new(),
+            ignored: HashSet::new(),
             gpu,
             membership: Membership::ProcScan,
             gpu_device_peaks: vec![(0, 0); devices],
@@ -258,11 +260,16 @@ impl TreeSampler {
         &self.gpu_device_peaks
     }
 
-    /// Starts tracking `pid` now, with a known parent (used for the command right after it
-    /// is spawned, so that even a command that exits at once has a record).
-    pub fn adopt(&mut self, pid: i32, ppid: i32) {
+    /// Starts tracking `pid` now, with a known parent and command line (used for the command
+    /// right after it is spawned, so that even a command that exits at once has a record).
+    pub fn adopt(&mut self, pid: i32, ppid: i32, cmdline: &[String]) {
         if !self.live.contains_key(&pid) {
             self.track(pid, ppid);
+        }
+        if let Some(record) = self.records.iter_mut().rev().find(|r| r.pid == pid) {
+            if record.cmdline.is_empty() {
+                record.cmdline = cmdline.to_vec();
+            }
         }
     }
 
@@ -350,6 +357,8 @@ impl TreeSampler {
     }
 
     fn retire(&mut self, pid: i32) {
+        // A zombie stays listed until reaped: it must not come back as a new process.
+        self.ignored.insert(pid);
         if let Some(live) = self.live.remove(&pid) {
             let record = &mut self.records[live.record];
             record.alive = false;
@@ -402,19 +411,22 @@ impl TreeSampler {
         }
         let in_cgroup = matches!(self.membership, Membership::Cgroup { .. });
         let present: HashSet<i32> = self.pids.iter().copied().collect();
-        self.foreign.retain(|pid| present.contains(pid));
+        self.ignored.retain(|pid| present.contains(pid));
         let mut unknown: Vec<(i32, i32)> = Vec::new();
         let pids = std::mem::take(&mut self.pids);
         for &pid in &pids {
             if pid == self.monitor_pid
                 || self.live.contains_key(&pid)
-                || self.foreign.contains(&pid)
+                || self.ignored.contains(&pid)
             {
                 continue;
             }
             let stat = procfs::read_text(&PathBuf::from(format!("/proc/{pid}/stat")))
                 .and_then(|text| procfs::parse_stat(&text));
             match stat {
+                Some(stat) if stat.state == 'Z' || stat.state == 'X' => {
+                    self.ignored.insert(pid);
+                }
                 Some(stat) if in_cgroup => self.track(pid, stat.ppid),
                 Some(stat) => unknown.push((pid, stat.ppid)),
                 None => continue, // vanished between the listing and the read
@@ -438,7 +450,7 @@ impl TreeSampler {
                 break;
             }
         }
-        self.foreign.extend(unknown.into_iter().map(|(pid, _)| pid));
+        self.ignored.extend(unknown.into_iter().map(|(pid, _)| pid));
     }
 
     fn track(&mut self, pid: i32, ppid: i32) {
@@ -570,7 +582,7 @@ mod tests {
         // SAFETY: getpid has no preconditions.
         let me = unsafe { libc::getpid() };
         let mut sampler = TreeSampler::new(me, start, SamplerOptions::default(), None);
-        sampler.adopt(child.id() as i32, me);
+        sampler.adopt(child.id() as i32, me, &[]);
         let mut seen = 0;
         for _ in 0..40 {
             let totals = sampler.sample();
@@ -590,6 +602,38 @@ mod tests {
         // SAFETY: killpg has no memory-safety preconditions; the group is the child's own.
         unsafe { libc::killpg(child.id() as i32, libc::SIGKILL) };
         child.wait().expect("wait");
+    }
+
+    #[test]
+    #[allow(unsafe_code)]
+    fn a_zombie_waiting_to_be_reaped_is_one_process_not_two() {
+        // SAFETY: getpid has no preconditions.
+        let me = unsafe { libc::getpid() };
+        let mut sampler = TreeSampler::new(me, Instant::now(), SamplerOptions::default(), None);
+        let mut child = Command::new("sh")
+            .args(["-c", "exit 3"])
+            .spawn()
+            .expect("spawn sh");
+        let pid = child.id() as i32;
+        sampler.adopt(
+            pid,
+            me,
+            &["sh".to_owned(), "-c".to_owned(), "exit 3".to_owned()],
+        );
+        for _ in 0..10 {
+            sampler.sample(); // the child exits and lingers as a zombie: listed, no memory
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let status = child.wait().expect("reap");
+        sampler.record_exit(pid, ExitStatus::Code(status.code().expect("code")), 1 << 20);
+        let records: Vec<_> = sampler
+            .processes()
+            .into_iter()
+            .filter(|r| r.pid == pid)
+            .collect();
+        assert_eq!(records.len(), 1, "{records:#?}");
+        assert_eq!(records[0].exit, Some(ExitStatus::Code(3)));
+        assert_eq!(records[0].cmdline.first().map(String::as_str), Some("sh"));
     }
 
     #[test]

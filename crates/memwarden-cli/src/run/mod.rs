@@ -105,7 +105,7 @@ fn execute(mut config: RunConfig) -> Result<Status, (Status, String)> {
         }
     };
     let mut sampler = TreeSampler::new(monitor_pid, start, SamplerOptions::default(), gpu);
-    sampler.adopt(pid, monitor_pid);
+    sampler.adopt(pid, monitor_pid, &config.command);
     if let Some(own) = &isolation.own {
         if let Err(e) = sampler.use_cgroup(own) {
             eprintln!(
