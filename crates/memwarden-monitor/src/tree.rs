@@ -71,10 +71,13 @@ pub struct ProcessRecord {
     pub alive: bool,
     /// Exit, when memwarden reaped it.
     pub exit: Option<ExitStatus>,
-    /// Peak resident set and its source.
+    /// Peak resident set: the kernel's high-water mark when it accounts for every sample
+    /// (see [`rss_counter_slack_bytes`]), else the largest sample.
     pub peak_rss_bytes: u64,
     /// Source of `peak_rss_bytes`.
     pub peak_rss_source: PeakSource,
+    sampled_rss_bytes: u64,
+    kernel_rss: Option<(u64, PeakSource)>,
     /// Peak PSS (sampled).
     pub peak_pss_bytes: Option<u64>,
     /// Peak USS (sampled).
@@ -101,6 +104,8 @@ impl ProcessRecord {
             exit: None,
             peak_rss_bytes: 0,
             peak_rss_source: PeakSource::Sampled,
+            sampled_rss_bytes: 0,
+            kernel_rss: None,
             peak_pss_bytes: None,
             peak_uss_bytes: None,
             peak_anon_bytes: None,
@@ -110,15 +115,38 @@ impl ProcessRecord {
         }
     }
 
-    /// Raises the peak; a kernel high-water mark equal to a sampled figure replaces it as the
-    /// source, because it proves the figure rather than merely observing it.
+    /// Records a reading of the resident set, sampled or from a kernel high-water mark, and
+    /// settles the peak: the kernel's mark wins unless a sample exceeded it by more than the
+    /// kernel's own counting slack, which only happens when the mark was read before a
+    /// later spike.
     fn raise_rss(&mut self, bytes: u64, source: PeakSource) {
-        let proves = source != PeakSource::Sampled && self.peak_rss_source == PeakSource::Sampled;
-        if bytes > self.peak_rss_bytes || bytes == self.peak_rss_bytes && proves {
-            self.peak_rss_bytes = bytes;
-            self.peak_rss_source = source;
+        if source == PeakSource::Sampled {
+            self.sampled_rss_bytes = self.sampled_rss_bytes.max(bytes);
+        } else if self.kernel_rss.is_none_or(|(kernel, _)| bytes > kernel) {
+            self.kernel_rss = Some((bytes, source));
         }
+        (self.peak_rss_bytes, self.peak_rss_source) = match self.kernel_rss {
+            Some((kernel, source))
+                if kernel + rss_counter_slack_bytes() >= self.sampled_rss_bytes =>
+            {
+                (kernel, source)
+            }
+            _ => (self.sampled_rss_bytes, PeakSource::Sampled),
+        };
     }
+}
+
+/// How far two readings of the same resident set can disagree. The kernel keeps RSS in
+/// three counters (anonymous, file, shmem), each counted in per-CPU batches of
+/// `max(32, 2 × CPUs)` pages before being folded into its total, so `statm`, `VmHWM` and
+/// `ru_maxrss` may disagree by up to three batches per CPU: 768 KiB on 2 CPUs (measured
+/// here: samples up to 292 KiB above the process's own final VmHWM).
+pub fn rss_counter_slack_bytes() -> u64 {
+    static SLACK: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SLACK.get_or_init(|| {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+        3 * 32.max(2 * cpus) * cpus * procfs::page_size()
+    })
 }
 
 fn raise(slot: &mut Option<u64>, value: u64) {
@@ -647,6 +675,39 @@ mod tests {
         );
         assert_eq!(record.exit, Some(ExitStatus::Code(3)));
         assert!(!record.alive);
+    }
+
+    #[test]
+    fn the_kernel_mark_is_the_peak_unless_a_sample_beats_it_beyond_counting_slack() {
+        let mut record = ProcessRecord::new(1, 0, Vec::new(), Duration::ZERO);
+        record.raise_rss(100 << 20, PeakSource::Sampled);
+        assert_eq!(
+            (record.peak_rss_bytes, record.peak_rss_source),
+            (100 << 20, PeakSource::Sampled)
+        );
+        record.raise_rss((100 << 20) - rss_counter_slack_bytes(), PeakSource::VmHwm);
+        assert_eq!(
+            record.peak_rss_source,
+            PeakSource::VmHwm,
+            "within slack: the kernel's figure"
+        );
+        assert_eq!(
+            record.peak_rss_bytes,
+            (100 << 20) - rss_counter_slack_bytes()
+        );
+        record.raise_rss(200 << 20, PeakSource::Sampled);
+        assert_eq!(
+            (record.peak_rss_bytes, record.peak_rss_source),
+            (200 << 20, PeakSource::Sampled),
+            "a later spike"
+        );
+        record.raise_rss(201 << 20, PeakSource::RuMaxrss);
+        assert_eq!(
+            (record.peak_rss_bytes, record.peak_rss_source),
+            (201 << 20, PeakSource::RuMaxrss)
+        );
+        record.raise_rss(150 << 20, PeakSource::VmHwm);
+        assert_eq!(record.peak_rss_bytes, 201 << 20, "marks never go down");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use memwarden_format::report::{
     ProcessReport, Report, SCHEMA,
 };
 use memwarden_format::units::format_size;
-use memwarden_monitor::tree::{ExitStatus, TreeSampler};
+use memwarden_monitor::tree::{rss_counter_slack_bytes, ExitStatus, TreeSampler};
 
 use super::config::RunConfig;
 use super::isolation::Isolation;
@@ -181,7 +181,10 @@ fn build_peak(recorder: &Recorder, sampler: &TreeSampler, own_cgroup_peak: Optio
         .into_iter()
         .max_by_key(|p| p.peak_rss_bytes);
     let (rss_bytes, source) = match largest {
-        Some(p) if p.peak_rss_bytes >= at_peak.rss_bytes && p.peak_rss_bytes > 0 => {
+        Some(p)
+            if p.peak_rss_bytes > 0
+                && p.peak_rss_bytes + rss_counter_slack_bytes() >= at_peak.rss_bytes =>
+        {
             (p.peak_rss_bytes, p.peak_rss_source)
         }
         _ => (at_peak.rss_bytes, PeakSource::Sampled),
