@@ -486,3 +486,20 @@ fn the_command_gets_a_cgroup_of_its_own_with_an_exact_peak_when_the_kernel_allow
         "the run's cgroup was removed: {leftovers:?}"
     );
 }
+
+#[test]
+fn a_spike_shorter_than_the_interval_after_a_long_idle_is_still_the_peak() {
+    // Idle long enough to be read only every fourth tick, then a 300 MiB spike that is
+    // freed at once: only the kernel's high-water mark can have seen it.
+    let code = "import numpy as np, time, resource\n\
+                time.sleep(1.5)\n\
+                a = np.ones(300 * 1024 * 1024 // 8); del a\n\
+                time.sleep(0.6)\n\
+                print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n";
+    let run = run_python(&["--interval", "100ms"], code);
+    assert_eq!(run.code(), 0, "{}", run.stderr());
+    let true_peak: u64 = String::from_utf8_lossy(&run.output.stdout).trim().parse().expect("ru_maxrss");
+    let reported = run.u64_at("/peak/rss_bytes");
+    assert!(within(reported, true_peak, 0.03), "reported {reported} vs true {true_peak}");
+    assert_ne!(run.str_at("/peak/source"), "sampled");
+}
