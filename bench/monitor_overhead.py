@@ -25,7 +25,13 @@ Achieved samples per second are printed too: mprof sleeps a full interval after 
 sample, so it samples less often than its interval says, and CPU per sample is the fairer
 unit when the rates differ.
 
-Exit status: 0 on success, 1 when a run failed, 2 when a tool or the workload is missing.
+As a check that each tool really watched the whole tree, the peak RSS it saw is printed
+(about 1 GiB for 50 children of 10 MiB: each child's RSS also counts the pages it shares
+with the parent), and memwarden's report must list every process (``--procs`` + 1);
+a run where it lists fewer is flagged and makes the comparison invalid.
+
+Exit status: 0 on success; 1 when a run failed or memwarden did not see the whole tree;
+2 when a tool or the workload is missing.
 """
 
 from __future__ import annotations
@@ -70,6 +76,8 @@ class Run:
     self_cpu_s: float | None = None
     self_cpu_share: float | None = None
     workload_line: str | None = None
+    peak_mib: float | None = None
+    processes_seen: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -248,17 +256,21 @@ def read_memwarden_report(path: Path, run: Run) -> None:
     run.samples = monitor.get("samples")
     run.extra["interval_ms"] = monitor.get("interval_ms")
     run.extra["report_duration_s"] = report.get("duration_s")
-    run.extra["processes_seen"] = len(report.get("processes", []))
-    run.extra["peak_rss_bytes"] = report.get("peak", {}).get("rss_bytes")
+    run.processes_seen = len(report.get("processes", []))
+    peak = report.get("peak", {}).get("rss_bytes")
+    run.peak_mib = peak / 2**20 if isinstance(peak, (int, float)) else None
 
 
-def count_mprof_samples(path: Path) -> int | None:
-    """Samples mprof wrote ("MEM <MiB> <time>" lines)."""
+def read_mprof_output(path: Path, run: Run) -> None:
+    """Counts the samples mprof wrote ("MEM <MiB> <time>" lines) and keeps the largest."""
     try:
         with open(path) as f:
-            return sum(1 for line in f if line.startswith("MEM "))
-    except OSError:
-        return None
+            values = [float(line.split()[1]) for line in f if line.startswith("MEM ")]
+    except (OSError, ValueError, IndexError) as err:
+        run.extra["output_error"] = str(err)
+        return
+    run.samples = len(values)
+    run.peak_mib = max(values) if values else None
 
 
 def one_run(args: argparse.Namespace, tool: str, index: int, root: Path) -> Run:
@@ -282,7 +294,7 @@ def one_run(args: argparse.Namespace, tool: str, index: int, root: Path) -> Run:
     if tool == "memwarden":
         read_memwarden_report(outdir / "report.json", run)
     elif tool == "mprof":
-        run.samples = count_mprof_samples(outdir / "mprofile.dat")
+        read_mprof_output(outdir / "mprofile.dat", run)
     if run.samples is not None and wall > 0:
         run.samples_per_s = run.samples / wall
     return run
@@ -326,6 +338,8 @@ def summarize(args: argparse.Namespace, runs: list[Run], versions: dict[str, str
                 "median_cpu_ms_per_sample": median([c * 1000 if c is not None else None for c in cpu_per_sample]),
                 "median_self_cpu_s": median([r.self_cpu_s for r in mine]),
                 "median_self_cpu_share": median([r.self_cpu_share for r in mine]),
+                "median_peak_mib": median([r.peak_mib for r in mine]),
+                "min_processes_seen": min((r.processes_seen for r in mine if r.processes_seen is not None), default=None),
             }
         )
     return rows
@@ -339,9 +353,10 @@ def print_table(rows: list[dict[str, Any]]) -> float | None:
         ratio = share["memwarden"] / share["mprof"]
     print(
         "| tool | version | interval | runs | median wall s | median tool CPU s | "
-        "median CPU share of one core | samples/s | CPU ms/sample | self-reported CPU s (share) | vs mprof |"
+        "median CPU share of one core | samples/s | CPU ms/sample | self-reported CPU s (share) | "
+        "peak RSS seen MiB | vs mprof |"
     )
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         tool = row["tool"]
         if tool == "bare":
@@ -357,7 +372,7 @@ def print_table(rows: list[dict[str, Any]]) -> float | None:
         print(
             f"| {tool} | {row['version']} | {row['interval']} | {row['runs']} | {fmt(row['median_wall_s'], '.2f')} | "
             f"{cpu_s} | {cpu_share} | {fmt(row['median_samples_per_s'], '.1f')} | "
-            f"{fmt(row['median_cpu_ms_per_sample'], '.3f')} | {self_cpu} | {versus} |"
+            f"{fmt(row['median_cpu_ms_per_sample'], '.3f')} | {self_cpu} | {fmt(row['median_peak_mib'], '.0f')} | {versus} |"
         )
     if ratio is not None:
         print(f"\nmemwarden used {ratio:.2f}x the CPU of mprof (median share of one core, /proc measurement).")
@@ -422,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
 
     runs: list[Run] = []
     failed = False
+    blind = False
     try:
         for index in range(args.repeat):
             for tool in args.tools:
@@ -429,14 +445,23 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(run)
                 ok = run.exit_code == 0 and run.workload_line is not None and f"children_started={args.procs} " in run.workload_line
                 note = ""
+                if run.peak_mib is not None:
+                    note += f" peak={run.peak_mib:.0f}MiB"
+                if run.processes_seen is not None:
+                    note += f" processes_seen={run.processes_seen}"
                 if run.self_cpu_s is not None:
-                    note = f"  self-reported {run.self_cpu_s:.3f} s ({100 * (run.self_cpu_share or 0):.2f} %)"
+                    note += f" self-reported {run.self_cpu_s:.3f} s ({100 * (run.self_cpu_share or 0):.2f} %)"
                 print(
                     f"run {index + 1}/{args.repeat} {tool:<9} exit={run.exit_code} wall={run.wall_s:6.2f}s "
                     f"cpu={fmt(run.cpu_s, '.3f')}s share={fmt(None if run.cpu_share is None else 100 * run.cpu_share, '.2f')}% "
                     f"samples={run.samples if run.samples is not None else '-'}{note}",
                     flush=True,
                 )
+                expected = args.procs + 1
+                if run.processes_seen is not None and run.processes_seen < expected:
+                    blind = True
+                    print(f"  WARNING: memwarden's report lists {run.processes_seen} of the {expected} processes in "
+                          "the tree, so its CPU figure is not the cost of watching the whole tree", file=sys.stderr)
                 if not ok:
                     failed = True
                     err = (root / f"{tool}-{index}" / "stderr.txt").read_text(errors="replace")[-2000:]
@@ -449,6 +474,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     rows = summarize(args, runs, versions)
     ratio = print_table(rows)
+    if blind:
+        print("\nINVALID COMPARISON: memwarden did not see every process of the tree (see the warnings above); "
+              "exit status 1.")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         document = {
@@ -467,11 +495,12 @@ def main(argv: list[str] | None = None) -> int:
             },
             "summary": rows,
             "memwarden_over_mprof_cpu": ratio,
+            "valid": not (failed or blind),
             "runs": [asdict(run) for run in runs],
         }
         args.json.write_text(json.dumps(document, indent=2) + "\n")
         print(f"wrote {args.json}")
-    return 1 if failed else 0
+    return 1 if failed or blind else 0
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ Children are made two ways (``--mode``):
     its own pid, sharing the interpreter's pages copy-on-write.
 ``exec``
     a fresh ``python process_tree.py --child ...`` per child: a separate interpreter
-    and command line each, closer to a pool of worker programs, ~10 MiB more RSS each.
+    and command line each, closer to a pool of worker programs; a few MiB more RSS each
+    and about a second more to start them all.
 
 The summary line is ``process_tree: mode=... children_started=N children_failed=F
 wall_s=...``; bench/monitor_overhead.py checks ``children_started``.

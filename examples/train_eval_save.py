@@ -11,7 +11,7 @@ What it is
     4. ``save``      the fitted model written with ``joblib.dump`` to ``--out``.
 
     At the defaults (200,000 rows x 200 features, 150 boosting iterations) the process
-    peaks near 1 GiB of resident memory (about 1.05 GiB measured), during ``generate``,
+    peaks near 1 GiB of resident memory (1067 MiB, 1.04 GiB, measured), during ``generate``,
     where ``make_classification`` shuffles its float64 matrix, and runs in about 30 s on
     a 2-core machine. The peak scales with ``--rows`` x ``--features``.
 

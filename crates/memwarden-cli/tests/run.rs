@@ -498,8 +498,14 @@ fn a_spike_shorter_than_the_interval_after_a_long_idle_is_still_the_peak() {
                 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n";
     let run = run_python(&["--interval", "100ms"], code);
     assert_eq!(run.code(), 0, "{}", run.stderr());
-    let true_peak: u64 = String::from_utf8_lossy(&run.output.stdout).trim().parse().expect("ru_maxrss");
+    let true_peak: u64 = String::from_utf8_lossy(&run.output.stdout)
+        .trim()
+        .parse()
+        .expect("ru_maxrss");
     let reported = run.u64_at("/peak/rss_bytes");
-    assert!(within(reported, true_peak, 0.03), "reported {reported} vs true {true_peak}");
+    assert!(
+        within(reported, true_peak, 0.03),
+        "reported {reported} vs true {true_peak}"
+    );
     assert_ne!(run.str_at("/peak/source"), "sampled");
 }

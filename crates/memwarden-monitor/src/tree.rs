@@ -21,7 +21,7 @@ use std::fs::{self, File};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use memwarden_format::report::PeakSource;
+use memwarden_format::report::{PeakSource, TimelinePoint};
 
 use crate::cgroup::Cgroup;
 use crate::gpu::{GpuMonitor, GpuReading};
@@ -76,7 +76,7 @@ impl Default for SamplerOptions {
     fn default() -> Self {
         SamplerOptions {
             pss_max_age: Duration::from_secs(2),
-            hwm_max_age: Duration::from_secs(1),
+            hwm_max_age: Duration::from_secs(2),
             walk_share: 0.004,
         }
     }
@@ -188,31 +188,6 @@ pub fn rss_counter_slack_bytes() -> u64 {
 
 fn raise(slot: &mut Option<u64>, value: u64) {
     *slot = Some(slot.map_or(value, |v| v.max(value)));
-}
-
-/// Tree totals at one sample.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TreeTotals {
-    /// Time since the start.
-    pub at: Duration,
-    /// Sum of RSS.
-    pub rss_bytes: u64,
-    /// Sum of PSS: shared pages counted once across the tree.
-    pub pss_bytes: u64,
-    /// Sum of USS.
-    pub uss_bytes: u64,
-    /// Sum of anonymous resident bytes.
-    pub anon_bytes: u64,
-    /// Sum of file-backed resident bytes.
-    pub file_bytes: u64,
-    /// Sum of shared-memory resident bytes.
-    pub shmem_bytes: u64,
-    /// Sum of GPU memory, when NVML is available.
-    pub gpu_bytes: Option<u64>,
-    /// Usage of the run's own cgroup, when it has one.
-    pub cgroup_bytes: Option<u64>,
-    /// Live processes sampled.
-    pub processes: u32,
 }
 
 /// Where the tree's members come from.
@@ -359,8 +334,8 @@ impl TreeSampler {
         }
     }
 
-    /// Takes one sample of the whole tree.
-    pub fn sample(&mut self) -> TreeTotals {
+    /// Takes one sample of the whole tree and returns its totals.
+    pub fn sample(&mut self) -> TimelinePoint {
         self.samples += 1;
         if self.pids_assigned_since_last_sample() {
             self.discover();
@@ -368,10 +343,10 @@ impl TreeSampler {
         let now = Instant::now();
         let at = now - self.start;
         let gpu = self.gpu.as_ref().map(GpuMonitor::read);
-        let mut totals = TreeTotals {
-            at,
+        let mut totals = TimelinePoint {
+            t_s: at.as_secs_f64(),
             gpu_bytes: gpu.as_ref().map(|_| 0),
-            ..TreeTotals::default()
+            ..TimelinePoint::default()
         };
         if let Membership::Cgroup { usage, .. } = &self.membership {
             totals.cgroup_bytes = procfs::pread_all(usage, &mut self.buf)

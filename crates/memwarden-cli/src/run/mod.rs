@@ -128,7 +128,7 @@ fn execute(mut config: RunConfig) -> Result<Status, (Status, String)> {
         let now = Instant::now();
         if now >= next_sample {
             let totals = sampler.sample();
-            recorder.push(&totals);
+            recorder.push(totals);
             if let (Enforcement::Watchdog, Some(limit), None) = (
                 isolation.enforcement,
                 config.hard_limit_bytes,
@@ -142,7 +142,7 @@ fn execute(mut config: RunConfig) -> Result<Status, (Status, String)> {
                 }
             }
             status_line.update(
-                totals.at,
+                totals.t_s,
                 totals.rss_bytes,
                 recorder.rss_peak.rss_bytes,
                 totals.processes,
@@ -176,7 +176,7 @@ fn execute(mut config: RunConfig) -> Result<Status, (Status, String)> {
     // The command is gone; whatever it left running is sampled once more and reported.
     let totals = sampler.sample();
     if totals.processes > 0 {
-        recorder.push(&totals);
+        recorder.push(totals);
     }
     for reaped in supervisor.reap() {
         sampler.record_exit(reaped.pid, reaped.status, reaped.max_rss_bytes);
@@ -206,10 +206,12 @@ fn execute(mut config: RunConfig) -> Result<Status, (Status, String)> {
     report.exit.memwarden_exit_code = i32::from(status.code());
 
     if let Some((path, file)) = config.json.as_mut() {
-        let written = serde_json::to_writer_pretty(&mut *file, &report)
+        // Buffered: serde writes token by token, a system call each on a bare file.
+        let mut out = io::BufWriter::new(&mut *file);
+        let written = serde_json::to_writer_pretty(&mut out, &report)
             .map_err(io::Error::from)
-            .and_then(|()| file.write_all(b"\n"))
-            .and_then(|()| file.flush());
+            .and_then(|()| out.write_all(b"\n"))
+            .and_then(|()| out.flush());
         if let Err(e) = written {
             return Err((
                 Status::Internal,

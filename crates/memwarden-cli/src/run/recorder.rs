@@ -1,7 +1,6 @@
 //! Tree totals over time: the bounded timeline and the sampled peaks.
 
 use memwarden_format::report::TimelinePoint;
-use memwarden_monitor::tree::TreeTotals;
 
 /// Most timeline points kept; beyond, neighbours are merged by maximum and the stride doubles,
 /// so an hour-long run keeps its peaks in a report of a few hundred kilobytes.
@@ -31,19 +30,7 @@ impl Recorder {
     }
 
     /// Adds one sample.
-    pub fn push(&mut self, totals: &TreeTotals) {
-        let point = TimelinePoint {
-            t_s: totals.at.as_secs_f64(),
-            rss_bytes: totals.rss_bytes,
-            pss_bytes: totals.pss_bytes,
-            uss_bytes: totals.uss_bytes,
-            anon_bytes: totals.anon_bytes,
-            file_bytes: totals.file_bytes,
-            shmem_bytes: totals.shmem_bytes,
-            cgroup_bytes: totals.cgroup_bytes,
-            gpu_bytes: totals.gpu_bytes,
-            processes: totals.processes,
-        };
+    pub fn push(&mut self, point: TimelinePoint) {
         self.samples += 1;
         if point.rss_bytes > self.rss_peak.rss_bytes || self.samples == 1 {
             self.rss_peak = point;
@@ -85,7 +72,6 @@ impl Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn long_runs_keep_a_bounded_timeline_and_every_peak() {
@@ -96,13 +82,12 @@ mod tests {
             } else {
                 (i % 100) << 20
             };
-            let totals = TreeTotals {
-                at: Duration::from_millis(i * 50),
+            recorder.push(TimelinePoint {
+                t_s: i as f64 * 0.05,
                 rss_bytes: rss,
                 processes: 1,
                 ..Default::default()
-            };
-            recorder.push(&totals);
+            });
         }
         let timeline = recorder.timeline();
         assert!(timeline.len() <= MAX_POINTS, "{}", timeline.len());

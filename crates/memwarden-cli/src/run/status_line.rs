@@ -29,7 +29,7 @@ impl StatusLine {
     /// Redraws at most every 200 ms.
     pub fn update(
         &mut self,
-        elapsed: Duration,
+        elapsed_s: f64,
         current_bytes: u64,
         peak_bytes: u64,
         processes: u32,
@@ -41,7 +41,7 @@ impl StatusLine {
         self.last_draw = Some(Instant::now());
         let mut line = format!(
             "memwarden {:>6.1}s  now {:>11}  peak {:>11}  {} proc{}",
-            elapsed.as_secs_f64(),
+            elapsed_s,
             format_size(current_bytes),
             format_size(peak_bytes),
             processes,
