@@ -1,0 +1,25 @@
+//! memwarden's ledger: every run of a model version, recorded for good.
+//!
+//! - [`record`]: what a run record holds (model, version, stage, command, exit, host,
+//!   Python environment, git state, input hashes, every peak with its source, verdicts);
+//! - [`chain`]: the hash chain that makes the ledger tamper-evident, and its verification;
+//! - [`store`]: the two backends with one schema, SQLite (embedded, the default) and
+//!   PostgreSQL (a team's shared ledger), and their versioned migrations;
+//! - [`spool`]: records that could not be written, kept on disk and written later;
+//! - [`policy`]: `memwarden.toml`, budgets per model and stage and allowed regressions;
+//! - [`gate`]: evaluating a version's runs against policy and its baseline (`check`),
+//!   comparing versions (`diff`) and summarising history.
+//!
+//! Records are append-only: the backends refuse updates and deletes (triggers), and a
+//! record changed behind their back (or deleted, or reordered) breaks the chain, which
+//! `memwarden ledger verify` reports by sequence number and run id.
+
+pub mod chain;
+pub mod gate;
+pub mod policy;
+pub mod record;
+pub mod spool;
+pub mod store;
+
+pub use record::RunRecord;
+pub use store::{Ledger, LedgerError, LedgerLocation};

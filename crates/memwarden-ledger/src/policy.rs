@@ -1,0 +1,356 @@
+//! `memwarden.toml`: budgets per model and stage, and how much a version may regress.
+//!
+//! ```toml
+//! [defaults]
+//! regression_pct = 5.0     # a metric may grow this much over the previous version
+//! noise_sigmas = 3.0       # plus this many standard deviations of repeated runs
+//! min_noise_pct = 0.5      # (at least this much)
+//!
+//! [models.fraud-detector]
+//! regression_pct = 10.0
+//!
+//! [models.fraud-detector.stages.inference]
+//! peak_rss = "2GiB"
+//! peak_pss = "1.5GiB"
+//! peak_gpu = "8GiB"
+//! leaked = "100MiB"
+//! ```
+//!
+//! Settings of a stage override its model's, which override `[defaults]`, which override
+//! the built-in defaults above. Unknown keys, unknown stages and malformed sizes are errors
+//! that name the file, the line and the key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use memwarden_format::units::parse_size;
+use serde::{Deserialize, Deserializer};
+
+use crate::record::Metric;
+
+/// Built-in allowed regression, in percent.
+pub const DEFAULT_REGRESSION_PCT: f64 = 5.0;
+/// Built-in number of standard deviations of run-to-run noise tolerated.
+pub const DEFAULT_NOISE_SIGMAS: f64 = 3.0;
+/// Built-in floor of the noise tolerance, in percent.
+pub const DEFAULT_MIN_NOISE_PCT: f64 = 0.5;
+
+/// Why a policy file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// Unreadable.
+    #[error("cannot read policy file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Malformed: the message has the line, the column and the key.
+    #[error("invalid policy file {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// toml's message, with line, column and the offending key.
+        message: String,
+    },
+}
+
+/// A size in a policy (`"2GiB"`, `"500MB"`, or a number of bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Bytes(bytes) => Ok(Size(bytes)),
+            Raw::Text(text) => parse_size(&text)
+                .map(Size)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// The stages a run can belong to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// Training.
+    Train,
+    /// Evaluation.
+    Eval,
+    /// Inference / serving.
+    Inference,
+    /// Tests.
+    Test,
+}
+
+impl Stage {
+    /// Every stage.
+    pub const ALL: [Stage; 4] = [Stage::Train, Stage::Eval, Stage::Inference, Stage::Test];
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Train => "train",
+            Stage::Eval => "eval",
+            Stage::Inference => "inference",
+            Stage::Test => "test",
+        }
+    }
+
+    /// Parses a stage name.
+    pub fn parse(text: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|s| s.name() == text)
+    }
+}
+
+/// Regression settings, each optional so that levels can override one another.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tolerances {
+    /// Allowed growth over the previous version, in percent.
+    pub regression_pct: Option<f64>,
+    /// Standard deviations of run-to-run noise tolerated on top.
+    pub noise_sigmas: Option<f64>,
+    /// Floor of the noise tolerance, in percent.
+    pub min_noise_pct: Option<f64>,
+}
+
+impl Tolerances {
+    fn or(self, fallback: Tolerances) -> Tolerances {
+        Tolerances {
+            regression_pct: self.regression_pct.or(fallback.regression_pct),
+            noise_sigmas: self.noise_sigmas.or(fallback.noise_sigmas),
+            min_noise_pct: self.min_noise_pct.or(fallback.min_noise_pct),
+        }
+    }
+}
+
+/// Budgets and tolerances of one stage.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StagePolicy {
+    /// Budget for the tree's peak RSS.
+    pub peak_rss: Option<Size>,
+    /// Budget for the tree's peak PSS.
+    pub peak_pss: Option<Size>,
+    /// Budget for peak GPU memory.
+    pub peak_gpu: Option<Size>,
+    /// Budget for memory still allocated at exit.
+    pub leaked: Option<Size>,
+    /// Allowed growth over the previous version, in percent.
+    pub regression_pct: Option<f64>,
+    /// Standard deviations of run-to-run noise tolerated on top.
+    pub noise_sigmas: Option<f64>,
+    /// Floor of the noise tolerance, in percent.
+    pub min_noise_pct: Option<f64>,
+}
+
+/// Settings of one model.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPolicy {
+    /// Allowed growth over the previous version, in percent.
+    pub regression_pct: Option<f64>,
+    /// Standard deviations of run-to-run noise tolerated on top.
+    pub noise_sigmas: Option<f64>,
+    /// Floor of the noise tolerance, in percent.
+    pub min_noise_pct: Option<f64>,
+    /// Per stage.
+    #[serde(default)]
+    pub stages: BTreeMap<Stage, StagePolicy>,
+}
+
+/// A whole policy file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Settings for every model.
+    #[serde(default)]
+    pub defaults: Tolerances,
+    /// Per model.
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelPolicy>,
+    /// Where it was read from (`None`: built-in defaults).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+/// The settings that apply to one model and stage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Effective {
+    /// Budgets by metric.
+    pub budgets: BTreeMap<Metric, u64>,
+    /// Allowed growth, percent.
+    pub regression_pct: f64,
+    /// Noise standard deviations tolerated.
+    pub noise_sigmas: f64,
+    /// Noise floor, percent.
+    pub min_noise_pct: f64,
+}
+
+impl Policy {
+    /// Reads a policy file.
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut policy = Policy::parse(&text).map_err(|message| PolicyError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
+        policy.source = Some(path.to_owned());
+        Ok(policy)
+    }
+
+    /// Parses policy text; the error has the line, column and key.
+    pub fn parse(text: &str) -> Result<Policy, String> {
+        let policy: Policy =
+            toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+        for (model, settings) in &policy.models {
+            let stages = settings
+                .stages
+                .values()
+                .map(|s| (s.regression_pct, s.min_noise_pct, s.noise_sigmas));
+            let levels = std::iter::once((
+                policy.defaults.regression_pct,
+                policy.defaults.min_noise_pct,
+                policy.defaults.noise_sigmas,
+            ))
+            .chain(std::iter::once((
+                settings.regression_pct,
+                settings.min_noise_pct,
+                settings.noise_sigmas,
+            )))
+            .chain(stages);
+            for (regression, noise, sigmas) in levels {
+                for (key, value) in [
+                    ("regression_pct", regression),
+                    ("min_noise_pct", noise),
+                    ("noise_sigmas", sigmas),
+                ] {
+                    if value.is_some_and(|v| !(0.0..=1000.0).contains(&v)) {
+                        return Err(format!("models.{model}: {key} must be between 0 and 1000"));
+                    }
+                }
+            }
+        }
+        Ok(policy)
+    }
+
+    /// The settings for `model` at `stage`.
+    pub fn effective(&self, model: &str, stage: Stage) -> Effective {
+        let model_policy = self.models.get(model);
+        let stage_policy = model_policy.and_then(|m| m.stages.get(&stage));
+        let stage_tolerances = stage_policy.map_or_else(Tolerances::default, |s| Tolerances {
+            regression_pct: s.regression_pct,
+            noise_sigmas: s.noise_sigmas,
+            min_noise_pct: s.min_noise_pct,
+        });
+        let model_tolerances = model_policy.map_or_else(Tolerances::default, |m| Tolerances {
+            regression_pct: m.regression_pct,
+            noise_sigmas: m.noise_sigmas,
+            min_noise_pct: m.min_noise_pct,
+        });
+        let t = stage_tolerances.or(model_tolerances).or(self.defaults);
+        let mut budgets = BTreeMap::new();
+        if let Some(s) = stage_policy {
+            for (metric, size) in [
+                (Metric::PeakRss, s.peak_rss),
+                (Metric::PeakPss, s.peak_pss),
+                (Metric::PeakGpu, s.peak_gpu),
+                (Metric::Leaked, s.leaked),
+            ] {
+                if let Some(Size(bytes)) = size {
+                    budgets.insert(metric, bytes);
+                }
+            }
+        }
+        Effective {
+            budgets,
+            regression_pct: t.regression_pct.unwrap_or(DEFAULT_REGRESSION_PCT),
+            noise_sigmas: t.noise_sigmas.unwrap_or(DEFAULT_NOISE_SIGMAS),
+            min_noise_pct: t.min_noise_pct.unwrap_or(DEFAULT_MIN_NOISE_PCT),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+[defaults]
+regression_pct = 4.0
+
+[models.fraud-detector]
+regression_pct = 10.0
+
+[models.fraud-detector.stages.inference]
+peak_rss = "2GiB"
+leaked = 1048576
+min_noise_pct = 1.5
+"#;
+
+    #[test]
+    fn levels_override_each_other() {
+        let policy = Policy::parse(EXAMPLE).expect("parses");
+        let e = policy.effective("fraud-detector", Stage::Inference);
+        assert_eq!(e.budgets.get(&Metric::PeakRss), Some(&(2 << 30)));
+        assert_eq!(e.budgets.get(&Metric::Leaked), Some(&(1 << 20)));
+        assert_eq!(
+            (e.regression_pct, e.min_noise_pct, e.noise_sigmas),
+            (10.0, 1.5, DEFAULT_NOISE_SIGMAS)
+        );
+        let other = policy.effective("other", Stage::Train);
+        assert!(other.budgets.is_empty());
+        assert_eq!(other.regression_pct, 4.0);
+        assert_eq!(
+            Policy::default().effective("x", Stage::Test).regression_pct,
+            DEFAULT_REGRESSION_PCT
+        );
+    }
+
+    #[test]
+    fn errors_name_line_and_key() {
+        let err =
+            Policy::parse("[models.m.stages.inference]\npeak_rs = \"1GiB\"\n").expect_err("typo");
+        assert!(err.contains("line 2") && err.contains("peak_rs"), "{err}");
+        let err =
+            Policy::parse("[models.m.stages.serving]\npeak_rss = \"1GiB\"\n").expect_err("stage");
+        assert!(
+            err.contains("serving") && err.contains("inference"),
+            "{err}"
+        );
+        let err =
+            Policy::parse("[models.m.stages.train]\n\npeak_rss = \"2G\"\n").expect_err("size");
+        assert!(err.contains("line 3") && err.contains("ambiguous"), "{err}");
+        let err =
+            Policy::parse("[defaults]\nregression_pct = -3\n[models.m]\n").expect_err("range");
+        assert!(err.contains("regression_pct"), "{err}");
+        let err = Policy::parse("[defaults\n").expect_err("syntax");
+        assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn loading_names_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("memwarden.toml");
+        std::fs::write(&path, "[models.m]\nregresion_pct = 3\n").expect("w");
+        let err = Policy::load(&path).expect_err("typo").to_string();
+        assert!(
+            err.contains("memwarden.toml")
+                && err.contains("line 2")
+                && err.contains("regresion_pct"),
+            "{err}"
+        );
+    }
+}
