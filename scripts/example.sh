@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job, from a fresh clone: build memwarden, set up the example's Python
 # environment, and run the bundled ML workload (train, evaluate, save a scikit-learn model)
-# under memwarden. Writes out/report.json and prints the summary.
+# under memwarden. Writes out/report.json, prints the summary, and records the run as
+# example-classifier@1 (stage train) in the embedded SQLite ledger (MEMWARDEN_LEDGER or
+# --ledger choose another); `memwarden history example-classifier` shows it.
 #
 # Extra arguments go to memwarden run, e.g. scripts/example.sh --budget 2GiB
 set -euo pipefail
@@ -15,5 +17,6 @@ ensure_venv "$root"
 
 mkdir -p out
 echo "==> memwarden run -- python examples/train_eval_save.py"
-exec ./target/release/memwarden run --json out/report.json "$@" -- \
+exec ./target/release/memwarden run --json out/report.json \
+    --model example-classifier --version 1 --stage train --input examples/train_eval_save.py "$@" -- \
     .venv/bin/python examples/train_eval_save.py --out out/model.joblib

@@ -29,3 +29,14 @@ ensure_debian_tools() {
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
     fi
 }
+
+# PostgreSQL from Debian's packages: the ledger tests start real servers from its binaries
+# (initdb, pg_ctl), one per test, run as the `postgres` system user.
+ensure_postgres() {
+    if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+        echo "==> installing PostgreSQL (apt-get)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
+    fi
+    id postgres >/dev/null 2>&1 || useradd --system --home-dir /var/lib/postgresql postgres
+    export MEMWARDEN_REQUIRE_POSTGRES=1
+}

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Everything CI checks, from a fresh clone: formatting, lints, and every test (unit,
 # integration on real processes, real numpy and the real cgroup of this machine).
-# Installs what it needs: the Python packages from PyPI into .venv, util-linux tools
-# with apt-get when missing.
+# Installs what it needs: the Python packages from PyPI into .venv, util-linux tools and
+# PostgreSQL with apt-get when missing (the PostgreSQL tests then must run, not skip).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 root=$(repo_root)
 cd "$root"
 
 ensure_debian_tools
+ensure_postgres
 ensure_venv "$root"
 export MEMWARDEN_TEST_PYTHON="$root/.venv/bin/python"
 

@@ -6,8 +6,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Memory governance for Python machine-learning workloads.
 #[derive(Debug, Parser)]
-#[command(name = "memwarden", version, about, long_about = None, propagate_version = true)]
+#[command(name = "memwarden", version, about, long_about = None)]
 pub struct Cli {
+    /// The ledger: a file path or sqlite:///path (default: ledger.sqlite in memwarden's data
+    /// directory, see docs/ledger.md), or postgres://user@host/db for a shared one.
+    #[arg(long, global = true, env = "MEMWARDEN_LEDGER", value_name = "URL")]
+    pub ledger: Option<String>,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -19,6 +24,83 @@ pub enum Command {
     /// Run a command and measure the memory of its whole process tree.
     #[command(after_long_help = RUN_EXAMPLES, after_help = RUN_EXAMPLES)]
     Run(RunArgs),
+    /// Show a model's versions over time, per stage.
+    History {
+        /// The model.
+        model: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare two versions of a model side by side.
+    #[command(after_help = "Example:\n  memwarden diff fraud-detector@2 fraud-detector@3")]
+    Diff {
+        /// The first version, MODEL@VERSION.
+        a: String,
+        /// The second version, MODEL@VERSION (or just VERSION, for the same model).
+        b: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Gate a version: its latest runs against the policy's budgets and its previous
+    /// version. Exit 0 on pass, 3 on fail.
+    #[command(after_help = "Example:\n  memwarden check fraud-detector@3 --policy memwarden.toml")]
+    Check {
+        /// MODEL@VERSION.
+        spec: String,
+        /// The policy file (default: ./memwarden.toml when present, else built-in defaults).
+        #[arg(long, value_name = "PATH")]
+        policy: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ledger maintenance.
+    Ledger {
+        /// What to do with the ledger.
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
+}
+
+/// `memwarden ledger ...`.
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Check the hash chain: exit 0 when intact, 4 naming each edited, deleted or reordered
+    /// record.
+    Verify {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the records spooled while the ledger was unreachable.
+    Sync,
+}
+
+/// The stage of a model's life a run belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StageArg {
+    /// Training.
+    Train,
+    /// Evaluation.
+    Eval,
+    /// Inference or serving.
+    Inference,
+    /// Tests.
+    Test,
+}
+
+impl StageArg {
+    /// The stage's name in the ledger.
+    pub fn name(self) -> &'static str {
+        match self {
+            StageArg::Train => "train",
+            StageArg::Eval => "eval",
+            StageArg::Inference => "inference",
+            StageArg::Test => "test",
+        }
+    }
 }
 
 const RUN_EXAMPLES: &str = "\
@@ -26,6 +108,8 @@ Examples:
   memwarden run -- python train.py
   memwarden run --budget 2GiB --json out/report.json -- python serve_bench.py
   memwarden run --hard-limit 4GiB -- python train.py      # the kernel enforces it
+  memwarden run --model fraud-detector --version 3 --stage inference \\
+                --input data/sample.parquet -- python bench_inference.py
 
 Sizes: 512MiB, 1.5GiB, 4Gi (powers of 1024); 2GB, 500MB (powers of 1000); plain bytes.
 
@@ -77,6 +161,26 @@ pub struct RunArgs {
     #[arg(long, short)]
     pub quiet: bool,
 
+    /// Record the run in the ledger under this model (needs --version).
+    #[arg(long, value_name = "NAME", requires = "model_version")]
+    pub model: Option<String>,
+
+    /// The model's version, for the ledger (needs --model).
+    #[arg(long = "version", value_name = "VERSION", requires = "model")]
+    pub model_version: Option<String>,
+
+    /// The stage of the model's life this run is.
+    #[arg(long, value_enum, default_value_t = StageArg::Train, requires = "model")]
+    pub stage: StageArg,
+
+    /// A tag for the ledger record, KEY=VALUE (repeatable).
+    #[arg(long = "tag", value_name = "KEY=VALUE", requires = "model")]
+    pub tags: Vec<String>,
+
+    /// An input file or directory whose BLAKE3 hash goes into the record (repeatable).
+    #[arg(long = "input", value_name = "PATH", requires = "model")]
+    pub inputs: Vec<PathBuf>,
+
     /// The command to run, after `--`.
     #[arg(
         required = true,
@@ -91,6 +195,37 @@ pub struct RunArgs {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn run_takes_a_model_version_and_the_top_level_keeps_its_own() {
+        let cli = Cli::try_parse_from([
+            "memwarden",
+            "--ledger",
+            "x.sqlite",
+            "run",
+            "--model",
+            "m",
+            "--version",
+            "3",
+            "--",
+            "true",
+        ])
+        .expect("parses");
+        assert_eq!(cli.ledger.as_deref(), Some("x.sqlite"));
+        let Command::Run(args) = cli.command else {
+            panic!("run expected")
+        };
+        assert_eq!(
+            (args.model.as_deref(), args.model_version.as_deref()),
+            (Some("m"), Some("3"))
+        );
+        assert!(
+            Cli::try_parse_from(["memwarden", "run", "--model", "m", "--", "true"]).is_err(),
+            "--model needs --version"
+        );
+        let err = Cli::try_parse_from(["memwarden", "--version"]).expect_err("prints the version");
+        assert_eq!(err.kind(), clap::error::ErrorKind::DisplayVersion);
+    }
 
     #[test]
     fn cli_definition_is_consistent() {
@@ -111,7 +246,9 @@ mod tests {
             "--json",
         ])
         .expect("parses");
-        let Command::Run(args) = cli.command;
+        let Command::Run(args) = cli.command else {
+            panic!("run expected")
+        };
         assert_eq!(args.command, ["python", "-c", "x", "--json"]);
         assert_eq!(args.budget.as_deref(), Some("1GiB"));
         assert!(args.json.is_none());

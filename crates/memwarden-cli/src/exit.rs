@@ -16,6 +16,12 @@ pub enum Status {
     Usage,
     /// The command succeeded but its peak exceeded `--budget`.
     BudgetExceeded,
+    /// `memwarden check`: the version fails its policy.
+    PolicyFailed,
+    /// `memwarden ledger verify`: the chain is broken (a record edited, deleted, reordered).
+    LedgerTampered,
+    /// The ledger cannot be opened (unreachable, not a ledger, from a newer memwarden).
+    LedgerUnavailable,
     /// memwarden itself failed (could not set up monitoring, could not write the report).
     Internal,
     /// The command was found but could not be executed (permissions, bad binary).
@@ -30,7 +36,9 @@ impl Status {
         match self {
             Status::Command(code) => code,
             Status::Usage => 2,
-            Status::BudgetExceeded => 3,
+            Status::BudgetExceeded | Status::PolicyFailed => 3,
+            Status::LedgerTampered => 4,
+            Status::LedgerUnavailable => 5,
             Status::Internal => 125,
             Status::CannotExecute => 126,
             Status::NotFound => 127,

@@ -6,6 +6,7 @@
 
 mod cli;
 mod exit;
+mod govern;
 mod run;
 
 use std::process::ExitCode;
@@ -14,8 +15,18 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    let ledger = cli.ledger.as_deref();
     let status = match cli.command {
-        cli::Command::Run(args) => run::main(args),
+        cli::Command::Run(args) => run::main(args, ledger),
+        cli::Command::History { model, json } => govern::history(ledger, &model, json),
+        cli::Command::Diff { a, b, json } => govern::diff(ledger, &a, &b, json),
+        cli::Command::Check { spec, policy, json } => {
+            govern::check(ledger, &spec, policy.as_deref(), json)
+        }
+        cli::Command::Ledger { command } => match command {
+            cli::LedgerCommand::Verify { json } => govern::verify(ledger, json),
+            cli::LedgerCommand::Sync => govern::sync(ledger),
+        },
     };
     ExitCode::from(status.code())
 }

@@ -1,5 +1,6 @@
 //! memwarden's ledger: every run of a model version, recorded for good.
 //!
+//! - [`provenance`]: the machine, Python environment, git state and input hashes of a run;
 //! - [`record`]: what a run record holds (model, version, stage, command, exit, host,
 //!   Python environment, git state, input hashes, every peak with its source, verdicts);
 //! - [`chain`]: the hash chain that makes the ledger tamper-evident, and its verification;
@@ -17,6 +18,7 @@
 pub mod chain;
 pub mod gate;
 pub mod policy;
+pub mod provenance;
 pub mod record;
 pub mod spool;
 pub mod store;

@@ -10,6 +10,7 @@
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -79,10 +80,18 @@ impl Spool {
             record: record.clone(),
         };
         let temporary = path.with_extension("tmp");
-        fs::write(
-            &temporary,
-            serde_json::to_vec_pretty(&spooled).map_err(io::Error::from)?,
+        // 0600: a record names commands, paths and hosts.
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temporary)?;
+        io::Write::write_all(
+            &mut file,
+            &serde_json::to_vec_pretty(&spooled).map_err(io::Error::from)?,
         )?;
+        file.sync_all()?;
         fs::rename(&temporary, &path)?;
         Ok(path)
     }

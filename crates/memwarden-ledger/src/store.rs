@@ -148,14 +148,15 @@ impl LedgerLocation {
         }
     }
 
-    /// The location as given, to match spooled records with their ledger.
+    /// The location that spooled records are matched by: an absolute SQLite path, or the
+    /// PostgreSQL URL without its password (spool files never hold a password).
     pub fn key(&self) -> String {
         match self {
             LedgerLocation::Sqlite(path) => {
                 let absolute = std::path::absolute(path).unwrap_or_else(|_| path.clone());
                 format!("sqlite://{}", absolute.display())
             }
-            LedgerLocation::Postgres(url) => url.clone(),
+            LedgerLocation::Postgres(url) => mask_password(url),
         }
     }
 }
@@ -374,7 +375,10 @@ fn sqlite_error(location: &str, e: rusqlite::Error) -> LedgerError {
 fn postgres_error(location: &str, e: postgres::Error) -> LedgerError {
     let reason = match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
+        None => match std::error::Error::source(&e) {
+            Some(source) => format!("{e}: {source}"),
+            None => e.to_string(),
+        },
     };
     if e.as_db_error().is_none() || e.is_closed() {
         return LedgerError::Unreachable {

@@ -4,9 +4,29 @@ use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use memwarden_format::units::parse_size;
+use memwarden_ledger::LedgerLocation;
 
 use crate::cli::{CgroupMode, RunArgs};
+
+/// Where and under which key a run is recorded (`--model`, `--version`...).
+#[derive(Debug)]
+pub struct Governance {
+    /// The ledger.
+    pub ledger: LedgerLocation,
+    /// Model name.
+    pub model: String,
+    /// Model version.
+    pub version: String,
+    /// Stage name.
+    pub stage: String,
+    /// `--tag`s.
+    pub tags: BTreeMap<String, String>,
+    /// `--input`s, checked to exist.
+    pub inputs: Vec<PathBuf>,
+}
 
 /// A validated `memwarden run`.
 #[derive(Debug)]
@@ -25,11 +45,13 @@ pub struct RunConfig {
     pub json: Option<(PathBuf, File)>,
     /// `--quiet`.
     pub quiet: bool,
+    /// Recording in the ledger, when `--model` is given.
+    pub governance: Option<Governance>,
 }
 
 impl RunConfig {
     /// Validates raw arguments; the error is a sentence for the user.
-    pub fn from_args(args: RunArgs) -> Result<RunConfig, String> {
+    pub fn from_args(args: RunArgs, ledger: Option<&str>) -> Result<RunConfig, String> {
         let interval = parse_interval(&args.interval)?;
         let budget_bytes = args
             .budget
@@ -54,6 +76,17 @@ impl RunConfig {
                     .into(),
             );
         }
+        let governance = match (args.model, args.model_version) {
+            (Some(model), Some(version)) => Some(governance(
+                model,
+                version,
+                args.stage.name(),
+                args.tags,
+                args.inputs,
+                ledger,
+            )?),
+            _ => None,
+        };
         let json = args
             .json
             .map(|path| open_output(&path).map(|file| (path, file)))
@@ -66,8 +99,55 @@ impl RunConfig {
             cgroup: args.cgroup,
             json,
             quiet: args.quiet,
+            governance,
         })
     }
+}
+
+fn governance(
+    model: String,
+    version: String,
+    stage: &str,
+    tags: Vec<String>,
+    inputs: Vec<PathBuf>,
+    ledger: Option<&str>,
+) -> Result<Governance, String> {
+    if model.trim().is_empty() || version.trim().is_empty() || model.contains('@') {
+        return Err(
+            "--model and --version must be non-empty, and a model name cannot contain '@'".into(),
+        );
+    }
+    let ledger = match ledger {
+        Some(text) => LedgerLocation::parse(text).map_err(|e| format!("--ledger: {e}"))?,
+        None => LedgerLocation::default_sqlite(),
+    };
+    let mut parsed = BTreeMap::new();
+    for tag in tags {
+        match tag.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => {
+                parsed.insert(key.trim().to_owned(), value.to_owned());
+            }
+            _ => {
+                return Err(format!(
+                    "--tag '{tag}': write KEY=VALUE, e.g. --tag dataset=2024-06"
+                ))
+            }
+        }
+    }
+    if let Some(missing) = inputs.iter().find(|p| !p.exists()) {
+        return Err(format!(
+            "--input {}: no such file or directory",
+            missing.display()
+        ));
+    }
+    Ok(Governance {
+        ledger,
+        model,
+        version,
+        stage: stage.to_owned(),
+        tags: parsed,
+        inputs,
+    })
 }
 
 /// Parses `50ms`, `0.2s`, `1s` or a plain number of milliseconds.

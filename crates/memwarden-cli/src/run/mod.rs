@@ -2,6 +2,7 @@
 
 mod config;
 mod isolation;
+mod record;
 mod recorder;
 mod report;
 mod status_line;
@@ -44,8 +45,8 @@ pub struct Observed {
 }
 
 /// Runs `memwarden run` and returns the exit status.
-pub fn main(args: RunArgs) -> Status {
-    let config = match RunConfig::from_args(args) {
+pub fn main(args: RunArgs, ledger: Option<&str>) -> Status {
+    let config = match RunConfig::from_args(args, ledger) {
         Ok(config) => config,
         Err(message) => {
             eprintln!("memwarden: error: {message}");
@@ -62,6 +63,13 @@ pub fn main(args: RunArgs) -> Status {
 }
 
 fn execute(mut config: RunConfig) -> Result<Status, (Status, String)> {
+    // The code and inputs the command runs on, read before it can change them.
+    let before = match &config.governance {
+        Some(governance) => {
+            Some(record::before(governance, SystemTime::now()).map_err(|m| (Status::Usage, m))?)
+        }
+        None => None,
+    };
     let supervisor = Supervisor::install().map_err(|e| {
         (
             Status::Internal,
@@ -219,8 +227,37 @@ fn execute(mut config: RunConfig) -> Result<Status, (Status, String)> {
             ));
         }
     }
+    // A recorded run always has its full report on disk, for the record to point to.
+    let mut report_path = config.json.as_ref().map(|(path, _)| path.clone());
+    if let (Some(before), None) = (&before, &report_path) {
+        let path = record::default_report_path(&before.run_id);
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| {
+                std::fs::write(
+                    &path,
+                    serde_json::to_vec_pretty(&report).map_err(io::Error::from)?,
+                )
+            });
+        match written {
+            Ok(()) => report_path = Some(path),
+            Err(e) => eprintln!(
+                "memwarden: warning: cannot keep the report in {}: {e}",
+                path.display()
+            ),
+        }
+    }
     if !config.quiet {
         eprint!("{}", memwarden_report::text::summary(&report));
+    }
+    if let (Some(governance), Some(before)) = (&config.governance, before) {
+        let record = record::build(governance, before, &report, report_path.as_deref());
+        match record::write(&governance.ledger, &record) {
+            Ok(line) if !config.quiet => eprintln!("  ledger       {line}"),
+            Ok(_) => {}
+            Err(warning) => eprintln!("memwarden: warning: {warning}"),
+        }
     }
     Ok(status)
 }

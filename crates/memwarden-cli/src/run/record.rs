@@ -1,0 +1,145 @@
+//! Recording a run in the ledger: the record, the report it points to, and the spool when
+//! the ledger cannot be reached.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use memwarden_format::report::Report;
+use memwarden_ledger::record::{GitState, InputHash, Peaks};
+use memwarden_ledger::spool::Spool;
+use memwarden_ledger::{provenance, Ledger, LedgerLocation, RunRecord};
+
+use super::config::Governance;
+
+/// What is captured before the command starts: the code and the inputs it runs on.
+#[derive(Debug)]
+pub struct Before {
+    /// Run id.
+    pub run_id: String,
+    /// Git state of the working directory.
+    pub git: Option<GitState>,
+    /// Input hashes.
+    pub inputs: Vec<InputHash>,
+}
+
+/// Captures the git state and hashes the inputs.
+pub fn before(governance: &Governance, started: SystemTime) -> Result<Before, String> {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let inputs = governance
+        .inputs
+        .iter()
+        .map(|path| {
+            provenance::hash_input(path).map_err(|e| format!("--input {}: {e}", path.display()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Before {
+        run_id: provenance::new_run_id(started),
+        git: provenance::git_state(&cwd),
+        inputs,
+    })
+}
+
+/// Builds the record of a finished run.
+pub fn build(
+    governance: &Governance,
+    before: Before,
+    report: &Report,
+    report_path: Option<&Path>,
+) -> RunRecord {
+    let cwd = PathBuf::from(&report.cwd);
+    let python = provenance::python_of(&report.command)
+        .and_then(|python| provenance::python_env(&python, &cwd));
+    RunRecord {
+        run_id: before.run_id,
+        model: governance.model.clone(),
+        version: governance.version.clone(),
+        stage: governance.stage.clone(),
+        tags: governance.tags.clone(),
+        command: report.command.clone(),
+        cwd: report.cwd.clone(),
+        exit_code: report.exit.code,
+        exit_signal: report.exit.signal,
+        oom_killed: report.exit.oom_killed,
+        started_at_unix_s: report.started_at_unix_s,
+        ended_at_unix_s: report.started_at_unix_s + report.duration_s,
+        host: provenance::host(report.limits.system_total_bytes),
+        container_limit_bytes: report.limits.cgroup_limit_bytes,
+        python,
+        git: before.git,
+        inputs: before.inputs,
+        peaks: Peaks {
+            rss_bytes: report.peak.rss_bytes,
+            rss_source: serde_json::to_value(report.peak.source)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            pss_bytes: report.peak.pss_bytes,
+            uss_bytes: report.peak.uss_bytes,
+            cgroup_bytes: report.peak.cgroup_bytes,
+            gpu_bytes: report.peak.gpu_bytes,
+            heap_bytes: report.peak.heap_bytes,
+            leaked_bytes: None,
+            duration_s: report.duration_s,
+        },
+        budget_status: serde_json::to_value(report.budget.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        budget_bytes: report.budget.limit_bytes,
+        hard_limit_bytes: report.budget.hard_limit_bytes,
+        enforced_by: serde_json::to_value(report.budget.enforced_by)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        top_stacks_at_peak: Vec::new(),
+        report_path: report_path.map(|p| {
+            std::path::absolute(p)
+                .unwrap_or_else(|_| p.to_owned())
+                .display()
+                .to_string()
+        }),
+        memwarden_version: report.memwarden_version.clone(),
+    }
+}
+
+/// Where a run's report goes when `--json` was not given: `<data dir>/reports/RUN_ID.json`.
+pub fn default_report_path(run_id: &str) -> PathBuf {
+    LedgerLocation::data_dir()
+        .join("reports")
+        .join(format!("{run_id}.json"))
+}
+
+/// Appends the record, after any records spooled earlier for the same ledger; keeps it in
+/// the spool when the ledger cannot take it. Returns a line for the user.
+pub fn write(location: &LedgerLocation, record: &RunRecord) -> Result<String, String> {
+    let spool = Spool::default_dir();
+    let opened = Ledger::open(location);
+    let appended = opened.and_then(|mut ledger| {
+        let synced = spool.sync(&mut ledger);
+        let appended = ledger.append(record)?;
+        Ok((appended, synced))
+    });
+    match appended {
+        Ok(((seq, _), synced)) => {
+            let mut line = format!(
+                "recorded {}@{} ({}) as run {} (#{seq}) in {}",
+                record.model,
+                record.version,
+                record.stage,
+                record.run_id,
+                location.display()
+            );
+            if synced.written > 0 {
+                line.push_str(&format!("; wrote {} spooled record(s) first", synced.written));
+            }
+            Ok(line)
+        }
+        Err(error) => match spool.keep(location, record, &error.to_string()) {
+            Ok(path) => Err(format!(
+                "{error}. The record is kept in {} and will be written by the next run against this ledger or by `memwarden ledger sync`",
+                path.display()
+            )),
+            Err(e) => Err(format!("{error}; and it could not be spooled either ({e}): the record is lost")),
+        },
+    }
+}
