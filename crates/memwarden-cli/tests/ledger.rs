@@ -339,23 +339,27 @@ fn gate_questions_that_cannot_be_answered_say_why() {
     }
 }
 
+/// `memwarden check fraud@1 --policy FILE` with `policy` as the file's text.
+fn check_with_policy(home: &Path, policy: &str) -> Output {
+    let path = home.join("memwarden.toml");
+    std::fs::write(&path, policy).expect("policy written");
+    mw(home)
+        .args(["check", "fraud@1", "--policy"])
+        .arg(&path)
+        .output()
+        .expect("runs")
+}
+
 #[test]
 fn a_malformed_policy_names_file_line_and_key() {
     let home = tempfile::tempdir().expect("tempdir");
     assert!(record(home.path(), None, "fraud", "1", &["true"])
         .status
         .success());
-    let policy = home.path().join("memwarden.toml");
-    std::fs::write(
-        &policy,
+    let output = check_with_policy(
+        home.path(),
         "[models.fraud.stages.inference]\npeak_rss = \"2GiB\"\npeak_pps = \"1GiB\"\n",
-    )
-    .expect("w");
-    let output = mw(home.path())
-        .args(["check", "fraud@1", "--policy"])
-        .arg(&policy)
-        .output()
-        .expect("runs");
+    );
     assert_eq!(output.status.code(), Some(2));
     let said = text(&output);
     assert!(
@@ -363,16 +367,10 @@ fn a_malformed_policy_names_file_line_and_key() {
         "{said}"
     );
 
-    std::fs::write(
-        &policy,
+    let output = check_with_policy(
+        home.path(),
         "[models.fraud.stages.inference]\npeak_rss = \"1KiB\"\n",
-    )
-    .expect("w");
-    let output = mw(home.path())
-        .args(["check", "fraud@1", "--policy"])
-        .arg(&policy)
-        .output()
-        .expect("runs");
+    );
     assert_eq!(
         output.status.code(),
         Some(3),
