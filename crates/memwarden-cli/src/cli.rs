@@ -56,6 +56,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Inspect model files without loading them: inventory, predicted load peak, and
+    /// whether loading would run code. Exit 0 when all are safe and within policy, 3 when any
+    /// is flagged, 6 when any cannot be read.
+    #[command(after_help = INSPECT_EXAMPLES)]
+    Inspect {
+        /// Files or directories (walked for model files by extension).
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// Write the findings as JSON to PATH (`-` for stdout, instead of the text).
+        #[arg(long, value_name = "PATH")]
+        json: Option<PathBuf>,
+        /// The policy file (default: ./memwarden.toml when present): its [inspect] table sets
+        /// the least safe verdict accepted and the largest predicted load peak.
+        #[arg(long, value_name = "PATH")]
+        policy: Option<PathBuf>,
+    },
     /// Ledger maintenance.
     Ledger {
         /// What to do with the ledger.
@@ -63,6 +79,15 @@ pub enum Command {
         command: LedgerCommand,
     },
 }
+
+const INSPECT_EXAMPLES: &str = "\
+Examples:
+  memwarden inspect model.joblib
+  memwarden inspect model.pt --json out.json
+  memwarden inspect models/ --policy memwarden.toml     # CI gate over a folder of artifacts
+
+Formats: pickle (protocols 0-5), joblib (plain, zlib, gzip), PyTorch zip (.pt/.pth),
+safetensors, .npy/.npz, ONNX; HDF5 by signature. Nothing in the files is executed.";
 
 /// `memwarden ledger ...`.
 #[derive(Debug, Subcommand)]

@@ -22,6 +22,8 @@ pub enum Status {
     LedgerTampered,
     /// The ledger cannot be opened (unreachable, not a ledger, from a newer memwarden).
     LedgerUnavailable,
+    /// `memwarden inspect`: a file could not be analysed.
+    Unreadable,
     /// memwarden itself failed (could not set up monitoring, could not write the report).
     Internal,
     /// The command was found but could not be executed (permissions, bad binary).
@@ -39,6 +41,7 @@ impl Status {
             Status::BudgetExceeded | Status::PolicyFailed => 3,
             Status::LedgerTampered => 4,
             Status::LedgerUnavailable => 5,
+            Status::Unreadable => 6,
             Status::Internal => 125,
             Status::CannotExecute => 126,
             Status::NotFound => 127,

@@ -7,6 +7,7 @@
 mod cli;
 mod exit;
 mod govern;
+mod inspect;
 mod run;
 
 use std::process::ExitCode;
@@ -23,6 +24,11 @@ fn main() -> ExitCode {
         cli::Command::Check { spec, policy, json } => {
             govern::check(ledger, &spec, policy.as_deref(), json)
         }
+        cli::Command::Inspect {
+            paths,
+            json,
+            policy,
+        } => inspect::main(&paths, json.as_deref(), policy.as_deref()),
         cli::Command::Ledger { command } => match command {
             cli::LedgerCommand::Verify { json } => govern::verify(ledger, json),
             cli::LedgerCommand::Sync => govern::sync(ledger),

@@ -16,6 +16,12 @@
 //! leaked = "100MiB"
 //! ```
 //!
+//! ```toml
+//! [inspect]                # memwarden inspect
+//! require = "safe"         # or "review": the least safe verdict accepted
+//! max_load_peak = "8GiB"   # largest predicted load peak accepted
+//! ```
+//!
 //! Settings of a stage override its model's, which override `[defaults]`, which override
 //! the built-in defaults above. Unknown keys, unknown stages and malformed sizes are errors
 //! that name the file, the line and the key.
@@ -168,6 +174,26 @@ pub struct ModelPolicy {
     pub stages: BTreeMap<Stage, StagePolicy>,
 }
 
+/// What `memwarden inspect` accepts in model files.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InspectPolicy {
+    /// The least safe verdict accepted: `safe` (default) or `review`.
+    pub require: Option<RequiredSafety>,
+    /// Largest predicted load peak accepted.
+    pub max_load_peak: Option<Size>,
+}
+
+/// A safety level a policy can require.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequiredSafety {
+    /// Only files judged safe.
+    Safe,
+    /// Files judged safe or needing review (never unsafe ones).
+    Review,
+}
+
 /// A whole policy file.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -175,6 +201,9 @@ pub struct Policy {
     /// Settings for every model.
     #[serde(default)]
     pub defaults: Tolerances,
+    /// Model-file checks (`memwarden inspect`).
+    #[serde(default)]
+    pub inspect: InspectPolicy,
     /// Per model.
     #[serde(default)]
     pub models: BTreeMap<String, ModelPolicy>,
@@ -338,6 +367,17 @@ min_noise_pct = 1.5
         assert!(err.contains("regression_pct"), "{err}");
         let err = Policy::parse("[defaults\n").expect_err("syntax");
         assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn inspect_settings() {
+        let policy = Policy::parse("[inspect]\nrequire = \"review\"\nmax_load_peak = \"8GiB\"\n")
+            .expect("parses");
+        assert_eq!(policy.inspect.require, Some(RequiredSafety::Review));
+        assert_eq!(policy.inspect.max_load_peak, Some(Size(8 << 30)));
+        assert!(Policy::parse("[inspect]\nrequire = \"yolo\"\n")
+            .expect_err("bad level")
+            .contains("yolo"));
     }
 
     #[test]

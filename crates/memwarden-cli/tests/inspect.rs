@@ -1,0 +1,383 @@
+//! `memwarden inspect` on real artifacts (scikit-learn, numpy, joblib written by the real
+//! libraries; PyTorch's, safetensors' and ONNX's layouts reproduced byte for byte), hostile
+//! pickles, broken and absurd files.
+
+mod util;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use serde_json::Value;
+
+fn fixtures() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script =
+        util::workspace_root().join("crates/memwarden-inspect/tests/fixtures/make_fixtures.py");
+    let output = std::process::Command::new(util::python())
+        .arg(script)
+        .arg(dir.path())
+        .output()
+        .expect("python runs");
+    assert!(
+        output.status.success(),
+        "fixtures: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    dir
+}
+
+fn inspect(paths: &[PathBuf], extra: &[&str]) -> (Output, Value) {
+    let output = util::memwarden()
+        .arg("inspect")
+        .args(paths)
+        .args(["--json", "-"])
+        .args(extra)
+        .output()
+        .expect("runs");
+    let value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "JSON ({e}): {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (output, value)
+}
+
+fn file<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .find(|f| {
+            f["path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with(&format!("/{name}")))
+        })
+        .unwrap_or_else(|| panic!("{name} in {report:#}"))
+}
+
+fn arrays(file: &Value) -> Vec<(String, String, Vec<u64>, u64)> {
+    file["arrays"]
+        .as_array()
+        .expect("arrays")
+        .iter()
+        .map(|a| {
+            (
+                a["name"].as_str().unwrap_or("-").to_owned(),
+                a["dtype"].as_str().unwrap_or("").to_owned(),
+                a["shape"]
+                    .as_array()
+                    .map(|s| s.iter().filter_map(Value::as_u64).collect())
+                    .unwrap_or_default(),
+                a["bytes"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+fn safe_files(dir: &Path) -> Vec<PathBuf> {
+    [
+        "forest.joblib",
+        "forest_z.joblib",
+        "forest_gz.joblib",
+        "arrays.joblib",
+        "logistic_p4.pkl",
+        "arrays_p2.pkl",
+        "arrays_p5.pkl",
+        "matrix.npy",
+        "pair.npz",
+        "pair_z.npz",
+        "model.safetensors",
+        "state_dict.pt",
+        "state_dict_deflated.pt",
+        "linear.onnx",
+    ]
+    .iter()
+    .map(|n| dir.join(n))
+    .collect()
+}
+
+#[test]
+fn real_artifacts_pass_with_correct_inventories() {
+    let dir = fixtures();
+    let (output, report) = inspect(&safe_files(dir.path()), &[]);
+    assert_eq!(output.status.code(), Some(0), "{report:#}");
+    assert_eq!(report["pass"], Value::Bool(true));
+    for f in report["files"].as_array().expect("files") {
+        assert_eq!(f["verdict"], "safe", "{f:#}");
+    }
+
+    let forest = file(&report, "forest.joblib");
+    assert_eq!(forest["format"], "joblib");
+    assert!(
+        forest["arrays"].as_array().is_some_and(|a| a.len() >= 10),
+        "a forest's tree arrays: {forest:#}"
+    );
+    assert_eq!(forest["mmappable"], Value::Bool(true));
+    for compressed in ["forest_z.joblib", "forest_gz.joblib"] {
+        let c = file(&report, compressed);
+        assert_eq!(c["format"], "joblib-compressed");
+        assert_eq!(
+            arrays(c),
+            arrays(forest),
+            "{compressed} holds what forest.joblib holds"
+        );
+        assert_eq!(c["mmappable"], Value::Bool(false));
+    }
+    let big = vec![
+        (
+            "-".to_owned(),
+            "<f4".to_owned(),
+            vec![1000, 1000],
+            4_000_000,
+        ),
+        ("-".to_owned(), "<f8".to_owned(), vec![1000], 8000),
+    ];
+    for name in ["arrays.joblib", "arrays_p2.pkl", "arrays_p5.pkl"] {
+        assert_eq!(arrays(file(&report, name)), big, "{name}");
+    }
+    assert_eq!(file(&report, "arrays_p5.pkl")["pickle_protocol"], 5);
+    let logistic = file(&report, "logistic_p4.pkl");
+    assert!(
+        arrays(logistic)
+            .iter()
+            .any(|a| a.2 == vec![1, 20] && a.1 == "<f8"),
+        "coef_: {logistic:#}"
+    );
+    assert!(logistic["imports"]
+        .as_array()
+        .expect("imports")
+        .iter()
+        .any(|i| i["module"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("sklearn.linear_model"))));
+
+    assert_eq!(
+        arrays(file(&report, "matrix.npy")),
+        vec![("-".to_owned(), "<f8".to_owned(), vec![300, 200], 480_000)]
+    );
+    for name in ["pair.npz", "pair_z.npz"] {
+        assert_eq!(
+            arrays(file(&report, name)),
+            vec![
+                ("a".to_owned(), "<i4".to_owned(), vec![1000], 4000),
+                ("b".to_owned(), "<f2".to_owned(), vec![10, 10], 200)
+            ],
+            "{name}"
+        );
+    }
+    assert_eq!(
+        arrays(file(&report, "model.safetensors")),
+        vec![
+            (
+                "embed.weight".to_owned(),
+                "F32".to_owned(),
+                vec![100, 64],
+                25_600
+            ),
+            ("head.bias".to_owned(), "F16".to_owned(), vec![10], 20)
+        ]
+    );
+    let pt = file(&report, "state_dict.pt");
+    assert_eq!(pt["format"], "pytorch");
+    assert_eq!(
+        arrays(pt),
+        vec![
+            (
+                "fc.weight".to_owned(),
+                "float32".to_owned(),
+                vec![128, 64],
+                32_768
+            ),
+            ("fc.bias".to_owned(), "float32".to_owned(), vec![128], 512),
+            ("steps".to_owned(), "int64".to_owned(), vec![1], 8),
+        ]
+    );
+    assert_eq!(pt["mmappable"], Value::Bool(true));
+    assert_eq!(
+        file(&report, "state_dict_deflated.pt")["mmappable"],
+        Value::Bool(false)
+    );
+    assert_eq!(
+        arrays(file(&report, "linear.onnx")),
+        vec![
+            ("W".to_owned(), "float32".to_owned(), vec![32, 16], 2048),
+            ("b".to_owned(), "float32".to_owned(), vec![16], 64)
+        ]
+    );
+    for f in report["files"].as_array().expect("files") {
+        assert!(
+            f["predicted_load_peak_bytes"].as_u64().is_some(),
+            "a prediction for {}",
+            f["path"]
+        );
+        assert!(!f["prediction_rule"].as_str().unwrap_or("").is_empty());
+    }
+}
+
+#[test]
+fn hostile_pickles_are_flagged_not_missed() {
+    let dir = fixtures();
+    // Each file and what its judgement must name (pickle writes os.system as posix.system,
+    // and protocol 2 writes builtins as __builtin__).
+    let expectations: [(&str, &[&str]); 8] = [
+        ("reduce_system_p0.pkl", &["posix", "system", "critical"]),
+        ("reduce_system_p4.pkl", &["posix", "system", "critical"]),
+        ("eval.pkl", &["__builtin__", "eval", "critical"]),
+        ("nested.pkl", &["_pickle", "loads", "critical"]),
+        ("memo_trick.pkl", &["\"os\"", "system", "critical"]),
+        (
+            "joblib_with_payload.joblib",
+            &["posix", "system", "critical"],
+        ),
+        ("computed_global.pkl", &["STACK_GLOBAL", "critical"]),
+        ("objects.npy", &["object array", "high"]),
+    ];
+    let paths: Vec<PathBuf> = expectations
+        .iter()
+        .map(|(n, _)| dir.path().join(n))
+        .collect();
+    let (output, report) = inspect(&paths, &[]);
+    assert_eq!(output.status.code(), Some(3), "flagged files exit 3");
+    for (name, needles) in expectations {
+        let f = file(&report, name);
+        assert_eq!(f["verdict"], "unsafe", "{name}: {f:#}");
+        let said = format!("{}{}", f["imports"], f["findings"]);
+        for needle in needles {
+            assert!(said.contains(needle), "{name} names {needle}: {said}");
+        }
+    }
+    let text = util::memwarden()
+        .arg("inspect")
+        .arg(dir.path().join("eval.pkl"))
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(
+        text.contains("UNSAFE") && text.contains("CRITICAL"),
+        "{text}"
+    );
+}
+
+#[test]
+fn broken_and_absurd_files_are_clear_errors() {
+    let dir = fixtures();
+    let absurd = dir.path().join("absurd.npy");
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    let header =
+        "{'descr': '<f8', 'fortran_order': False, 'shape': (1099511627776, 1099511627776), }";
+    npy.extend((header.len() as u16).to_le_bytes());
+    npy.extend(header.as_bytes());
+    std::fs::write(&absurd, npy).expect("w");
+    let lying = dir.path().join("lying.safetensors");
+    let json = br#"{"w":{"dtype":"F32","shape":[1000000],"data_offsets":[0,4000000]}}"#;
+    let mut st = (json.len() as u64).to_le_bytes().to_vec();
+    st.extend(json);
+    st.extend([0u8; 16]);
+    std::fs::write(&lying, st).expect("w");
+    let text = dir.path().join("notes.pkl");
+    std::fs::write(&text, "just some notes, not a model").expect("w");
+    let paths: Vec<PathBuf> = [
+        "truncated.joblib",
+        "garbage.pkl",
+        "absurd.npy",
+        "lying.safetensors",
+        "notes.pkl",
+    ]
+    .iter()
+    .map(|n| dir.path().join(n))
+    .collect();
+    let (output, report) = inspect(&paths, &[]);
+    assert_eq!(output.status.code(), Some(6), "{report:#}");
+    let unreadable = report["unreadable"].as_array().expect("unreadable");
+    assert_eq!(unreadable.len(), 5, "{report:#}");
+    let said = |name: &str| {
+        unreadable
+            .iter()
+            .find(|u| u["path"].as_str().is_some_and(|p| p.ends_with(name)))
+            .map(|u| u["error"].to_string())
+            .unwrap_or_default()
+    };
+    assert!(said("truncated.joblib").contains("truncated"));
+    assert!(said("garbage.pkl").contains("unknown opcode"));
+    assert!(
+        said("absurd.npy").contains("overflows"),
+        "{}",
+        said("absurd.npy")
+    );
+    assert!(
+        said("lying.safetensors").contains("outside the file"),
+        "{}",
+        said("lying.safetensors")
+    );
+    assert!(
+        said("notes.pkl").contains("not a format"),
+        "{}",
+        said("notes.pkl")
+    );
+}
+
+#[test]
+fn a_zip_bomb_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bomb = dir.path().join("bomb.npz");
+    let script = format!(
+        "import zipfile\nwith zipfile.ZipFile({:?}, 'w', zipfile.ZIP_DEFLATED) as z:\n    z.writestr('a.npy', b'\\x93NUMPY' + b'\\0' * (200 * 2**20))\n",
+        bomb.display().to_string()
+    );
+    let made = std::process::Command::new(util::python())
+        .args(["-c", &script])
+        .status()
+        .expect("python");
+    assert!(made.success());
+    let (output, report) = inspect(&[bomb], &[]);
+    assert_eq!(output.status.code(), Some(6));
+    assert!(
+        report["unreadable"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("decompression ratio")),
+        "{report:#}"
+    );
+}
+
+#[test]
+fn a_policy_caps_the_predicted_load_peak_and_the_safety_level() {
+    let dir = fixtures();
+    let policy = dir.path().join("memwarden.toml");
+    std::fs::write(&policy, "[inspect]\nmax_load_peak = \"1MiB\"\n").expect("w");
+    let (output, report) = inspect(
+        &[
+            dir.path().join("arrays.joblib"),
+            dir.path().join("matrix.npy"),
+        ],
+        &["--policy", policy.to_str().expect("utf-8")],
+    );
+    assert_eq!(output.status.code(), Some(3), "{report:#}");
+    let violations = report["violations"].to_string();
+    assert!(
+        violations.contains("arrays.joblib") && violations.contains("max_load_peak"),
+        "{violations}"
+    );
+    assert!(
+        !violations.contains("matrix.npy"),
+        "469 KiB is under 1 MiB: {violations}"
+    );
+}
+
+#[test]
+fn directories_are_walked_for_model_files() {
+    let dir = fixtures();
+    let models = dir.path().join("models");
+    std::fs::create_dir_all(models.join("nested")).expect("mkdir");
+    std::fs::copy(dir.path().join("state_dict.pt"), models.join("nested/a.pt")).expect("copy");
+    std::fs::copy(dir.path().join("matrix.npy"), models.join("b.npy")).expect("copy");
+    std::fs::write(models.join("README.md"), "not a model").expect("w");
+    let (output, report) = inspect(&[models], &[]);
+    assert_eq!(output.status.code(), Some(0), "{report:#}");
+    assert_eq!(
+        report["files"].as_array().map(Vec::len),
+        Some(2),
+        "{report:#}"
+    );
+}
