@@ -52,6 +52,9 @@ pub fn inspect_file(path: &Path, limits: &Limits) -> Result<FileReport, InspectE
             return inspect_safetensors(path, len, header_len, limits);
         }
     }
+    if head.starts_with(LEGACY_TORCH_MAGIC) {
+        return inspect_legacy_torch(path, len, limits);
+    }
     if got >= 2 && head[0] == 0x80 && head[1] <= 5 {
         return inspect_pickle(path, len, limits, Compression::None);
     }
@@ -109,6 +112,56 @@ fn is_hdf5(path: &Path) -> bool {
             && file.read_exact(&mut sig).is_ok()
             && &sig == SIGNATURE
     })
+}
+
+/// PyTorch's pre-1.6 format opens with pickle protocol 2 of the magic number
+/// 0x1950a86a20f9469cfc6c.
+const LEGACY_TORCH_MAGIC: &[u8] = &[0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
+
+/// The legacy format: five pickles in a row (magic, protocol version, system info, the
+/// object, the sorted storage keys), then each storage as an 8-byte element count and its
+/// data.
+fn inspect_legacy_torch(path: &Path, len: u64, limits: &Limits) -> Result<FileReport, InspectError> {
+    let file = File::open(path).map_err(|e| InspectError::io(0, e))?;
+    let mut source = FileSource::new(file, 0).map_err(|e| InspectError::io(0, e))?;
+    let mut report = FileReport::new(path, "pytorch-legacy", len);
+    let mut offset = 0;
+    let mut main = None;
+    for index in 0..5 {
+        let scan = pickle::scan(&mut source, offset, limits, Flavor::Plain)?;
+        offset = scan.end;
+        apply_safety(&mut report, &scan);
+        if index == 3 {
+            main = Some(scan);
+        }
+    }
+    let main = main.expect("five pickles were read");
+    report.pickle_protocol = Some(main.protocol);
+    let mut seen = HashSet::new();
+    let mut storage_bytes = 0u64;
+    for id in &main.persistent_ids {
+        let Value::Persistent(inner) = id else { continue };
+        let Value::Tuple(items) = inner.as_ref() else { continue };
+        let (Some(Value::Global(_, type_name)), Some(Value::Str(Some(key))), Some(Value::Int(numel))) = (items.get(1), items.get(2), items.get(4)) else {
+            continue;
+        };
+        if seen.insert(key.to_string()) {
+            let bytes = u64::try_from(*numel).unwrap_or(0).saturating_mul(torch_itemsize(&torch_dtype(type_name)));
+            storage_bytes = storage_bytes.saturating_add(8 + bytes);
+            report.payload_bytes += bytes;
+        }
+    }
+    if offset.saturating_add(storage_bytes) > len {
+        return Err(InspectError::Truncated { offset: len });
+    }
+    if let Some(root) = &main.root {
+        collect_tensors(root, "", &mut report.arrays, &mut HashSet::new(), 0);
+    }
+    report.loader = "torch.load".to_owned();
+    report.predicted_load_peak_bytes = Some(report.payload_bytes);
+    report.prediction_rule = "torch.load reads every storage once into its own buffer".to_owned();
+    report.mmap_note = "the legacy (pre-1.6) format cannot be memory-mapped: re-save with torch.save to get the zip format and torch.load(mmap=True)".to_owned();
+    Ok(report)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Check memwarden inspect against real PyTorch (run where torch is installed).
+
+1. Our reproduction of PyTorch's zip layout (crates/memwarden-inspect/tests/fixtures)
+   must load in real torch with the tensors memwarden reports.
+2. Real torch artifacts (state dicts of several dtypes, an optimizer state, a legacy
+   pre-1.6 file, a whole pickled model) must get inventories that match torch's own view.
+3. Predicted load peaks vs measured: torch.load (and mmap=True) of a ~1 GiB state dict,
+   and safetensors' load_file of the same tensors, each in a fresh process.
+4. Inspection time and memory for the big files.
+
+Usage: check_torch_artifacts.py MEMWARDEN OUT_DIR    (writes OUT_DIR/torch_check.json)
+"""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+memwarden, out = sys.argv[1], Path(sys.argv[2])
+out.mkdir(parents=True, exist_ok=True)
+here = Path(__file__).resolve().parents[2]
+results = {"torch": torch.__version__, "checks": []}
+
+
+def check(name, ok, detail):
+    results["checks"].append({"name": name, "ok": bool(ok), "detail": detail})
+    print(("PASS " if ok else "FAIL ") + name + ": " + str(detail), flush=True)
+
+
+def inspect(path):
+    """memwarden inspect --json -, with its wall time and peak RSS (KiB, from wait4)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen([memwarden, "inspect", str(path), "--json", "-"], stdout=subprocess.PIPE, text=True)
+    stdout = proc.stdout.read()
+    _, _, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - started
+    return json.loads(stdout), elapsed, usage.ru_maxrss
+
+
+def torch_view(obj, prefix=""):
+    """name -> (dtype, shape, nbytes) of every tensor, as torch sees it."""
+    view = {}
+    if isinstance(obj, torch.Tensor):
+        view[prefix] = (str(obj.dtype).replace("torch.", ""), list(obj.shape), obj.element_size() * obj.nelement())
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            view.update(torch_view(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            view.update(torch_view(v, f"{prefix}[{i}]"))
+    return view
+
+
+def memwarden_view(report):
+    files = report["files"]
+    if not files:
+        return {"error": report.get("unreadable")}
+    return {a["name"]: (a["dtype"], a["shape"], a["bytes"]) for a in files[0]["arrays"]}
+
+
+# 1. our reproduced layout in real torch
+fx = out / "fx"
+subprocess.run([sys.executable, str(here / "crates/memwarden-inspect/tests/fixtures/make_fixtures.py"), str(fx)], check=True, capture_output=True)
+for name in ["state_dict.pt", "state_dict_deflated.pt"]:
+    loaded = torch.load(fx / name, weights_only=True)
+    report, _, _ = inspect(fx / name)
+    check(f"reproduced {name} loads in torch and matches", torch_view(loaded) == memwarden_view(report), {"torch": torch_view(loaded), "memwarden": memwarden_view(report)})
+
+# 2. real artifacts
+real = out / "real"
+real.mkdir(exist_ok=True)
+model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+sd = model.state_dict()
+sd["half"] = torch.ones(33, 7, dtype=torch.float16)
+sd["bf16"] = torch.ones(5, dtype=torch.bfloat16)
+sd["count"] = torch.tensor([3], dtype=torch.int64)
+sd["view"] = torch.arange(100, dtype=torch.float32)[10:20]
+torch.save(sd, real / "state_dict.pt")
+torch.save(sd, real / "legacy.pt", _use_new_zipfile_serialization=False)
+optimizer = torch.optim.Adam(model.parameters())
+model(torch.randn(4, 64)).sum().backward()
+optimizer.step()
+torch.save(optimizer.state_dict(), real / "optim.pt")
+torch.save(model, real / "model_full.pt")
+for name in ["state_dict.pt", "legacy.pt", "optim.pt"]:
+    loaded = torch.load(real / name, weights_only=True)
+    report, _, _ = inspect(real / name)
+    files = report["files"]
+    verdict = files[0]["verdict"] if files else report["unreadable"]
+    tv, mv = torch_view(loaded), memwarden_view(report)
+    # a view's bytes: torch counts the view, memwarden too (shape x itemsize)
+    check(f"real {name}: inventory matches torch's, verdict safe", tv == mv and verdict == "safe", {"verdict": verdict, "torch": tv, "memwarden": mv})
+report, _, _ = inspect(real / "model_full.pt")
+f = report["files"][0]
+check("real model_full.pt (whole pickled model) is not judged safe", f["verdict"] in ("review", "unsafe"), {"verdict": f["verdict"], "flagged": [i for i in f["imports"] if i["severity"]][:5]})
+
+# 3. predicted vs measured load peaks, and 4. inspection cost
+big = {f"layer{i}.weight": torch.randn(4096, 4096) for i in range(16)}  # 16 x 64 MiB = 1 GiB
+torch.save(big, real / "big.pt")
+from safetensors.torch import save_file
+
+save_file(big, str(real / "big.safetensors"))
+del big
+
+
+def measured(code):
+    probe = (
+        "import resource, torch\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        f"{code}\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)\n"
+    )
+    return int(subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+
+
+loads = {
+    "big.pt": f"x = torch.load({str(real / 'big.pt')!r}, weights_only=True)",
+    "big.safetensors": f"from safetensors.torch import load_file\nx = load_file({str(real / 'big.safetensors')!r})",
+}
+for name, code in loads.items():
+    report, elapsed, rss_kib = inspect(real / name)
+    f = report["files"][0]
+    predicted = f["predicted_load_peak_bytes"]
+    actual = measured(code)
+    error = (predicted - actual) / actual
+    check(f"{name}: predicted load peak within 10% of measured", abs(error) <= 0.10, {"predicted": predicted, "measured": actual, "error_pct": round(100 * error, 1)})
+    check(f"{name}: inspected in under 100 ms and 32 MiB", elapsed < 0.1 and (rss_kib or 0) < 32 * 1024, {"seconds": round(elapsed, 4), "max_rss_kib": rss_kib, "file_bytes": f["file_bytes"]})
+mapped = measured(f"x = torch.load({str(real / 'big.pt')!r}, weights_only=True, mmap=True)")
+check("big.pt with mmap=True adds little resident memory (memwarden says mappable)", mapped < 64 << 20, {"measured": mapped, "mmappable": inspect(real / "big.pt")[0]["files"][0]["mmappable"]})
+
+(out / "torch_check.json").write_text(json.dumps(results, indent=1))
+print("failed:", sum(not c["ok"] for c in results["checks"]), "of", len(results["checks"]))
