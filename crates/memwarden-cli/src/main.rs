@@ -15,6 +15,13 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Like other Unix filters: `memwarden inspect ... | head` ends quietly on a closed pipe
+    // instead of panicking on the write. (Rust starts programs with SIGPIPE ignored.)
+    // SAFETY: restoring a signal's default disposition before any thread starts.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = cli::Cli::parse();
     let ledger = cli.ledger.as_deref();
     let status = match cli.command {

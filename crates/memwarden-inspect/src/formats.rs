@@ -116,12 +116,18 @@ fn is_hdf5(path: &Path) -> bool {
 
 /// PyTorch's pre-1.6 format opens with pickle protocol 2 of the magic number
 /// 0x1950a86a20f9469cfc6c.
-const LEGACY_TORCH_MAGIC: &[u8] = &[0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
+const LEGACY_TORCH_MAGIC: &[u8] = &[
+    0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
+];
 
 /// The legacy format: five pickles in a row (magic, protocol version, system info, the
 /// object, the sorted storage keys), then each storage as an 8-byte element count and its
 /// data.
-fn inspect_legacy_torch(path: &Path, len: u64, limits: &Limits) -> Result<FileReport, InspectError> {
+fn inspect_legacy_torch(
+    path: &Path,
+    len: u64,
+    limits: &Limits,
+) -> Result<FileReport, InspectError> {
     let file = File::open(path).map_err(|e| InspectError::io(0, e))?;
     let mut source = FileSource::new(file, 0).map_err(|e| InspectError::io(0, e))?;
     let mut report = FileReport::new(path, "pytorch-legacy", len);
@@ -140,13 +146,24 @@ fn inspect_legacy_torch(path: &Path, len: u64, limits: &Limits) -> Result<FileRe
     let mut seen = HashSet::new();
     let mut storage_bytes = 0u64;
     for id in &main.persistent_ids {
-        let Value::Persistent(inner) = id else { continue };
-        let Value::Tuple(items) = inner.as_ref() else { continue };
-        let (Some(Value::Global(_, type_name)), Some(Value::Str(Some(key))), Some(Value::Int(numel))) = (items.get(1), items.get(2), items.get(4)) else {
+        let Value::Persistent(inner) = id else {
+            continue;
+        };
+        let Value::Tuple(items) = inner.as_ref() else {
+            continue;
+        };
+        let (
+            Some(Value::Global(_, type_name)),
+            Some(Value::Str(Some(key))),
+            Some(Value::Int(numel)),
+        ) = (items.get(1), items.get(2), items.get(4))
+        else {
             continue;
         };
         if seen.insert(key.to_string()) {
-            let bytes = u64::try_from(*numel).unwrap_or(0).saturating_mul(torch_itemsize(&torch_dtype(type_name)));
+            let bytes = u64::try_from(*numel)
+                .unwrap_or(0)
+                .saturating_mul(torch_itemsize(&torch_dtype(type_name)));
             storage_bytes = storage_bytes.saturating_add(8 + bytes);
             report.payload_bytes += bytes;
         }
@@ -221,15 +238,16 @@ fn inspect_pickle(
     let other_payload = scan
         .payload_bytes
         .saturating_sub(array_bytes.min(scan.payload_bytes));
+    let copied = scan.copied_on_load_bytes;
+    let copies = if copied > 0 {
+        ", plus the arrays scikit-learn's trees copy into their own buffers"
+    } else {
+        ""
+    };
     if joblib {
         report.loader = "joblib.load".to_owned();
-        let buffer = if compression == Compression::None {
-            largest.min(16 << 20)
-        } else {
-            largest.min(16 << 20) * 2
-        };
-        report.predicted_load_peak_bytes = Some(array_bytes + other_payload + buffer);
-        report.prediction_rule = "joblib reads each array straight into its final buffer in 16 MiB chunks: every array once, plus one chunk (two with decompression), plus other payloads".to_owned();
+        report.predicted_load_peak_bytes = Some(array_bytes + other_payload + copied);
+        report.prediction_rule = format!("joblib reads each array straight into its final buffer: every array once{copies}; memory of the modules the pickle imports is not counted");
         report.mmappable = compression == Compression::None;
         report.mmap_note = if report.mmappable {
             "joblib.load(path, mmap_mode='r') maps the arrays instead of reading them".to_owned()
@@ -238,20 +256,22 @@ fn inspect_pickle(
         };
     } else {
         report.loader = "pickle.load".to_owned();
-        // Protocol 5 in-band bytearrays become the arrays' buffers; protocols 3 and 4 build a
-        // bytes object that numpy copies; protocol 2 goes through a latin-1 str and then bytes.
-        let transient = match scan.protocol {
-            5 if scan.zero_copy_bytes >= array_bytes => 0,
-            0..=2 => largest * 2,
-            _ => largest,
+        // numpy keeps the bytes pickle built (protocols 3-5) as the array's buffer; protocol
+        // 2 goes through a latin-1 str first, alive while the largest array is rebuilt.
+        // ...that is: its UTF-8 text read from the file, the str decoded from it, and the
+        // bytes encoded from that, alive together while the largest array is rebuilt.
+        let transient = if scan.protocol <= 2 {
+            scan.largest_text_bytes + largest
+        } else {
+            0
         };
         let data = if scan.arrays.is_empty() {
             scan.payload_bytes
         } else {
             array_bytes
         };
-        report.predicted_load_peak_bytes = Some(data + transient);
-        report.prediction_rule = "every array once, plus the transient copy of the largest one while numpy rebuilds it (none for protocol 5 in-band buffers, two for protocol 2's latin-1 text)".to_owned();
+        report.predicted_load_peak_bytes = Some(data + transient + copied);
+        report.prediction_rule = format!("every array once (numpy adopts the bytes pickle builds; protocol 2 adds the largest array's latin-1 text while it is converted){copies}; memory of the modules the pickle imports is not counted");
         report.mmap_note = "pickle cannot memory-map: save arrays with numpy (np.save + mmap_mode) or safetensors to load without copies".to_owned();
     }
     Ok(report)
@@ -337,10 +357,17 @@ fn inspect_safetensors(
         });
     }
     report.payload_bytes = report.arrays.iter().map(|a| a.bytes).sum();
-    report.loader = "safetensors.torch.load_file".to_owned();
-    report.predicted_load_peak_bytes = Some(report.payload_bytes);
-    report.prediction_rule =
-        "load_file copies every tensor once out of a memory map of the file".to_owned();
+    // The framework that wrote the file is the one that will load it.
+    if json["__metadata__"]["format"].as_str() == Some("pt") {
+        report.loader = "safetensors.torch.load_file".to_owned();
+        report.predicted_load_peak_bytes = Some(report.payload_bytes);
+        report.prediction_rule =
+            "torch's load_file copies every tensor once out of a memory map of the file".to_owned();
+    } else {
+        report.loader = "safetensors.numpy.load_file".to_owned();
+        report.predicted_load_peak_bytes = Some(len + report.payload_bytes);
+        report.prediction_rule = "numpy's load_file reads the whole file, then copies every tensor out of it: the file plus every tensor".to_owned();
+    }
     report.mmappable = true;
     report.mmap_note =
         "safe_open(path, framework) maps the file and reads tensors on access".to_owned();

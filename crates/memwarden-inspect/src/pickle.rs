@@ -148,6 +148,11 @@ pub struct Scan {
     pub zero_copy_bytes: u64,
     /// Opcodes executed.
     pub opcodes: u64,
+    /// The longest text payload (protocol 2 carries numpy's bytes as latin-1 text).
+    pub largest_text_bytes: u64,
+    /// Array bytes that the objects holding them copy again when they are rebuilt
+    /// (scikit-learn's `Tree` copies its `nodes` and `values` into its own buffers).
+    pub copied_on_load_bytes: u64,
     /// Persistent ids, in order (PyTorch's storages).
     pub persistent_ids: Vec<Value>,
     /// The value left on the stack by `STOP`.
@@ -449,6 +454,7 @@ impl<R: Skip> Machine<'_, R> {
                         // A long string is data, not a name: protocol 2 carries numpy's bytes as
                         // latin-1 text for `_codecs.encode`.
                         self.scan.payload_bytes += len;
+                        self.scan.largest_text_bytes = self.scan.largest_text_bytes.max(len);
                     }
                     let v =
                         Value::Str(text.map(|t| Rc::from(String::from_utf8_lossy(&t).as_ref())));
@@ -730,6 +736,13 @@ impl<R: Skip> Machine<'_, R> {
             _ => None,
         };
         match target {
+            Some(("sklearn.tree._tree", "Tree")) => {
+                for key in ["nodes", "values"] {
+                    if let Some(array) = state.dict_get(key) {
+                        self.scan.copied_on_load_bytes += array_bytes(&array).unwrap_or(0);
+                    }
+                }
+            }
             Some((m, "_reconstruct")) if m.starts_with("numpy") => {
                 // state: (version, shape, dtype, is_fortran, raw bytes or list)
                 let items = state.items();
@@ -825,6 +838,34 @@ impl<R: Skip> Machine<'_, R> {
         self.scan.payload_bytes += nested.payload_bytes;
         self.scan.opcodes += nested.opcodes;
     }
+}
+
+/// Bytes of an array value: numpy's `_reconstruct` + `BUILD`, or joblib's wrapper.
+fn array_bytes(value: &Value) -> Option<u64> {
+    let Value::Call {
+        func,
+        state: Some(state),
+        ..
+    } = value
+    else {
+        return None;
+    };
+    let (module, name) = func.global()?;
+    let (shape, dtype) = match (module, name) {
+        (m, "_reconstruct") if m.starts_with("numpy") => {
+            let items = state.items();
+            if let Some(Value::Bytes { len, .. }) = items.get(4) {
+                return Some(*len);
+            }
+            (shape_of(items.get(1)?)?, dtype_name(items.get(2)?)?)
+        }
+        (m, "NumpyArrayWrapper") if m.starts_with("joblib") => (
+            shape_of(&state.dict_get("shape")?)?,
+            dtype_name(&state.dict_get("dtype")?)?,
+        ),
+        _ => return None,
+    };
+    itemsize(Some(&dtype)).map(|size| size * shape.iter().product::<u64>())
 }
 
 /// numpy's dtype string from `numpy.dtype('f8', ...)` + `BUILD` (endianness from the state).
