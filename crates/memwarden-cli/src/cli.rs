@@ -71,6 +71,23 @@ pub enum Command {
         /// the least safe verdict accepted and the largest predicted load peak.
         #[arg(long, value_name = "PATH")]
         policy: Option<PathBuf>,
+        /// Load the model (only when judged safe, or with --trust) in child Python processes,
+        /// re-save it in every format that fits, and measure each format's file size, save
+        /// time, load time and load peak; recommend the leanest.
+        #[arg(long)]
+        measure: bool,
+        /// With --measure: load the file even when it is not judged safe.
+        #[arg(long, requires = "measure")]
+        trust: bool,
+        /// With --measure: the Python interpreter to load with (default: python3, or
+        /// MEMWARDEN_PYTHON).
+        #[arg(
+            long,
+            value_name = "PATH",
+            env = "MEMWARDEN_PYTHON",
+            default_value = "python3"
+        )]
+        python: PathBuf,
     },
     /// Ledger maintenance.
     Ledger {
@@ -85,6 +102,8 @@ Examples:
   memwarden inspect model.joblib
   memwarden inspect model.pt --json out.json
   memwarden inspect models/ --policy memwarden.toml     # CI gate over a folder of artifacts
+  memwarden inspect model.joblib --measure   # loads it (only if judged safe, or with --trust)
+                                             # and measures every format for this very model
 
 Formats: pickle (protocols 0-5), joblib (plain, zlib, gzip), PyTorch zip (.pt/.pth),
 safetensors, .npy/.npz, ONNX; HDF5 by signature. Nothing in the files is executed.";

@@ -35,7 +35,13 @@ fn main() -> ExitCode {
             paths,
             json,
             policy,
-        } => inspect::main(&paths, json.as_deref(), policy.as_deref()),
+            measure,
+            trust,
+            python,
+        } => {
+            let measure = measure.then_some(inspect::Measure { trust, python });
+            inspect::main(&paths, json.as_deref(), policy.as_deref(), measure.as_ref())
+        }
         cli::Command::Ledger { command } => match command {
             cli::LedgerCommand::Verify { json } => govern::verify(ledger, json),
             cli::LedgerCommand::Sync => govern::sync(ledger),

@@ -381,3 +381,47 @@ fn directories_are_walked_for_model_files() {
         "{report:#}"
     );
 }
+
+#[test]
+fn measure_reloads_a_safe_model_in_every_fitting_format_and_refuses_unsafe_ones() {
+    let dir = fixtures();
+    let python = util::python();
+    let output = util::memwarden()
+        .arg("inspect")
+        .arg(dir.path().join("arrays.joblib"))
+        .args(["--measure", "--json", "-", "--python"])
+        .arg(&python)
+        .output()
+        .expect("runs");
+    let report: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&output.stderr)));
+    assert_eq!(output.status.code(), Some(0), "{report:#}");
+    let measured = &report["measurements"][0];
+    let trials = measured["trials"].as_array().expect("trials");
+    let formats: Vec<&str> = trials.iter().filter_map(|t| t["format"].as_str()).collect();
+    for expected in ["joblib", "pickle", "joblib-compressed", "npz"] {
+        assert!(formats.contains(&expected), "{expected} in {formats:?}");
+    }
+    let original = trials
+        .iter()
+        .find(|t| t["original"] == Value::Bool(true))
+        .expect("the file as given");
+    let peak = original["load_peak_bytes"].as_u64().expect("peak");
+    // 4,008,000 bytes of arrays: the load's own peak, measured by memwarden's monitor.
+    assert!(peak > 3_500_000 && peak < 12_000_000, "{original:#}");
+    assert!(measured["recommended"].as_str().is_some());
+
+    let refused = util::memwarden()
+        .arg("inspect")
+        .arg(dir.path().join("eval.pkl"))
+        .args(["--measure", "--python"])
+        .arg(&python)
+        .output()
+        .expect("runs");
+    assert_eq!(refused.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--trust"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}

@@ -23,6 +23,11 @@ use serde::Serialize;
 
 pub use formats::inspect_file;
 
+/// The serialization advisor's child-process script (`memwarden inspect --measure`): it
+/// loads a model with its usual loader, re-saves it in every format that fits, and loads
+/// each back; the caller measures those loads with memwarden's own monitor.
+pub const ADVISOR_PY: &str = include_str!("advisor.py");
+
 /// Bounds on what a hostile file can make the analysis do.
 #[derive(Debug, Clone)]
 pub struct Limits {

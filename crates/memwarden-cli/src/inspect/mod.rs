@@ -10,6 +10,8 @@ use serde::Serialize;
 
 use crate::exit::Status;
 
+mod advisor;
+
 /// File extensions looked at when walking a directory.
 const MODEL_EXTENSIONS: &[&str] = &[
     "pkl",
@@ -43,6 +45,8 @@ struct Output<'a> {
     files: &'a [FileReport],
     unreadable: &'a [Unreadable],
     violations: &'a [String],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    measurements: &'a [advisor::Measurement],
     pass: bool,
 }
 
@@ -70,8 +74,22 @@ fn collect(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `--measure` settings.
+#[derive(Debug)]
+pub struct Measure {
+    /// Load files that are not judged safe.
+    pub trust: bool,
+    /// The interpreter.
+    pub python: PathBuf,
+}
+
 /// `memwarden inspect PATH...`.
-pub fn main(paths: &[PathBuf], json: Option<&Path>, policy_path: Option<&Path>) -> Status {
+pub fn main(
+    paths: &[PathBuf],
+    json: Option<&Path>,
+    policy_path: Option<&Path>,
+    measure: Option<&Measure>,
+) -> Status {
     let default_policy = Path::new("memwarden.toml");
     let policy = match policy_path {
         Some(path) => Policy::load(path),
@@ -140,12 +158,25 @@ pub fn main(paths: &[PathBuf], json: Option<&Path>, policy_path: Option<&Path>) 
             }
         }
     }
+    let mut measurements = Vec::new();
+    if let Some(measure) = measure {
+        for report in &reports {
+            match advisor::measure(report, measure) {
+                Ok(m) => measurements.push(m),
+                Err(e) => {
+                    eprintln!("memwarden: error: --measure {}: {e}", report.path);
+                    return Status::PolicyFailed;
+                }
+            }
+        }
+    }
     let pass = violations.is_empty() && unreadable.is_empty();
     let output = Output {
         schema: "memwarden.inspect/1",
         files: &reports,
         unreadable: &unreadable,
         violations: &violations,
+        measurements: &measurements,
         pass,
     };
     if let Some(path) = json {
@@ -173,6 +204,9 @@ pub fn main(paths: &[PathBuf], json: Option<&Path>, policy_path: Option<&Path>) 
         }
         for v in &violations {
             println!("policy: {v}");
+        }
+        for m in &measurements {
+            print!("{}", advisor::render(m));
         }
     }
     if !unreadable.is_empty() {

@@ -1,0 +1,267 @@
+//! `memwarden inspect --measure`: the serialization advisor.
+//!
+//! The model is loaded only in child Python processes, and only when it was judged safe
+//! (or with `--trust`). One child re-saves it in every format that fits; then each file,
+//! the original included, is loaded in a fresh child run under memwarden's own monitor
+//! (`memwarden run`), whose kernel high-water mark gives the peak; the child reports its
+//! resident memory after imports, so the load's own peak is the difference.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use memwarden_format::units::format_size;
+use memwarden_inspect::{FileReport, Verdict, ADVISOR_PY};
+use serde::Serialize;
+
+use super::Measure;
+
+/// One format measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Trial {
+    /// Format name (`pickle`, `joblib`, `safetensors`...).
+    pub format: String,
+    /// Whether this is the file as given.
+    pub original: bool,
+    /// File size.
+    pub file_bytes: u64,
+    /// Seconds to save (`None` for the original).
+    pub save_s: Option<f64>,
+    /// Seconds to load.
+    pub load_s: f64,
+    /// Peak memory the load added.
+    pub load_peak_bytes: u64,
+}
+
+/// The advisor's findings for one file.
+#[derive(Debug, Clone, Serialize)]
+pub struct Measurement {
+    /// The file.
+    pub path: String,
+    /// Every format tried.
+    pub trials: Vec<Trial>,
+    /// Formats that do not fit this model, with why.
+    pub skipped: Vec<(String, String)>,
+    /// The recommended format: among those within 5% (or 1 MiB) of the lowest load peak,
+    /// one that runs no code when loaded, then the smallest file, then the fastest load.
+    pub recommended: Option<String>,
+    /// Load peak saved by the recommendation against the original, in bytes.
+    pub saving_bytes: i64,
+    /// The same, in percent of the original's load peak.
+    pub saving_pct: f64,
+}
+
+fn python_format(format: &str) -> Option<&'static str> {
+    Some(match format {
+        "pickle" => "pickle",
+        "joblib" => "joblib",
+        "joblib-compressed" => "joblib-compressed",
+        "npy" => "npy",
+        "npz" => "npz",
+        "safetensors" => "safetensors",
+        "pytorch" => "pytorch",
+        _ => return None,
+    })
+}
+
+/// Loads `path` as `format` in a child under `memwarden run`; returns (load seconds, peak).
+fn measure_load(
+    python: &Path,
+    script: &Path,
+    path: &Path,
+    format: &str,
+    scratch: &Path,
+) -> Result<(f64, u64), String> {
+    let me = std::env::current_exe().map_err(|e| format!("cannot find memwarden itself: {e}"))?;
+    let report_path = scratch.join("load-run.json");
+    let output = Command::new(me)
+        .args(["run", "--quiet", "--json"])
+        .arg(&report_path)
+        .arg("--")
+        .arg(python)
+        .arg(script)
+        .arg("load")
+        .arg(path)
+        .arg(format)
+        .env("MEMWARDEN_NO_GPU", "1")
+        .output()
+        .map_err(|e| format!("cannot run the load: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "loading {} as {format} failed: {}",
+            path.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    let child: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .map_err(|e| format!("the load printed no result ({e})"))?;
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report_path).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    let peak = report["peak"]["rss_bytes"].as_u64().unwrap_or(0);
+    let baseline = child["baseline_rss_bytes"].as_u64().unwrap_or(0);
+    Ok((
+        child["load_s"].as_f64().unwrap_or(0.0),
+        peak.saturating_sub(baseline),
+    ))
+}
+
+/// Whether loading the format unpickles (and so can run code).
+fn runs_code(format: &str) -> bool {
+    !matches!(format, "npy" | "npz" | "safetensors")
+}
+
+/// Measures one inspected file.
+pub fn measure(report: &FileReport, settings: &Measure) -> Result<Measurement, String> {
+    if report.verdict != Verdict::Safe && !settings.trust {
+        return Err(format!(
+            "refusing to load a file judged {:?}: loading it would run code memwarden cannot vouch for; pass --trust to load it anyway",
+            report.verdict
+        )
+        .to_lowercase());
+    }
+    let format = python_format(&report.format)
+        .ok_or_else(|| format!("cannot load {} files to measure them", report.format))?;
+    let scratch = tempfile::Builder::new()
+        .prefix("memwarden-advisor-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let script = scratch.path().join("advisor.py");
+    std::fs::write(&script, ADVISOR_PY).map_err(|e| e.to_string())?;
+    let saved_dir = scratch.path().join("formats");
+    let output = Command::new(&settings.python)
+        .arg(&script)
+        .args(["save", &report.path, format])
+        .arg(&saved_dir)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", settings.python.display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "re-saving failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    let mut candidates: Vec<(String, PathBuf, u64, Option<f64>, bool)> = vec![(
+        report.format.clone(),
+        PathBuf::from(&report.path),
+        report.file_bytes,
+        None,
+        true,
+    )];
+    let mut skipped = Vec::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let name = entry["format"].as_str().unwrap_or("?").to_owned();
+        match entry["skipped"].as_str() {
+            Some(why) => skipped.push((name, why.to_owned())),
+            None => candidates.push((
+                name,
+                PathBuf::from(entry["path"].as_str().unwrap_or("")),
+                entry["file_bytes"].as_u64().unwrap_or(0),
+                entry["save_s"].as_f64(),
+                false,
+            )),
+        }
+    }
+    let mut trials = Vec::new();
+    for (name, path, file_bytes, save_s, original) in candidates {
+        let Some(loader) = python_format(&name).or((name == "skops").then_some("skops")) else {
+            continue;
+        };
+        match measure_load(&settings.python, &script, &path, loader, scratch.path()) {
+            Ok((load_s, load_peak_bytes)) => trials.push(Trial {
+                format: name,
+                original,
+                file_bytes,
+                save_s,
+                load_s,
+                load_peak_bytes,
+            }),
+            Err(e) => skipped.push((name, e)),
+        }
+    }
+    // Among the formats whose load peak is within 5% (or 1 MiB) of the lowest, prefer one
+    // whose loading runs no code, then the smaller file, then the faster load.
+    let lowest = trials.iter().map(|t| t.load_peak_bytes).min().unwrap_or(0);
+    let near = |t: &&Trial| t.load_peak_bytes <= lowest + (lowest / 20).max(1 << 20);
+    let best = trials.iter().filter(near).min_by(|a, b| {
+        (runs_code(&a.format), a.file_bytes)
+            .cmp(&(runs_code(&b.format), b.file_bytes))
+            .then(a.load_s.total_cmp(&b.load_s))
+    });
+    let original_peak = trials
+        .iter()
+        .find(|t| t.original)
+        .map_or(0, |t| t.load_peak_bytes);
+    let (recommended, saving_bytes) = match best {
+        Some(t) => (
+            Some(t.format.clone()),
+            original_peak as i64 - t.load_peak_bytes as i64,
+        ),
+        None => (None, 0),
+    };
+    Ok(Measurement {
+        path: report.path.clone(),
+        saving_pct: if original_peak > 0 {
+            saving_bytes as f64 * 100.0 / original_peak as f64
+        } else {
+            0.0
+        },
+        trials,
+        skipped,
+        recommended,
+        saving_bytes,
+    })
+}
+
+/// The advisor's table.
+pub fn render(m: &Measurement) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}: serialization advisor (measured, each load in a fresh process)",
+        m.path
+    );
+    let _ = writeln!(
+        out,
+        "  {:<20} {:>12} {:>9} {:>9} {:>12}",
+        "format", "file", "save", "load", "load peak"
+    );
+    for t in &m.trials {
+        let save = t
+            .save_s
+            .map_or_else(|| "(as given)".to_owned(), |s| format!("{s:.2} s"));
+        let _ = writeln!(
+            out,
+            "  {:<20} {:>12} {:>9} {:>7.2} s {:>12}",
+            t.format,
+            format_size(t.file_bytes),
+            save,
+            t.load_s,
+            format_size(t.load_peak_bytes)
+        );
+    }
+    for (format, why) in &m.skipped {
+        let _ = writeln!(out, "  {format:<20} skipped: {why}");
+    }
+    if let Some(best) = &m.recommended {
+        let change = if m.saving_bytes >= 0 {
+            format!("{} lower", format_size(m.saving_bytes as u64))
+        } else {
+            format!("{} higher", format_size(m.saving_bytes.unsigned_abs()))
+        };
+        let safety = if runs_code(best) {
+            ""
+        } else {
+            ", and loading it runs no code"
+        };
+        let _ = writeln!(
+            out,
+            "  recommendation: {best}: load peak {change} than the file as given ({:+.0}%){safety}",
+            -m.saving_pct
+        );
+    }
+    out
+}
