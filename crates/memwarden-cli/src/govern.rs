@@ -121,13 +121,7 @@ pub fn check(ledger: Option<&str>, spec: &str, policy_path: Option<&Path>, json:
         Ok(spec) => spec,
         Err(e) => return gate_failure(e),
     };
-    let default_policy = Path::new("memwarden.toml");
-    let policy = match policy_path {
-        Some(path) => Policy::load(path),
-        None if default_policy.exists() => Policy::load(default_policy),
-        None => Ok(Policy::default()),
-    };
-    let policy = match policy {
+    let policy = match Policy::find(policy_path) {
         Ok(policy) => policy,
         Err(e) => return fail(Status::Usage, e),
     };

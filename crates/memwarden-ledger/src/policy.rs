@@ -240,6 +240,17 @@ impl Policy {
         Ok(policy)
     }
 
+    /// The policy a command uses: `explicit` (`--policy`) when given, else
+    /// `./memwarden.toml` when present, else the built-in defaults.
+    pub fn find(explicit: Option<&Path>) -> Result<Policy, PolicyError> {
+        let default = Path::new("memwarden.toml");
+        match explicit {
+            Some(path) => Policy::load(path),
+            None if default.exists() => Policy::load(default),
+            None => Ok(Policy::default()),
+        }
+    }
+
     /// Parses policy text; the error has the line, column and key.
     pub fn parse(text: &str) -> Result<Policy, String> {
         let policy: Policy =

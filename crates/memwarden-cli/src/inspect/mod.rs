@@ -90,13 +90,7 @@ pub fn main(
     policy_path: Option<&Path>,
     measure: Option<&Measure>,
 ) -> Status {
-    let default_policy = Path::new("memwarden.toml");
-    let policy = match policy_path {
-        Some(path) => Policy::load(path),
-        None if default_policy.exists() => Policy::load(default_policy),
-        None => Ok(Policy::default()),
-    };
-    let policy = match policy {
+    let policy = match Policy::find(policy_path) {
         Ok(policy) => policy,
         Err(e) => {
             eprintln!("memwarden: error: {e}");
