@@ -157,8 +157,38 @@ pub struct Scan {
     pub persistent_ids: Vec<Value>,
     /// The value left on the stack by `STOP`.
     pub root: Option<Value>,
+    /// Every list and dict built, so that dropping the scan can empty them: a pickle can
+    /// make a container hold itself through the memo, a cycle reference counting never
+    /// frees (found by fuzzing).
+    containers: Vec<Container>,
     /// Offset just after `STOP`.
     pub end: u64,
+}
+
+/// A weak handle on a container built during a scan.
+#[derive(Debug)]
+enum Container {
+    List(std::rc::Weak<RefCell<Vec<Value>>>),
+    Dict(std::rc::Weak<RefCell<Vec<(Value, Value)>>>),
+}
+
+impl Drop for Scan {
+    fn drop(&mut self) {
+        for container in self.containers.drain(..) {
+            match container {
+                Container::List(weak) => {
+                    if let Some(list) = weak.upgrade() {
+                        list.borrow_mut().clear();
+                    }
+                }
+                Container::Dict(weak) => {
+                    if let Some(dict) = weak.upgrade() {
+                        dict.borrow_mut().clear();
+                    }
+                }
+            }
+        }
+    }
 }
 
 struct Machine<'r, R> {
@@ -489,12 +519,19 @@ impl<R: Skip> Machine<'_, R> {
                     items.reverse();
                     self.push(Value::Tuple(Rc::new(items)))?;
                 }
-                b']' => self.push(Value::List(Rc::new(RefCell::new(Vec::new()))))?,
+                b']' => {
+                    let list = self.new_list(Vec::new());
+                    self.push(list)?;
+                }
                 b'l' => {
                     let items = self.pop_mark(at)?;
-                    self.push(Value::List(Rc::new(RefCell::new(items))))?;
+                    let list = self.new_list(items);
+                    self.push(list)?;
                 }
-                b'}' => self.push(Value::Dict(Rc::new(RefCell::new(Vec::new()))))?,
+                b'}' => {
+                    let dict = self.new_dict(Vec::new());
+                    self.push(dict)?;
+                }
                 b'd' => {
                     let items = self.pop_mark(at)?;
                     let pairs = items
@@ -502,7 +539,8 @@ impl<R: Skip> Machine<'_, R> {
                         .filter(|c| c.len() == 2)
                         .map(|c| (c[0].clone(), c[1].clone()))
                         .collect();
-                    self.push(Value::Dict(Rc::new(RefCell::new(pairs))))?;
+                    let dict = self.new_dict(pairs);
+                    self.push(dict)?;
                 }
                 0x8f => self.push(Value::Set)?,
                 0x91 => {
@@ -692,7 +730,7 @@ impl<R: Skip> Machine<'_, R> {
     /// so that the items `SETITEMS` adds to it (a PyTorch state dict's) stay visible.
     fn call(&mut self, func: Value, args: Value, _at: u64) -> Value {
         if func.global() == Some(("collections", "OrderedDict")) && args.items().is_empty() {
-            return Value::Dict(Rc::new(RefCell::new(Vec::new())));
+            return self.new_dict(Vec::new());
         }
         if let Some((module, name)) = func.global() {
             let items = args.items();
@@ -831,12 +869,28 @@ impl<R: Skip> Machine<'_, R> {
         Ok(())
     }
 
-    fn absorb(&mut self, nested: Scan) {
-        self.scan.imports.extend(nested.imports);
-        self.scan.findings.extend(nested.findings);
-        self.scan.arrays.extend(nested.arrays);
+    fn absorb(&mut self, mut nested: Scan) {
+        self.scan.imports.append(&mut nested.imports);
+        self.scan.findings.append(&mut nested.findings);
+        self.scan.arrays.append(&mut nested.arrays);
         self.scan.payload_bytes += nested.payload_bytes;
         self.scan.opcodes += nested.opcodes;
+    }
+
+    fn new_list(&mut self, items: Vec<Value>) -> Value {
+        let list = Rc::new(RefCell::new(items));
+        self.scan
+            .containers
+            .push(Container::List(Rc::downgrade(&list)));
+        Value::List(list)
+    }
+
+    fn new_dict(&mut self, pairs: Vec<(Value, Value)>) -> Value {
+        let dict = Rc::new(RefCell::new(pairs));
+        self.scan
+            .containers
+            .push(Container::Dict(Rc::downgrade(&dict)));
+        Value::Dict(dict)
     }
 }
 
@@ -1035,6 +1089,21 @@ mod tests {
         }
         bytes.push(b'.');
         assert!(run(&bytes).is_ok());
+    }
+
+    #[test]
+    fn self_referencing_containers_are_freed() {
+        // ] q0 h0 a . : a list appended to itself through the memo.
+        let scan = run(b"]q\x00h\x00a.").expect("scans");
+        let Some(Value::List(list)) = &scan.root else {
+            panic!("a list")
+        };
+        let weak = Rc::downgrade(list);
+        drop(scan);
+        assert!(
+            weak.upgrade().is_none(),
+            "the cycle was broken and the list freed"
+        );
     }
 
     #[test]
