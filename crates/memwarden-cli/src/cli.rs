@@ -88,6 +88,13 @@ pub enum Command {
             default_value = "python3"
         )]
         python: PathBuf,
+        /// With --measure: record each format's load in the ledger under this model (with
+        /// --version), stage inference, tagged serialization=FORMAT.
+        #[arg(long, value_name = "NAME", requires_all = ["measure", "model_version"])]
+        model: Option<String>,
+        /// With --measure --model: the model's version.
+        #[arg(long = "version", value_name = "VERSION", requires = "model")]
+        model_version: Option<String>,
     },
     /// Ledger maintenance.
     Ledger {

@@ -38,8 +38,16 @@ fn main() -> ExitCode {
             measure,
             trust,
             python,
+            model,
+            model_version,
         } => {
-            let measure = measure.then_some(inspect::Measure { trust, python });
+            let record_as = model.zip(model_version);
+            let measure = measure.then_some(inspect::Measure {
+                trust,
+                python,
+                record_as,
+                ledger: ledger.map(str::to_owned),
+            });
             inspect::main(&paths, json.as_deref(), policy.as_deref(), measure.as_ref())
         }
         cli::Command::Ledger { command } => match command {

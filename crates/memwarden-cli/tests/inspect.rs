@@ -411,6 +411,44 @@ fn measure_reloads_a_safe_model_in_every_fitting_format_and_refuses_unsafe_ones(
     assert!(peak > 3_500_000 && peak < 12_000_000, "{original:#}");
     assert!(measured["recommended"].as_str().is_some());
 
+    // With a model version, each load is a run in the ledger, tagged with its format.
+    let home = tempfile::tempdir().expect("tempdir");
+    let recorded = util::memwarden()
+        .env("MEMWARDEN_HOME", home.path())
+        .arg("inspect")
+        .arg(dir.path().join("matrix.npy"))
+        .args([
+            "--measure",
+            "--model",
+            "matrix",
+            "--version",
+            "1",
+            "--python",
+        ])
+        .arg(&python)
+        .output()
+        .expect("runs");
+    assert_eq!(
+        recorded.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&recorded.stderr)
+    );
+    let db = rusqlite::Connection::open(home.path().join("ledger.sqlite")).expect("ledger");
+    let tags: Vec<String> = db
+        .prepare("SELECT record FROM memwarden_runs ORDER BY seq")
+        .and_then(|mut s| s.query_map([], |r| r.get::<_, String>(0))?.collect())
+        .expect("records");
+    let formats: Vec<String> = tags
+        .iter()
+        .filter_map(|json| serde_json::from_str::<Value>(json).ok())
+        .filter_map(|r| r["tags"]["serialization"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        formats.contains(&"npy".to_owned()) && formats.contains(&"pickle".to_owned()),
+        "{formats:?}"
+    );
+
     let refused = util::memwarden()
         .arg("inspect")
         .arg(dir.path().join("eval.pkl"))

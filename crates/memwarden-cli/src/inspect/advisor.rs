@@ -4,7 +4,9 @@
 //! (or with `--trust`). One child re-saves it in every format that fits; then each file,
 //! the original included, is loaded in a fresh child run under memwarden's own monitor
 //! (`memwarden run`), whose kernel high-water mark gives the peak; the child reports its
-//! resident memory after imports, so the load's own peak is the difference.
+//! resident memory after imports, so the load's own peak is the difference. With
+//! `--model`/`--version`, each of those runs is recorded in the ledger (stage inference,
+//! tagged `serialization=FORMAT`), so the figures are kept with the model version.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -64,19 +66,39 @@ fn python_format(format: &str) -> Option<&'static str> {
     })
 }
 
-/// Loads `path` as `format` in a child under `memwarden run`; returns (load seconds, peak).
+/// Loads `path` as `format` in a child under `memwarden run` (recorded in the ledger when
+/// `settings.record_as` is set); returns (load seconds, peak).
 fn measure_load(
-    python: &Path,
+    settings: &Measure,
     script: &Path,
     path: &Path,
     format: &str,
     scratch: &Path,
 ) -> Result<(f64, u64), String> {
+    let python = &settings.python;
     let me = std::env::current_exe().map_err(|e| format!("cannot find memwarden itself: {e}"))?;
-    let report_path = scratch.join("load-run.json");
-    let output = Command::new(me)
-        .args(["run", "--quiet", "--json"])
-        .arg(&report_path)
+    let report_path = scratch.join(format!("load-{format}.json"));
+    let mut command = Command::new(me);
+    if let Some(ledger) = &settings.ledger {
+        command.args(["--ledger", ledger]);
+    }
+    command.args(["run", "--quiet", "--json"]).arg(&report_path);
+    if let Some((model, version)) = &settings.record_as {
+        command
+            .args([
+                "--model",
+                model,
+                "--version",
+                version,
+                "--stage",
+                "inference",
+            ])
+            .arg("--tag")
+            .arg(format!("serialization={format}"))
+            .args(["--tag", "memwarden=inspect-measure", "--input"])
+            .arg(path);
+    }
+    let output = command
         .arg("--")
         .arg(python)
         .arg(script)
@@ -95,6 +117,10 @@ fn measure_load(
     }
     let child: serde_json::Value = serde_json::from_slice(&output.stdout)
         .map_err(|e| format!("the load printed no result ({e})"))?;
+    if settings.record_as.is_some() && !output.stderr.is_empty() {
+        // The recording run's own warnings (a spooled record) reach the user.
+        eprint!("{}", String::from_utf8_lossy(&output.stderr));
+    }
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&report_path).map_err(|e| e.to_string())?)
             .map_err(|e| e.to_string())?;
@@ -170,7 +196,7 @@ pub fn measure(report: &FileReport, settings: &Measure) -> Result<Measurement, S
         let Some(loader) = python_format(&name).or((name == "skops").then_some("skops")) else {
             continue;
         };
-        match measure_load(&settings.python, &script, &path, loader, scratch.path()) {
+        match measure_load(settings, &script, &path, loader, scratch.path()) {
             Ok((load_s, load_peak_bytes)) => trials.push(Trial {
                 format: name,
                 original,

@@ -81,6 +81,10 @@ pub struct Measure {
     pub trust: bool,
     /// The interpreter.
     pub python: PathBuf,
+    /// Record each load in the ledger as (model, version).
+    pub record_as: Option<(String, String)>,
+    /// `--ledger`, passed on to the recording runs.
+    pub ledger: Option<String>,
 }
 
 /// `memwarden inspect PATH...`.
