@@ -115,6 +115,17 @@ fn real_artifacts_pass_with_correct_inventories() {
         "a forest's tree arrays: {forest:#}"
     );
     assert_eq!(forest["mmappable"], Value::Bool(true));
+    let names: Vec<String> = arrays(forest).into_iter().map(|a| a.0).collect();
+    for tree in 0..5 {
+        assert!(
+            names.contains(&format!("estimators_[{tree}].tree_.nodes")),
+            "named by attribute path: {names:?}"
+        );
+        assert!(
+            names.contains(&format!("estimators_[{tree}].tree_.values")),
+            "{names:?}"
+        );
+    }
     for compressed in ["forest_z.joblib", "forest_gz.joblib"] {
         let c = file(&report, compressed);
         assert_eq!(c["format"], "joblib-compressed");
@@ -127,12 +138,12 @@ fn real_artifacts_pass_with_correct_inventories() {
     }
     let big = vec![
         (
-            "-".to_owned(),
+            "weights".to_owned(),
             "<f4".to_owned(),
             vec![1000, 1000],
             4_000_000,
         ),
-        ("-".to_owned(), "<f8".to_owned(), vec![1000], 8000),
+        ("bias".to_owned(), "<f8".to_owned(), vec![1000], 8000),
     ];
     for name in ["arrays.joblib", "arrays_p2.pkl", "arrays_p5.pkl"] {
         assert_eq!(arrays(file(&report, name)), big, "{name}");

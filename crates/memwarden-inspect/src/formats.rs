@@ -230,6 +230,8 @@ fn inspect_pickle(
     };
     let mut report = FileReport::new(path, format, len);
     report.pickle_protocol = Some(scan.protocol);
+    let mut scan = scan;
+    pickle::name_arrays(&mut scan);
     report.arrays = scan.arrays.clone();
     let array_bytes: u64 = scan.arrays.iter().map(|a| a.bytes).sum();
     report.payload_bytes = array_bytes.max(scan.payload_bytes);

@@ -894,6 +894,102 @@ impl<R: Skip> Machine<'_, R> {
     }
 }
 
+/// Names the arrays of a scan by where they sit under its root (`estimators_[3].tree_.nodes`),
+/// when the walk finds exactly as many arrays as the stream recorded, in the same order
+/// (a pickle writes objects depth-first, as the walk visits them). Otherwise the arrays
+/// stay unnamed rather than risk wrong names.
+pub fn name_arrays(scan: &mut Scan) {
+    let Some(root) = &scan.root else { return };
+    let mut paths = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    array_paths(root, "", &mut paths, &mut seen, 0);
+    let unnamed: Vec<usize> = (0..scan.arrays.len())
+        .filter(|&i| scan.arrays[i].name.is_none())
+        .collect();
+    if paths.len() == unnamed.len() {
+        for (index, path) in unnamed.into_iter().zip(paths) {
+            scan.arrays[index].name = Some(if path.is_empty() {
+                "(root)".to_owned()
+            } else {
+                path
+            });
+        }
+    }
+}
+
+fn is_array(value: &Value) -> bool {
+    matches!(value, Value::Call { func, state: Some(_), .. }
+        if matches!(func.global(), Some((m, "_reconstruct")) if m.starts_with("numpy"))
+            || matches!(func.global(), Some((m, "NumpyArrayWrapper")) if m.starts_with("joblib")))
+        || matches!(value, Value::Call { func, .. } if matches!(func.global(), Some((m, "_frombuffer")) if m.starts_with("numpy")))
+}
+
+fn array_paths(
+    value: &Value,
+    path: &str,
+    out: &mut Vec<String>,
+    seen: &mut std::collections::HashSet<usize>,
+    depth: u32,
+) {
+    if depth > 200 {
+        return;
+    }
+    let join = |key: &str| {
+        if path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match value {
+        _ if is_array(value) => {
+            if let Value::Call { args, .. } = value {
+                if seen.insert(Rc::as_ptr(args) as usize) {
+                    out.push(path.to_owned());
+                }
+            }
+        }
+        Value::Dict(items) => {
+            if !seen.insert(Rc::as_ptr(items) as usize) {
+                return;
+            }
+            for (key, item) in items.borrow().iter() {
+                let name = match key {
+                    Value::Str(Some(k)) => join(k),
+                    Value::Int(i) => format!("{path}[{i}]"),
+                    _ => join("?"),
+                };
+                array_paths(item, &name, out, seen, depth + 1);
+            }
+        }
+        Value::List(items) => {
+            if !seen.insert(Rc::as_ptr(items) as usize) {
+                return;
+            }
+            for (i, item) in items.borrow().iter().enumerate() {
+                array_paths(item, &format!("{path}[{i}]"), out, seen, depth + 1);
+            }
+        }
+        Value::Tuple(items) => {
+            for (i, item) in items.iter().enumerate() {
+                array_paths(item, &format!("{path}[{i}]"), out, seen, depth + 1);
+            }
+        }
+        Value::Call { args, state, .. } => {
+            if !seen.insert(Rc::as_ptr(args) as usize) {
+                return;
+            }
+            for (i, item) in args.items().iter().enumerate() {
+                array_paths(item, &format!("{path}(arg {i})"), out, seen, depth + 1);
+            }
+            if let Some(state) = state {
+                array_paths(state, path, out, seen, depth + 1);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Bytes of an array value: numpy's `_reconstruct` + `BUILD`, or joblib's wrapper.
 fn array_bytes(value: &Value) -> Option<u64> {
     let Value::Call {
