@@ -72,11 +72,6 @@ impl<R: Read> StreamSource<R> {
             cap,
         }
     }
-
-    /// Bytes produced so far.
-    pub fn produced(&self) -> u64 {
-        self.produced
-    }
 }
 
 fn over_cap(cap: u64) -> io::Error {

@@ -236,11 +236,6 @@ fn keyed_value(text: &str, key: &str) -> Option<u64> {
 }
 
 impl Cgroup {
-    /// Hierarchy version as a number, for reports.
-    pub fn version_number(&self) -> u8 {
-        self.version.number()
-    }
-
     /// The effective memory limit: the smallest limit on the path from this cgroup up to the
     /// visible root, `None` when nothing limits it.
     pub fn limit_bytes(&self) -> Option<u64> {

@@ -248,7 +248,6 @@ pub struct TreeSampler {
     loadavg: Option<File>,
     last_pid_assigned: Option<u32>,
     pids: Vec<i32>,
-    samples: u64,
 }
 
 impl TreeSampler {
@@ -277,7 +276,6 @@ impl TreeSampler {
             loadavg: File::open("/proc/loadavg").ok(),
             last_pid_assigned: None,
             pids: Vec::new(),
-            samples: 0,
         }
     }
 
@@ -306,11 +304,6 @@ impl TreeSampler {
         self.live.keys().copied().collect()
     }
 
-    /// Samples taken.
-    pub fn samples(&self) -> u64 {
-        self.samples
-    }
-
     /// The NVML session, when GPU memory is available.
     pub fn gpu(&self) -> Option<&GpuMonitor> {
         self.gpu.as_ref()
@@ -336,7 +329,6 @@ impl TreeSampler {
 
     /// Takes one sample of the whole tree and returns its totals.
     pub fn sample(&mut self) -> TimelinePoint {
-        self.samples += 1;
         if self.pids_assigned_since_last_sample() {
             self.discover();
         }

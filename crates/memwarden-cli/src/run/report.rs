@@ -253,7 +253,7 @@ fn build_limits(
         .min_by_key(|(b, _)| *b)
         .unwrap_or((0, "system"));
     Limits {
-        cgroup_version: enclosing.map(|c| c.version_number()),
+        cgroup_version: enclosing.map(|c| c.version.number()),
         cgroup_path: enclosing.map(|c| c.path.clone()),
         cgroup_limit_bytes,
         cgroup_usage_at_start_bytes: observed.enclosing_usage_at_start,
