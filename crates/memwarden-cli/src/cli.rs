@@ -112,7 +112,8 @@ Examples:
   memwarden inspect model.joblib --measure   # loads it (only if judged safe, or with --trust)
                                              # and measures every format for this very model
 
-Formats: pickle (protocols 0-5), joblib (plain, zlib, gzip), PyTorch zip (.pt/.pth),
+Formats: pickle (protocols 0-5), joblib (plain or compressed: zlib, gzip, bz2, xz, lzma,
+lz4), PyTorch zip (.pt/.pth) and legacy,
 safetensors, .npy/.npz, ONNX; HDF5 by signature. Nothing in the files is executed.";
 
 /// `memwarden ledger ...`.

@@ -81,6 +81,9 @@ fn safe_files(dir: &Path) -> Vec<PathBuf> {
         "forest.joblib",
         "forest_z.joblib",
         "forest_gz.joblib",
+        "forest_bz2.joblib",
+        "forest_xz.joblib",
+        "forest_lzma.joblib",
         "arrays.joblib",
         "logistic_p4.pkl",
         "arrays_p2.pkl",
@@ -126,7 +129,13 @@ fn real_artifacts_pass_with_correct_inventories() {
             "{names:?}"
         );
     }
-    for compressed in ["forest_z.joblib", "forest_gz.joblib"] {
+    for compressed in [
+        "forest_z.joblib",
+        "forest_gz.joblib",
+        "forest_bz2.joblib",
+        "forest_xz.joblib",
+        "forest_lzma.joblib",
+    ] {
         let c = file(&report, compressed);
         assert_eq!(c["format"], "joblib-compressed");
         assert_eq!(

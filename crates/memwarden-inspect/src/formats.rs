@@ -64,16 +64,20 @@ pub fn inspect_file(path: &Path, limits: &Limits) -> Result<FileReport, InspectE
     if head.starts_with(&[0x1f, 0x8b]) {
         return inspect_pickle(path, len, limits, Compression::Gzip);
     }
-    for (magic, name) in [
-        (&b"BZh"[..], "bz2"),
-        (&[0xfd, b'7', b'z', b'X', b'Z', 0][..], "xz"),
-        (&[0x04, 0x22, 0x4d, 0x18][..], "lz4"),
-    ] {
-        if head.starts_with(magic) {
-            return Err(InspectError::Unsupported(format!(
-                "a {name}-compressed file (joblib compress='{name}'?): memwarden reads zlib and gzip only; re-save with compress=('zlib', 3) or inspect it uncompressed"
-            )));
-        }
+    // joblib's other compressors: bz2, xz, lzma (legacy "alone" format), lz4 frames.
+    let compressed = if head.starts_with(b"BZh") {
+        Some(Compression::Bz2)
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        Some(Compression::Xz)
+    } else if head.starts_with(&[0x5d, 0x00, 0x00]) {
+        Some(Compression::Lzma)
+    } else if head.starts_with(&[0x04, 0x22, 0x4d, 0x18]) {
+        Some(Compression::Lz4)
+    } else {
+        None
+    };
+    if let Some(compression) = compressed {
+        return inspect_pickle(path, len, limits, compression);
     }
     if extension == "onnx" || onnx::looks_like_model(head) {
         return onnx::inspect(path, len, limits);
@@ -186,6 +190,10 @@ enum Compression {
     None,
     Zlib,
     Gzip,
+    Bz2,
+    Xz,
+    Lzma,
+    Lz4,
 }
 
 fn apply_safety(report: &mut FileReport, scan: &Scan) {
@@ -208,18 +216,32 @@ fn inspect_pickle(
             let mut source = FileSource::new(file, 0).map_err(|e| InspectError::io(0, e))?;
             pickle::scan(&mut source, 0, limits, Flavor::Joblib)?
         }
-        Compression::Zlib => pickle::scan(
-            &mut StreamSource::new(ZlibDecoder::new(io::BufReader::new(file)), cap),
-            0,
-            limits,
-            Flavor::Joblib,
-        )?,
-        Compression::Gzip => pickle::scan(
-            &mut StreamSource::new(GzDecoder::new(io::BufReader::new(file)), cap),
-            0,
-            limits,
-            Flavor::Joblib,
-        )?,
+        compressed => {
+            let input = io::BufReader::new(file);
+            let decoder: Box<dyn Read> = match compressed {
+                Compression::Zlib => Box::new(ZlibDecoder::new(input)),
+                Compression::Gzip => Box::new(GzDecoder::new(input)),
+                Compression::Bz2 => Box::new(bzip2::read::BzDecoder::new(input)),
+                Compression::Xz => Box::new(xz2::read::XzDecoder::new(input)),
+                Compression::Lzma => {
+                    let stream = xz2::stream::Stream::new_lzma_decoder(u64::MAX).map_err(|e| {
+                        InspectError::Malformed {
+                            offset: 0,
+                            message: format!("lzma: {e}"),
+                        }
+                    })?;
+                    Box::new(xz2::read::XzDecoder::new_stream(input, stream))
+                }
+                Compression::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(input)),
+                Compression::None => unreachable!("handled above"),
+            };
+            pickle::scan(
+                &mut StreamSource::new(decoder, cap),
+                0,
+                limits,
+                Flavor::Joblib,
+            )?
+        }
     };
     let joblib = scan.imports.iter().any(|i| i.module.starts_with("joblib"));
     let format = match (joblib, compression) {
@@ -778,5 +800,29 @@ fn torch_itemsize(dtype: &str) -> u64 {
         "float16" | "bfloat16" | "int16" => 2,
         "complex128" => 16,
         _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn lz4_frames_are_read_like_joblib_writes_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("model.joblib");
+        // protocol 4: os.system, so the content is visibly analysed through the frame
+        let pickle = b"\x80\x04\x95\x10\x00\x00\x00\x00\x00\x00\x00cos\nsystem\n\x94.";
+        let mut encoder = lz4_flex::frame::FrameEncoder::new(File::create(&path).expect("create"));
+        encoder.write_all(pickle).expect("write");
+        encoder.finish().expect("finish");
+        let report = inspect_file(&path, &Limits::default()).expect("inspected");
+        assert_eq!(report.format, "pickle-compressed");
+        assert_eq!(report.verdict, Verdict::Unsafe);
+        assert!(report
+            .imports
+            .iter()
+            .any(|i| i.module == "os" && i.name == "system"));
     }
 }
