@@ -393,6 +393,7 @@ fn directories_are_walked_for_model_files() {
     std::fs::copy(dir.path().join("state_dict.pt"), models.join("nested/a.pt")).expect("copy");
     std::fs::copy(dir.path().join("matrix.npy"), models.join("b.npy")).expect("copy");
     std::fs::write(models.join("README.md"), "not a model").expect("w");
+    std::os::unix::fs::symlink(&models, models.join("nested/loop")).expect("a link back up");
     let (output, report) = inspect(&[models], &[]);
     assert_eq!(output.status.code(), Some(0), "{report:#}");
     assert_eq!(

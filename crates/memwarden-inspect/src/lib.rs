@@ -45,6 +45,9 @@ pub struct Limits {
     pub max_zip_entries: usize,
     /// Size of a header that is read into memory (safetensors JSON, npy dict, zip pickle).
     pub max_header_bytes: u64,
+    /// Pickle strings kept in memory in all (names, keys); beyond, strings are skipped like
+    /// payloads, so a pickle of many mid-sized strings cannot fill memory.
+    pub max_kept_text_bytes: u64,
 }
 
 impl Default for Limits {
@@ -57,6 +60,7 @@ impl Default for Limits {
             max_decompression_ratio: 200,
             max_zip_entries: 100_000,
             max_header_bytes: 100 << 20,
+            max_kept_text_bytes: 64 << 20,
         }
     }
 }

@@ -201,6 +201,7 @@ struct Machine<'r, R> {
     memo: HashMap<u64, Value>,
     scan: Scan,
     depth: u32,
+    kept_text_bytes: u64,
 }
 
 const MAX_KEPT_STRING: u64 = 64 * 1024;
@@ -222,6 +223,7 @@ pub fn scan<R: Skip>(
         memo: HashMap::new(),
         scan: Scan::default(),
         depth: 0,
+        kept_text_bytes: 0,
     };
     machine.run()?;
     Ok(machine.scan)
@@ -281,7 +283,11 @@ impl<R: Skip> Machine<'_, R> {
         keep_text: bool,
     ) -> Result<(u64, Option<Vec<u8>>), InspectError> {
         let at = self.offset;
-        if keep_text && len <= MAX_KEPT_STRING {
+        if keep_text
+            && len <= MAX_KEPT_STRING
+            && self.kept_text_bytes + len <= self.limits.max_kept_text_bytes
+        {
+            self.kept_text_bytes += len;
             let mut buf = vec![0u8; len as usize];
             self.reader.read_exact(&mut buf).map_err(|e| self.eof(e))?;
             self.offset += len;
@@ -1200,6 +1206,31 @@ mod tests {
             weak.upgrade().is_none(),
             "the cycle was broken and the list freed"
         );
+    }
+
+    #[test]
+    fn kept_strings_are_bounded_in_total() {
+        let limits = Limits {
+            max_kept_text_bytes: 100,
+            ..Limits::default()
+        };
+        // Three 60-byte strings: only the first fits the budget; the others are skipped, so
+        // a STACK_GLOBAL built from them is flagged rather than resolved.
+        let mut bytes = vec![0x80, 4];
+        for _ in 0..3 {
+            bytes.extend([0x8c, 60]);
+            bytes.extend([b'a'; 60]);
+        }
+        bytes.extend([0x93, b'.']);
+        let scan = scan(&mut SliceSource::new(&bytes), 0, &limits, Flavor::Plain).expect("scans");
+        assert!(
+            scan.findings
+                .iter()
+                .any(|f| f.message.contains("STACK_GLOBAL")),
+            "{:?}",
+            scan.findings
+        );
+        assert_eq!(scan.payload_bytes, 120);
     }
 
     #[test]

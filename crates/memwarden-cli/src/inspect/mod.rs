@@ -61,12 +61,15 @@ fn collect(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         .collect();
     entries.sort();
     for entry in entries {
-        if entry.is_dir() {
+        // Links are not followed: a link to a parent would walk forever.
+        let kind = std::fs::symlink_metadata(&entry)?.file_type();
+        if kind.is_dir() {
             collect(&entry, out)?;
-        } else if entry
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| MODEL_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        } else if kind.is_file()
+            && entry
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| MODEL_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
         {
             out.push(entry);
         }
