@@ -78,6 +78,7 @@ fn arrays(file: &Value) -> Vec<(String, String, Vec<u64>, u64)> {
 
 fn safe_files(dir: &Path) -> Vec<PathBuf> {
     [
+        "boosted.joblib",
         "forest.joblib",
         "forest_z.joblib",
         "forest_gz.joblib",

@@ -65,6 +65,20 @@ const ALLOWED_EXACT: &[(&str, &str)] = &[
     ("torch.nn.parameter", "Parameter"),
 ];
 
+/// numpy's bit generators and seed sequences, which estimators with a `random_state`
+/// carry (their Cython `__pyx_unpickle_*` helpers rebuild them from plain state).
+const NUMPY_RANDOM: &[(&str, &str)] = &[
+    ("numpy.random._pcg64", "PCG64"),
+    ("numpy.random._pcg64", "PCG64DXSM"),
+    ("numpy.random._mt19937", "MT19937"),
+    ("numpy.random._philox", "Philox"),
+    ("numpy.random._sfc64", "SFC64"),
+    ("numpy.random.bit_generator", "SeedSequence"),
+    ("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence"),
+    ("numpy.random._generator", "Generator"),
+    ("numpy.random.mtrand", "RandomState"),
+];
+
 const NUMPY_MODULES: &[&str] = &[
     "numpy.core.multiarray",
     "numpy._core.multiarray",
@@ -167,12 +181,20 @@ pub fn judge(module: &str, name: &str) -> JudgedImport {
     if NUMPY_MODULES.contains(&module) && NUMPY_NAMES.contains(&name) {
         return judged(None, "numpy array rebuild");
     }
-    if module == "numpy.random._pickle"
-        || (module == "torch" && (name.ends_with("Storage") || is_torch_dtype(name)))
-    {
-        return judged(None, "numpy random state or torch storage/dtype");
+    if NUMPY_RANDOM.contains(&(module, name)) || module == "numpy.random._pickle" {
+        return judged(None, "numpy random generator state");
     }
-    let is_class = name.chars().next().is_some_and(char::is_uppercase) && !name.contains('.');
+    if module == "torch" && (name.ends_with("Storage") || is_torch_dtype(name)) {
+        return judged(None, "torch storage or dtype");
+    }
+    // A class name, public or private (`_BinMapper`): scikit-learn rebuilds estimators
+    // from classes and their state.
+    let is_class = name
+        .trim_start_matches('_')
+        .chars()
+        .next()
+        .is_some_and(char::is_uppercase)
+        && !name.contains('.');
     if (module == "sklearn" || module.starts_with("sklearn.")) && is_class {
         return judged(None, "scikit-learn class");
     }
@@ -315,5 +337,18 @@ mod tests {
             Some(Severity::High)
         );
         assert_eq!(judge("torch", "load").severity, Some(Severity::Medium));
+        assert_eq!(judge("numpy.random._pcg64", "PCG64").severity, None);
+        assert_eq!(
+            judge(
+                "sklearn.ensemble._hist_gradient_boosting.binning",
+                "_BinMapper"
+            )
+            .severity,
+            None
+        );
+        assert_eq!(
+            judge("sklearn.utils", "_private_function").severity,
+            Some(Severity::Medium)
+        );
     }
 }
