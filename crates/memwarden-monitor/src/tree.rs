@@ -38,9 +38,8 @@ pub struct SamplerOptions {
     /// in proportion to the memory mapped (about 1.3 ms for 1 GiB here); beyond the share,
     /// walks wait and PSS/USS follow RSS in the meantime.
     pub walk_share: f64,
-    /// Read GPU memory at most this often: an NVML query costs about 0.24 ms (measured on
-    /// an H200), and caching allocators make GPU memory change slowly. Ticks in between
-    /// reuse the last reading.
+    /// Read GPU memory at most this often: caching allocators make GPU memory change
+    /// slowly, and each NVML query is a driver call. Ticks in between reuse the last reading.
     pub gpu_max_age: Duration,
 }
 
