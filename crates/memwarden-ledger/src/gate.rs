@@ -465,7 +465,7 @@ pub fn diff(records: &[RunRecord], model: &str, a: &str, b: &str) -> Result<Diff
     let stacks_note = if profiled(a) && profiled(b) {
         None
     } else {
-        Some("no stacks to compare: run with the allocation profiler (memwarden run --profile) to record them".to_owned())
+        Some("no stacks to compare: stacks come from the allocation profiler, which memwarden does not have yet".to_owned())
     };
     Ok(DiffReport {
         model: model.to_owned(),
