@@ -108,15 +108,6 @@ report, _, _ = inspect(real / "model_full.pt")
 f = report["files"][0]
 check("real model_full.pt (whole pickled model) is not judged safe", f["verdict"] in ("review", "unsafe"), {"verdict": f["verdict"], "flagged": [i for i in f["imports"] if i["severity"]][:5]})
 
-# 3. predicted vs measured load peaks, and 4. inspection cost
-big = {f"layer{i}.weight": torch.randn(4096, 4096) for i in range(16)}  # 16 x 64 MiB = 1 GiB
-torch.save(big, real / "big.pt")
-from safetensors.torch import save_file
-
-save_file(big, str(real / "big.safetensors"))
-del big
-
-
 def measured(code, touch=True):
     """Peak resident memory added by `code` in a fresh process: the high-water mark is
     reset (clear_refs 5) after the imports, and every loaded tensor is read once so that
@@ -135,18 +126,26 @@ def measured(code, touch=True):
     return int(subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
 
 
-loads = {
-    "big.pt": f"x = torch.load({str(real / 'big.pt')!r}, weights_only=True)",
-    "big.safetensors": f"from safetensors.torch import load_file\nx = load_file({str(real / 'big.safetensors')!r})",
-}
-for name, code in loads.items():
-    report, elapsed, rss_kib = inspect(real / name)
-    f = report["files"][0]
-    predicted = f["predicted_load_peak_bytes"]
-    actual = measured(code)
-    error = (predicted - actual) / max(actual, 1)
-    check(f"{name}: predicted load peak within 10% of measured", abs(error) <= 0.10, {"predicted": predicted, "measured": actual, "error_pct": round(100 * error, 1)})
-    check(f"{name}: inspected in under 100 ms and 32 MiB", elapsed < 0.1 and (rss_kib or 0) < 32 * 1024, {"seconds": round(elapsed, 4), "max_rss_kib": rss_kib, "file_bytes": f["file_bytes"]})
+# 3. predicted vs measured load peaks, and 4. inspection cost, at several sizes
+from safetensors.torch import save_file
+
+for size_mib in (256, 1024, 2048):
+    big = {f"layer{i}.weight": torch.randn(4096, 4096) for i in range(size_mib // 64)}  # 64 MiB each
+    torch.save(big, real / "big.pt")
+    save_file(big, str(real / "big.safetensors"))
+    del big
+    loads = {
+        "big.pt": f"x = torch.load({str(real / 'big.pt')!r}, weights_only=True)",
+        "big.safetensors": f"from safetensors.torch import load_file\nx = load_file({str(real / 'big.safetensors')!r})",
+    }
+    for name, code in loads.items():
+        report, elapsed, rss_kib = inspect(real / name)
+        f = report["files"][0]
+        predicted = f["predicted_load_peak_bytes"]
+        actual = measured(code)
+        error = (predicted - actual) / max(actual, 1)
+        check(f"{name} ({size_mib} MiB): predicted load peak within 10% of measured", abs(error) <= 0.10, {"predicted": predicted, "measured": actual, "error_pct": round(100 * error, 1)})
+        check(f"{name} ({size_mib} MiB): inspected in under 100 ms and 32 MiB", elapsed < 0.1 and (rss_kib or 0) < 32 * 1024, {"seconds": round(elapsed, 4), "max_rss_kib": rss_kib, "file_bytes": f["file_bytes"]})
 mapped = measured(f"x = torch.load({str(real / 'big.pt')!r}, weights_only=True, mmap=True)", touch=False)
 check("big.pt with mmap=True adds little resident memory (memwarden says mappable)", mapped < 64 << 20, {"measured": mapped, "mmappable": inspect(real / "big.pt")[0]["files"][0]["mmappable"]})
 
