@@ -11,7 +11,9 @@ use flate2::read::{GzDecoder, ZlibDecoder};
 use crate::pickle::{self, Flavor, Scan, Value};
 use crate::safety;
 use crate::source::{FileSource, SliceSource, StreamSource};
-use crate::{ArrayInfo, FileReport, Finding, InspectError, Limits, Severity, Verdict};
+use crate::{
+    ArrayInfo, FileReport, Finding, InspectError, Limits, LoaderPrediction, Severity, Verdict,
+};
 
 mod onnx;
 
@@ -381,17 +383,33 @@ fn inspect_safetensors(
         });
     }
     report.payload_bytes = report.arrays.iter().map(|a| a.bytes).sum();
-    // The framework that wrote the file is the one that will load it.
-    if json["__metadata__"]["format"].as_str() == Some("pt") {
-        report.loader = "safetensors.torch.load_file".to_owned();
-        report.predicted_load_peak_bytes = Some(report.payload_bytes);
-        report.prediction_rule =
-            "torch's load_file copies every tensor once out of a memory map of the file".to_owned();
+    // The header rarely says which framework will load the file (plain safetensors writes
+    // no metadata), so both usual loaders are predicted: PyTorch's as the main one, unless
+    // the metadata names numpy.
+    let torch = LoaderPrediction {
+        loader: "safetensors.torch.load_file".to_owned(),
+        predicted_load_peak_bytes: report.payload_bytes,
+        rule: "torch's load_file copies every tensor once out of a memory map of the file"
+            .to_owned(),
+    };
+    let numpy = LoaderPrediction {
+        loader: "safetensors.numpy.load_file".to_owned(),
+        predicted_load_peak_bytes: len + report.payload_bytes,
+        rule: "numpy's load_file reads the whole file, then copies every tensor out of it: the file plus every tensor".to_owned(),
+    };
+    let numpy_first = matches!(
+        json["__metadata__"]["format"].as_str(),
+        Some("np" | "numpy")
+    );
+    let (main, other) = if numpy_first {
+        (numpy, torch)
     } else {
-        report.loader = "safetensors.numpy.load_file".to_owned();
-        report.predicted_load_peak_bytes = Some(len + report.payload_bytes);
-        report.prediction_rule = "numpy's load_file reads the whole file, then copies every tensor out of it: the file plus every tensor".to_owned();
-    }
+        (torch, numpy)
+    };
+    report.loader = main.loader;
+    report.predicted_load_peak_bytes = Some(main.predicted_load_peak_bytes);
+    report.prediction_rule = main.rule;
+    report.other_loaders.push(other);
     report.mmappable = true;
     report.mmap_note =
         "safe_open(path, framework) maps the file and reads tensors on access".to_owned();

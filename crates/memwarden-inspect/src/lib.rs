@@ -162,6 +162,17 @@ pub enum Verdict {
     Unsafe,
 }
 
+/// The predicted load peak of a file with one loader.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoaderPrediction {
+    /// The loader.
+    pub loader: String,
+    /// Peak memory it adds.
+    pub predicted_load_peak_bytes: u64,
+    /// The rule behind the figure.
+    pub rule: String,
+}
+
 /// Everything `memwarden inspect` says about one file.
 #[derive(Debug, Clone, Serialize)]
 pub struct FileReport {
@@ -187,6 +198,9 @@ pub struct FileReport {
     pub predicted_load_peak_bytes: Option<u64>,
     /// The rule behind the prediction.
     pub prediction_rule: String,
+    /// Predictions for other usual loaders of the format (safetensors: numpy's and torch's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub other_loaders: Vec<LoaderPrediction>,
     /// Safety verdict.
     pub verdict: Verdict,
     /// Every import a pickle in the file would perform, with its judgement.
@@ -209,6 +223,7 @@ impl FileReport {
             loader: String::new(),
             predicted_load_peak_bytes: None,
             prediction_rule: String::new(),
+            other_loaders: Vec::new(),
             verdict: Verdict::Safe,
             imports: Vec::new(),
             findings: Vec::new(),

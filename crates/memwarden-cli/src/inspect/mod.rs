@@ -328,6 +328,15 @@ fn render(report: &FileReport) -> String {
             let _ = writeln!(out, "  load      {}", report.prediction_rule);
         }
     }
+    for other in &report.other_loaders {
+        let _ = writeln!(
+            out,
+            "            {}: predicted peak +{} ({})",
+            other.loader,
+            format_size(other.predicted_load_peak_bytes),
+            other.rule
+        );
+    }
     let _ = writeln!(
         out,
         "  mmap      {}: {}",
