@@ -200,6 +200,19 @@ fn real_artifacts_pass_with_correct_inventories() {
             ("head.bias".to_owned(), "F16".to_owned(), vec![10], 20)
         ]
     );
+    let st = file(&report, "model.safetensors");
+    assert_eq!(st["loader"], "safetensors.torch.load_file");
+    assert_eq!(st["predicted_load_peak_bytes"], 25_620);
+    assert_eq!(
+        st["other_loaders"][0]["loader"],
+        "safetensors.numpy.load_file"
+    );
+    assert!(
+        st["other_loaders"][0]["predicted_load_peak_bytes"]
+            .as_u64()
+            .is_some_and(|b| b > 2 * 25_620),
+        "the file and the tensors"
+    );
     let pt = file(&report, "state_dict.pt");
     assert_eq!(pt["format"], "pytorch");
     assert_eq!(
