@@ -99,7 +99,13 @@ pub fn build(
         }
     }
 
-    let limits = build_limits(config, isolation, observed, peak.rss_bytes);
+    let limits = build_limits(
+        config,
+        isolation,
+        observed,
+        enclosing_oom_kills,
+        peak.rss_bytes,
+    );
     let budget = Budget {
         limit_bytes: config.budget_bytes,
         metric: "peak.rss_bytes".to_owned(),
@@ -236,6 +242,7 @@ fn build_limits(
     config: &RunConfig,
     isolation: &Isolation,
     observed: &Observed,
+    enclosing_oom_kills: Option<u64>,
     peak_bytes: u64,
 ) -> Limits {
     let enclosing = isolation.enclosing.as_ref();
@@ -257,13 +264,7 @@ fn build_limits(
         cgroup_path: enclosing.map(|c| c.path.clone()),
         cgroup_limit_bytes,
         cgroup_usage_at_start_bytes: observed.enclosing_usage_at_start,
-        cgroup_oom_kills_during_run: match (
-            enclosing.and_then(|c| c.oom_kills()),
-            observed.enclosing_oom_kills_before,
-        ) {
-            (Some(after), Some(before)) => Some(after.saturating_sub(before)),
-            _ => None,
-        },
+        cgroup_oom_kills_during_run: enclosing_oom_kills,
         system_total_bytes: observed.meminfo.total_bytes,
         system_available_at_start_bytes: observed.meminfo.available_bytes,
         tightest_limit_bytes: tightest,
