@@ -17,12 +17,7 @@ fn fail(status: Status, message: impl std::fmt::Display) -> Status {
 }
 
 fn location(ledger: Option<&str>) -> Result<LedgerLocation, Status> {
-    match ledger {
-        Some(text) => {
-            LedgerLocation::parse(text).map_err(|e| fail(Status::Usage, format!("--ledger: {e}")))
-        }
-        None => Ok(LedgerLocation::default_sqlite()),
-    }
+    LedgerLocation::resolve(ledger).map_err(|e| fail(Status::Usage, format!("--ledger: {e}")))
 }
 
 fn ledger_failure(error: LedgerError) -> Status {

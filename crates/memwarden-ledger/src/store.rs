@@ -122,6 +122,14 @@ impl LedgerLocation {
         Ok(LedgerLocation::Sqlite(PathBuf::from(path)))
     }
 
+    /// `--ledger` / `MEMWARDEN_LEDGER` when given, else [`LedgerLocation::default_sqlite`].
+    pub fn resolve(given: Option<&str>) -> Result<LedgerLocation, LedgerError> {
+        given.map_or_else(
+            || Ok(LedgerLocation::default_sqlite()),
+            LedgerLocation::parse,
+        )
+    }
+
     /// memwarden's data directory: `$MEMWARDEN_HOME`, else `$XDG_DATA_HOME/memwarden`, else
     /// `~/.local/share/memwarden`.
     pub fn data_dir() -> PathBuf {

@@ -117,10 +117,7 @@ fn governance(
             "--model and --version must be non-empty, and a model name cannot contain '@'".into(),
         );
     }
-    let ledger = match ledger {
-        Some(text) => LedgerLocation::parse(text).map_err(|e| format!("--ledger: {e}"))?,
-        None => LedgerLocation::default_sqlite(),
-    };
+    let ledger = LedgerLocation::resolve(ledger).map_err(|e| format!("--ledger: {e}"))?;
     let mut parsed = BTreeMap::new();
     for tag in tags {
         match tag.split_once('=') {

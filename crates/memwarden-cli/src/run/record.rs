@@ -69,10 +69,7 @@ pub fn build(
         inputs: before.inputs,
         peaks: Peaks {
             rss_bytes: report.peak.rss_bytes,
-            rss_source: serde_json::to_value(report.peak.source)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
+            rss_source: serde_name(report.peak.source),
             pss_bytes: report.peak.pss_bytes,
             uss_bytes: report.peak.uss_bytes,
             cgroup_bytes: report.peak.cgroup_bytes,
@@ -81,16 +78,10 @@ pub fn build(
             leaked_bytes: None,
             duration_s: report.duration_s,
         },
-        budget_status: serde_json::to_value(report.budget.status)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default(),
+        budget_status: serde_name(report.budget.status),
         budget_bytes: report.budget.limit_bytes,
         hard_limit_bytes: report.budget.hard_limit_bytes,
-        enforced_by: serde_json::to_value(report.budget.enforced_by)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default(),
+        enforced_by: serde_name(report.budget.enforced_by),
         top_stacks_at_peak: Vec::new(),
         report_path: report_path.map(|p| {
             std::path::absolute(p)
@@ -99,6 +90,15 @@ pub fn build(
                 .to_string()
         }),
         memwarden_version: report.memwarden_version.clone(),
+    }
+}
+
+/// The name a report enum is written with in JSON (`VmHWM`, `fail`, `cgroup`), so that
+/// the record says what the report says.
+fn serde_name<T: serde::Serialize>(value: T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => String::new(),
     }
 }
 
