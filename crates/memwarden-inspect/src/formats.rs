@@ -149,30 +149,14 @@ fn inspect_legacy_torch(
     }
     let main = main.expect("five pickles were read");
     report.pickle_protocol = Some(main.protocol);
-    let mut seen = HashSet::new();
     let mut storage_bytes = 0u64;
-    for id in &main.persistent_ids {
-        let Value::Persistent(inner) = id else {
+    for storage in torch_storages(&main) {
+        let (Some(type_name), Some(numel)) = (storage.type_name, storage.numel) else {
             continue;
         };
-        let Value::Tuple(items) = inner.as_ref() else {
-            continue;
-        };
-        let (
-            Some(Value::Global(_, type_name)),
-            Some(Value::Str(Some(key))),
-            Some(Value::Int(numel)),
-        ) = (items.get(1), items.get(2), items.get(4))
-        else {
-            continue;
-        };
-        if seen.insert(key.to_string()) {
-            let bytes = u64::try_from(*numel)
-                .unwrap_or(0)
-                .saturating_mul(torch_itemsize(&torch_dtype(type_name)));
-            storage_bytes = storage_bytes.saturating_add(8 + bytes);
-            report.payload_bytes += bytes;
-        }
+        let bytes = numel.saturating_mul(torch_itemsize(&torch_dtype(&type_name)));
+        storage_bytes = storage_bytes.saturating_add(8 + bytes);
+        report.payload_bytes += bytes;
     }
     if offset.saturating_add(storage_bytes) > len {
         return Err(InspectError::Truncated { offset: len });
@@ -645,21 +629,8 @@ fn inspect_torch<R: Read + io::Seek>(
     apply_safety(&mut report, &scan);
     // Storages: persistent ids ('storage', type, key, location, numel); sizes from the zip.
     let mut storages: Vec<(String, u64, bool)> = Vec::new();
-    let mut seen = HashSet::new();
-    for id in &scan.persistent_ids {
-        let Value::Persistent(inner) = id else {
-            continue;
-        };
-        let items = match inner.as_ref() {
-            Value::Tuple(items) => items.as_ref().clone(),
-            _ => continue,
-        };
-        let Some(Value::Str(Some(key))) = items.get(2) else {
-            continue;
-        };
-        if !seen.insert(key.to_string()) {
-            continue;
-        }
+    for storage in torch_storages(&scan) {
+        let key = storage.key;
         let entry_name = format!("{prefix}data/{key}");
         let Ok(entry) = archive.by_name(&entry_name) else {
             report.findings.push(Finding {
@@ -691,6 +662,46 @@ fn inspect_torch<R: Read + io::Seek>(
         "storages are compressed in the archive: torch.load cannot memory-map them".to_owned()
     };
     Ok(report)
+}
+
+/// A storage named by one of PyTorch's persistent ids.
+struct TorchStorage {
+    key: String,
+    type_name: Option<String>,
+    numel: Option<u64>,
+}
+
+/// The distinct storages of a PyTorch pickle, from its persistent ids
+/// `('storage', torch.<Type>Storage, key, location, numel[, view])`, in order.
+fn torch_storages(scan: &Scan) -> Vec<TorchStorage> {
+    let mut seen = HashSet::new();
+    let mut storages = Vec::new();
+    for id in &scan.persistent_ids {
+        let Value::Persistent(inner) = id else {
+            continue;
+        };
+        let Value::Tuple(items) = inner.as_ref() else {
+            continue;
+        };
+        let Some(Value::Str(Some(key))) = items.get(2) else {
+            continue;
+        };
+        if !seen.insert(key.to_string()) {
+            continue;
+        }
+        storages.push(TorchStorage {
+            key: key.to_string(),
+            type_name: match items.get(1) {
+                Some(Value::Global(_, name)) => Some(name.to_string()),
+                _ => None,
+            },
+            numel: match items.get(4) {
+                Some(Value::Int(n)) => Some(u64::try_from(*n).unwrap_or(0)),
+                _ => None,
+            },
+        });
+    }
+    storages
 }
 
 /// Finds `_rebuild_tensor_v2` calls under `value`, named by the dict keys on the way.
