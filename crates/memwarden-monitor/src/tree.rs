@@ -348,7 +348,9 @@ impl TreeSampler {
         if fresh {
             self.last_gpu = self.gpu.as_ref().map(|g| (now, g.read()));
         }
-        let gpu = self.last_gpu.as_ref().map(|(_, reading)| reading.clone());
+        // Taken out for the tick (the loop below borrows the sampler), put back after it.
+        let last_gpu = self.last_gpu.take();
+        let gpu = last_gpu.as_ref().map(|(_, reading)| reading);
         let mut totals = TimelinePoint {
             t_s: at.as_secs_f64(),
             gpu_bytes: gpu.as_ref().map(|_| 0),
@@ -412,9 +414,10 @@ impl TreeSampler {
         for pid in gone {
             self.retire(pid);
         }
-        if let Some(reading) = &gpu {
+        if let Some(reading) = gpu {
             self.raise_gpu_devices(reading);
         }
+        self.last_gpu = last_gpu;
         totals
     }
 
