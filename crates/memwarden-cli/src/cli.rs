@@ -130,6 +130,15 @@ pub enum LedgerCommand {
     Sync,
 }
 
+/// `--profile` modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProfileArg {
+    /// Byte sampling (every 512 KiB on average, unbiased; large buffers always caught).
+    Sampled,
+    /// Every allocation.
+    Exact,
+}
+
 /// The stage of a model's life a run belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum StageArg {
@@ -232,6 +241,34 @@ pub struct RunArgs {
     /// An input file or directory whose BLAKE3 hash goes into the record (repeatable).
     #[arg(long = "input", value_name = "PATH", requires = "model")]
     pub inputs: Vec<PathBuf>,
+
+    /// Profile allocations: which Python lines hold memory at the peak and at exit, in the
+    /// command and every process it starts. `sampled` (the default) samples by bytes and is
+    /// cheap enough to leave on; `exact` records every allocation.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "MODE",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "sampled"
+    )]
+    pub profile: Option<ProfileArg>,
+
+    /// Mean bytes between samples in sampled mode (default 512KiB); smaller is more
+    /// precise and slower.
+    #[arg(long, value_name = "SIZE", requires = "profile")]
+    pub sample_bytes: Option<String>,
+
+    /// Write the stacks at the peak as folded stacks (for flamegraph.pl, inferno,
+    /// speedscope).
+    #[arg(long, value_name = "PATH", requires = "profile")]
+    pub folded: Option<PathBuf>,
+
+    /// Keep the per-process capture files in this directory (default: a temporary one,
+    /// removed after the run). Captures of an earlier run there are replaced.
+    #[arg(long, value_name = "DIR", requires = "profile")]
+    pub capture_dir: Option<PathBuf>,
 
     /// The command to run, after `--`.
     #[arg(

@@ -4,6 +4,7 @@
 //! producer (the runner, later the preload library) and the consumers (renderers, the
 //! ledger) agree on one definition:
 //!
+//! - [`capture`]: what the preload library leaves per profiled process (`memwarden-capture/1`);
 //! - [`report`]: the versioned run report (`memwarden.report/1`), written as JSON by
 //!   `memwarden run --json` and documented in `docs/report-schema.md`;
 //! - [`units`]: byte sizes as users write them (`512MiB`, `2GB`, `1.5GiB`, `1048576`) and
@@ -15,5 +16,6 @@
 //! assert_eq!(format_size(1_610_612_736), "1.50 GiB");
 //! ```
 
+pub mod capture;
 pub mod report;
 pub mod units;

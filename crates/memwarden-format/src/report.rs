@@ -44,6 +44,102 @@ pub struct Report {
     pub timeline: Vec<TimelinePoint>,
     /// Things the reader should know about this run's figures.
     pub warnings: Vec<String>,
+    /// Which Python lines held memory, from `--profile`; `null` without it.
+    #[serde(default)]
+    pub profile: Option<Profile>,
+}
+
+/// How allocations were recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProfileMode {
+    /// Byte sampling with geometric intervals (`sample_bytes` on average).
+    Sampled,
+    /// Every allocation.
+    Exact,
+}
+
+/// One frame of a stack.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct StackFrame {
+    /// Source file (Python), or the executable for memory with no Python frame.
+    pub file: String,
+    /// Line; 0 when there is none.
+    pub line: u32,
+    /// Function (qualified name), a thread's name, or a bracketed note such as
+    /// `[before Python started]`.
+    pub function: String,
+}
+
+/// Bytes held by one stack.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StackBytes {
+    /// Innermost frame first: the line that allocated, then its callers.
+    pub stack: Vec<StackFrame>,
+    /// Bytes (an unbiased estimate in sampled mode).
+    pub bytes: u64,
+}
+
+/// Bytes allocated over the run by one line (churn).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LineAllocations {
+    /// The allocating line.
+    pub frame: StackFrame,
+    /// Bytes allocated there over the run, freed or not.
+    pub allocated_bytes: u64,
+    /// Allocations recorded there (sampled ones in sampled mode).
+    pub allocations: u64,
+}
+
+/// The allocation profile of the whole tree.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    /// How allocations were recorded.
+    pub mode: ProfileMode,
+    /// Mean sampling interval in bytes (`null` in exact mode).
+    pub sample_bytes: Option<u64>,
+    /// Heap at the peak: the sum over processes of each one's live bytes at its own peak
+    /// (an upper bound for the tree when processes peak at different moments).
+    pub peak_bytes: u64,
+    /// Heap still held when the programs finished (before interpreter teardown), or when
+    /// the process died.
+    pub leaked_bytes: u64,
+    /// Bytes allocated over the run.
+    pub allocated_bytes: u64,
+    /// In sampled mode, a bound on the standard error of `peak_bytes`: sqrt(peak × sample
+    /// bytes), reached only when every allocation is much smaller than a sample interval;
+    /// buffers larger than the interval are measured almost exactly. 0 in exact mode.
+    pub peak_error_bytes: u64,
+    /// Stacks holding memory at the peak, largest first.
+    pub at_peak: Vec<StackBytes>,
+    /// Stacks still holding memory at exit, largest first.
+    pub leaked: Vec<StackBytes>,
+    /// Lines that allocated the most over the run.
+    pub top_lines: Vec<LineAllocations>,
+    /// Processes that left a capture.
+    pub processes_profiled: u32,
+    /// Allocations that could not be tracked because a table was full.
+    pub dropped_allocations: u64,
+}
+
+/// One process's allocation profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessProfile {
+    /// The interpreter whose frames were read, e.g. `3.11.7`; `null` for a process without
+    /// readable Python frames.
+    pub python: Option<String>,
+    /// Heap at this process's peak.
+    pub peak_bytes: u64,
+    /// When that peak was reached, seconds after the run's start.
+    pub peak_at_s: Option<f64>,
+    /// Heap still held at exit (or death).
+    pub leaked_bytes: u64,
+    /// Whether the process closed its capture itself (false: killed, or `os._exit`).
+    pub exited_cleanly: bool,
+    /// Stacks at this process's peak.
+    pub at_peak: Vec<StackBytes>,
+    /// Stacks still holding memory at exit.
+    pub leaked: Vec<StackBytes>,
 }
 
 /// How the command ended.
@@ -106,7 +202,7 @@ pub struct Peak {
     pub shmem_bytes: Option<u64>,
     /// Peak of the run's own cgroup (includes page cache and kernel memory charged to it).
     pub cgroup_bytes: Option<u64>,
-    /// Heap bytes at the peak, from the allocation profiler (not yet available: `null`).
+    /// Heap bytes at the peak, from the allocation profiler (`null` without `--profile`).
     pub heap_bytes: Option<u64>,
     /// Peak GPU memory of the tree, when NVML is available.
     pub gpu_bytes: Option<u64>,
@@ -256,6 +352,9 @@ pub struct ProcessReport {
     pub peak_shmem_bytes: Option<u64>,
     /// Peak GPU memory (sampled through NVML).
     pub peak_gpu_bytes: Option<u64>,
+    /// Its allocation profile, from `--profile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<ProcessProfile>,
 }
 
 /// Tree totals at one moment.

@@ -15,7 +15,7 @@
 //! how noisy it is.
 
 use std::cmp::Ordering;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
 use memwarden_format::units::format_size;
@@ -458,23 +458,64 @@ pub fn diff(records: &[RunRecord], model: &str, a: &str, b: &str) -> Result<Diff
             });
         }
     }
-    let profiled = |v: &str| {
-        runs.iter()
-            .any(|r| r.version == v && !r.top_stacks_at_peak.is_empty())
-    };
-    let stacks_note = if profiled(a) && profiled(b) {
-        None
-    } else {
-        Some("no stacks to compare: stacks come from the allocation profiler, which memwarden does not have yet".to_owned())
+    let (stacks, stacks_note) = match (latest_stacks(&runs, a), latest_stacks(&runs, b)) {
+        (Some(sa), Some(sb)) => (compare_stacks(&sa, &sb), None),
+        _ => (
+            Vec::new(),
+            Some(format!(
+                "no stacks to compare: record runs of both versions with `memwarden run --profile --model {model} --version ...`"
+            )),
+        ),
     };
     Ok(DiffReport {
         model: model.to_owned(),
         a: a.to_owned(),
         b: b.to_owned(),
         metrics,
-        stacks: Vec::new(),
+        stacks,
         stacks_note,
     })
+}
+
+/// Bytes at the peak by allocating function, from the latest profiled run of `version`.
+/// Keyed by file and function, not line: lines move between versions of the code.
+fn latest_stacks(runs: &[&RunRecord], version: &str) -> Option<BTreeMap<String, u64>> {
+    let run = runs
+        .iter()
+        .filter(|r| r.version == version && !r.top_stacks_at_peak.is_empty())
+        .max_by(|x, y| x.started_at_unix_s.total_cmp(&y.started_at_unix_s))?;
+    let mut by_site = BTreeMap::new();
+    for entry in &run.top_stacks_at_peak {
+        let leaf = &entry["stack"][0];
+        let site = format!(
+            "{} ({})",
+            leaf["function"].as_str().unwrap_or("?"),
+            leaf["file"].as_str().unwrap_or("?")
+        );
+        *by_site.entry(site).or_insert(0) += entry["bytes"].as_u64().unwrap_or(0);
+    }
+    Some(by_site)
+}
+
+/// Allocation sites whose bytes at the peak changed, largest change first.
+fn compare_stacks(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>) -> Vec<serde_json::Value> {
+    let mut sites: Vec<&String> = a.keys().chain(b.keys()).collect();
+    sites.sort();
+    sites.dedup();
+    let mut changes: Vec<(i64, serde_json::Value)> = sites
+        .into_iter()
+        .map(|site| {
+            let (x, y) = (a.get(site).copied().unwrap_or(0), b.get(site).copied().unwrap_or(0));
+            let change = y as i64 - x as i64;
+            (
+                change,
+                serde_json::json!({"site": site, "a_bytes": x, "b_bytes": y, "change_bytes": change}),
+            )
+        })
+        .filter(|(change, _)| *change != 0)
+        .collect();
+    changes.sort_by_key(|(change, _)| std::cmp::Reverse(change.unsigned_abs()));
+    changes.into_iter().map(|(_, value)| value).collect()
 }
 
 /// A figure `diff` compares, by name.

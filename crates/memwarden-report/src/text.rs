@@ -2,7 +2,9 @@
 
 use std::fmt::Write;
 
-use memwarden_format::report::{BudgetStatus, Enforcement, PeakSource, Report};
+use memwarden_format::report::{
+    BudgetStatus, Enforcement, PeakSource, Profile, ProfileMode, Report, StackBytes, StackFrame,
+};
 use memwarden_format::units::{format_size, format_size_decimal};
 
 fn source_name(source: PeakSource) -> &'static str {
@@ -130,10 +132,92 @@ pub fn summary(report: &Report) -> String {
     if report.processes.len() > 1 {
         let _ = writeln!(out, "  processes    {} seen", report.processes.len());
     }
+    if let Some(profile) = &report.profile {
+        profile_section(&mut out, profile, &report.cwd);
+    }
     for warning in &report.warnings {
         let _ = writeln!(out, "  warning: {warning}");
     }
     out
+}
+
+/// Stacks shown per table, and callers shown under each line.
+const TABLE_ROWS: usize = 5;
+const CALLERS_SHOWN: usize = 3;
+
+fn frame_label(frame: &StackFrame, cwd: &str) -> String {
+    let file = frame
+        .file
+        .strip_prefix(cwd)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .unwrap_or(&frame.file);
+    if frame.line > 0 {
+        format!("{file}:{}  {}", frame.line, frame.function)
+    } else {
+        format!("{file}  {}", frame.function)
+    }
+}
+
+fn stack_table(out: &mut String, title: &str, entries: &[StackBytes], total: u64, cwd: &str) {
+    let _ = writeln!(out, "  {title}");
+    for entry in entries.iter().take(TABLE_ROWS) {
+        let share = if total > 0 {
+            entry.bytes as f64 * 100.0 / total as f64
+        } else {
+            0.0
+        };
+        let mut frames = entry.stack.iter();
+        let leaf = frames
+            .next()
+            .map(|f| frame_label(f, cwd))
+            .unwrap_or_else(|| "[no stack]".to_owned());
+        let _ = writeln!(
+            out,
+            "    {:>10} {share:>4.0}%  {leaf}",
+            format_size(entry.bytes)
+        );
+        for caller in frames.take(CALLERS_SHOWN) {
+            let _ = writeln!(out, "    {:>16}  <- {}", "", frame_label(caller, cwd));
+        }
+    }
+}
+
+fn profile_section(out: &mut String, profile: &Profile, cwd: &str) {
+    let how = match profile.mode {
+        ProfileMode::Exact => "every allocation recorded".to_owned(),
+        ProfileMode::Sampled => format!(
+            "sampled every {} on average, standard error under {}",
+            format_size(profile.sample_bytes.unwrap_or(0)),
+            format_size(profile.peak_error_bytes)
+        ),
+    };
+    let _ = writeln!(
+        out,
+        "  heap peak    {} ({how}; {} process{})",
+        format_size(profile.peak_bytes),
+        profile.processes_profiled,
+        if profile.processes_profiled == 1 {
+            ""
+        } else {
+            "es"
+        }
+    );
+    if !profile.at_peak.is_empty() {
+        stack_table(
+            out,
+            "held at the peak:",
+            &profile.at_peak,
+            profile.peak_bytes,
+            cwd,
+        );
+    }
+    if !profile.leaked.is_empty() {
+        let title = format!(
+            "still held at exit ({}):",
+            format_size(profile.leaked_bytes)
+        );
+        stack_table(out, &title, &profile.leaked, profile.peak_bytes, cwd);
+    }
 }
 
 /// A command line as a shell user would type it, on one line, cut to `max_chars`.
@@ -260,6 +344,7 @@ mod summary_tests {
             }],
             timeline: Vec::new(),
             warnings: vec!["something to know".to_owned()],
+            profile: None,
         }
     }
 

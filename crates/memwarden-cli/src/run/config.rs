@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use memwarden_format::units::parse_size;
 use memwarden_ledger::LedgerLocation;
 
+use super::profiling::Profiling;
 use crate::cli::{CgroupMode, RunArgs};
 
 /// Where and under which key a run is recorded (`--model`, `--version`...).
@@ -47,6 +48,8 @@ pub struct RunConfig {
     pub quiet: bool,
     /// Recording in the ledger, when `--model` is given.
     pub governance: Option<Governance>,
+    /// `--profile` and its options.
+    pub profiling: Option<Profiling>,
 }
 
 impl RunConfig {
@@ -87,6 +90,17 @@ impl RunConfig {
             )?),
             _ => None,
         };
+        let profiling = args
+            .profile
+            .map(|mode| {
+                Profiling::from_args(
+                    mode,
+                    args.sample_bytes.as_deref(),
+                    args.capture_dir,
+                    args.folded,
+                )
+            })
+            .transpose()?;
         let json = args
             .json
             .map(|path| open_output(&path).map(|file| (path, file)))
@@ -100,6 +114,7 @@ impl RunConfig {
             json,
             quiet: args.quiet,
             governance,
+            profiling,
         })
     }
 }

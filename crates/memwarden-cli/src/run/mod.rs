@@ -2,6 +2,7 @@
 
 mod config;
 mod isolation;
+mod profiling;
 mod record;
 mod recorder;
 mod report;
@@ -91,7 +92,12 @@ fn execute(mut config: RunConfig) -> Result<Status, (Status, String)> {
 
     let started_at = SystemTime::now();
     let start = Instant::now();
-    let pid = match supervisor.spawn(&config.command, isolation.join_fd()) {
+    let environment = config
+        .profiling
+        .as_ref()
+        .map(|p| p.environment())
+        .unwrap_or_default();
+    let pid = match supervisor.spawn(&config.command, &environment, isolation.join_fd()) {
         Ok(pid) => pid,
         Err(e) => {
             let _ = isolation.cleanup();
@@ -209,6 +215,9 @@ fn execute(mut config: RunConfig) -> Result<Status, (Status, String)> {
     );
     if let Some(warning) = isolation.cleanup() {
         report.warnings.push(warning);
+    }
+    if let Some(profiling) = config.profiling.take() {
+        profiling.finish(&mut report, started_at);
     }
     let status = exit_status(&report);
     report.exit.memwarden_exit_code = i32::from(status.code());

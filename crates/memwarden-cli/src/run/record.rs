@@ -75,14 +75,19 @@ pub fn build(
             cgroup_bytes: report.peak.cgroup_bytes,
             gpu_bytes: report.peak.gpu_bytes,
             heap_bytes: report.peak.heap_bytes,
-            leaked_bytes: None,
+            leaked_bytes: report.profile.as_ref().map(|p| p.leaked_bytes),
             duration_s: report.duration_s,
         },
         budget_status: serde_name(report.budget.status),
         budget_bytes: report.budget.limit_bytes,
         hard_limit_bytes: report.budget.hard_limit_bytes,
         enforced_by: serde_name(report.budget.enforced_by),
-        top_stacks_at_peak: Vec::new(),
+        top_stacks_at_peak: report
+            .profile
+            .iter()
+            .flat_map(|p| p.at_peak.iter().take(STACKS_RECORDED))
+            .filter_map(|entry| serde_json::to_value(entry).ok())
+            .collect(),
         report_path: report_path.map(|p| {
             std::path::absolute(p)
                 .unwrap_or_else(|_| p.to_owned())
@@ -92,6 +97,9 @@ pub fn build(
         memwarden_version: report.memwarden_version.clone(),
     }
 }
+
+/// Stacks at the peak kept in a ledger record (the full list is in the report).
+const STACKS_RECORDED: usize = 10;
 
 /// The name a report enum is written with in JSON (`VmHWM`, `fail`, `cgroup`), so that
 /// the record says what the report says.

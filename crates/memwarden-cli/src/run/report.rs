@@ -150,6 +150,7 @@ pub fn build(
         processes,
         timeline: recorder.timeline(),
         warnings,
+        profile: None,
     }
 }
 
@@ -320,5 +321,6 @@ fn process_report(record: &memwarden_monitor::tree::ProcessRecord) -> ProcessRep
         peak_file_bytes: record.peak_file_bytes,
         peak_shmem_bytes: record.peak_shmem_bytes,
         peak_gpu_bytes: record.peak_gpu_bytes,
+        profile: None,
     }
 }

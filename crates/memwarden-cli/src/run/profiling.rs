@@ -1,0 +1,249 @@
+//! `memwarden run --profile`: inject the preload library, then turn its captures into the
+//! report's `profile` section.
+
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use memwarden_format::capture::SUFFIX;
+use memwarden_format::report::{ProcessReport, ProfileMode, Report};
+use memwarden_format::units::parse_size;
+use memwarden_report::profile;
+
+use crate::cli::ProfileArg;
+
+/// The library's file name, as cargo builds it.
+const LIBRARY: &str = "libmemwarden_preload.so";
+
+/// Where captures go: a temporary directory, or the user's `--capture-dir`.
+#[derive(Debug)]
+enum CaptureDir {
+    Temporary(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+/// A validated `--profile`.
+#[derive(Debug)]
+pub struct Profiling {
+    mode: ProfileMode,
+    sample_bytes: u64,
+    preload: PathBuf,
+    dir: CaptureDir,
+    /// `--folded`, opened before the command starts.
+    folded: Option<(PathBuf, File)>,
+}
+
+/// Finds the preload library: `MEMWARDEN_PRELOAD`, else next to this executable, else in
+/// `../lib/memwarden/` beside it (an installed layout).
+fn find_preload() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("MEMWARDEN_PRELOAD") {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!(
+                "MEMWARDEN_PRELOAD={} is not a file; point it at {LIBRARY} or unset it",
+                path.display()
+            ))
+        };
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("cannot locate the memwarden executable: {e}"))?;
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    let candidates = [
+        dir.join(LIBRARY),
+        dir.join("../lib/memwarden").join(LIBRARY),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| {
+            format!(
+                "--profile needs {LIBRARY}, which is not next to {} nor in ../lib/memwarden; build it with `cargo build --release -p memwarden-preload` or set MEMWARDEN_PRELOAD",
+                exe.display()
+            )
+        })
+}
+
+/// Makes sure captures can be written in `dir` before the command starts.
+fn check_writable(dir: &Path) -> Result<(), String> {
+    let fail = |e: std::io::Error| {
+        format!(
+            "--capture-dir {}: cannot write captures there ({e}); choose a writable directory",
+            dir.display()
+        )
+    };
+    fs::create_dir_all(dir).map_err(fail)?;
+    let probe = dir.join(".memwarden-write-test");
+    fs::write(&probe, b"").map_err(fail)?;
+    let _ = fs::remove_file(probe);
+    Ok(())
+}
+
+impl Profiling {
+    /// Validates the profiling options; the error is a sentence for the user.
+    pub fn from_args(
+        mode: ProfileArg,
+        sample_bytes: Option<&str>,
+        capture_dir: Option<PathBuf>,
+        folded: Option<PathBuf>,
+    ) -> Result<Profiling, String> {
+        let mode = match mode {
+            ProfileArg::Sampled => ProfileMode::Sampled,
+            ProfileArg::Exact => ProfileMode::Exact,
+        };
+        let sample_bytes = match sample_bytes {
+            None => 512 << 10,
+            Some(text) => {
+                let bytes = parse_size(text).map_err(|e| format!("--sample-bytes: {e}"))?;
+                if !(1..=(1 << 40)).contains(&bytes) {
+                    return Err(
+                        "--sample-bytes: choose between 1 B and 1 TiB (default 512KiB)".into(),
+                    );
+                }
+                bytes
+            }
+        };
+        let preload = find_preload()?;
+        let preload_text = preload.to_string_lossy();
+        if preload_text.contains([' ', ':']) {
+            return Err(format!(
+                "the preload library's path {preload_text} contains a space or a colon, which LD_PRELOAD cannot carry; move it or set MEMWARDEN_PRELOAD"
+            ));
+        }
+        let dir = match capture_dir {
+            Some(dir) => {
+                check_writable(&dir)?;
+                let dir = fs::canonicalize(&dir).map_err(|e| format!("--capture-dir {}: {e}", dir.display()))?;
+                // Captures of an earlier run in the same directory would be merged into this one.
+                for entry in fs::read_dir(&dir).map_err(|e| format!("--capture-dir {}: {e}", dir.display()))?.flatten() {
+                    if entry.path().extension().is_some_and(|e| e == SUFFIX) {
+                        let _ = fs::remove_file(entry.path());
+                    }
+                }
+                CaptureDir::Kept(dir)
+            }
+            None => CaptureDir::Temporary(
+                tempfile::Builder::new()
+                    .prefix("memwarden-capture-")
+                    .tempdir()
+                    .map_err(|e| format!("cannot create a temporary directory for captures: {e}; set TMPDIR or give --capture-dir"))?,
+            ),
+        };
+        let folded = folded
+            .map(|path| {
+                File::create(&path)
+                    .map(|file| (path.clone(), file))
+                    .map_err(|e| format!("--folded {}: cannot write: {e}", path.display()))
+            })
+            .transpose()?;
+        Ok(Profiling {
+            mode,
+            sample_bytes,
+            preload,
+            dir,
+            folded,
+        })
+    }
+
+    fn dir(&self) -> &Path {
+        match &self.dir {
+            CaptureDir::Temporary(dir) => dir.path(),
+            CaptureDir::Kept(dir) => dir,
+        }
+    }
+
+    /// Environment for the command (and so for every process it starts).
+    pub fn environment(&self) -> Vec<(OsString, OsString)> {
+        let mut preload = self.preload.clone().into_os_string();
+        if let Some(existing) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
+            preload.push(" ");
+            preload.push(existing);
+        }
+        let mode = match self.mode {
+            ProfileMode::Sampled => "sampled",
+            ProfileMode::Exact => "exact",
+        };
+        vec![
+            ("LD_PRELOAD".into(), preload),
+            ("MEMWARDEN_CAPTURE_DIR".into(), self.dir().into()),
+            ("MEMWARDEN_PROFILE_MODE".into(), mode.into()),
+            (
+                "MEMWARDEN_SAMPLE_BYTES".into(),
+                self.sample_bytes.to_string().into(),
+            ),
+        ]
+    }
+
+    /// Reads the captures into `report` (its `profile`, each process's `profile`, the heap
+    /// peak) and writes `--folded`. Problems become report warnings: a run's report is never
+    /// lost to one bad capture.
+    pub fn finish(mut self, report: &mut Report, started_at: SystemTime) {
+        let (captures, errors) = match profile::read_dir(self.dir()) {
+            Ok(read) => read,
+            Err(e) => {
+                report.warnings.push(format!(
+                    "cannot read the captures in {}: {e}; no profile",
+                    self.dir().display()
+                ));
+                return;
+            }
+        };
+        for error in errors {
+            report.warnings.push(format!("profile: {error}"));
+        }
+        if captures.is_empty() {
+            report.warnings.push(
+                "profile: no process recorded an allocation (a static executable, or LD_PRELOAD removed from the environment?)".to_owned(),
+            );
+            return;
+        }
+        for capture in &captures {
+            if capture.warning != memwarden_format::capture::Warning::None {
+                report
+                    .warnings
+                    .push(format!("profile: pid {}: {}", capture.pid, capture.warning));
+            }
+        }
+        let start_ns = started_at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let analysis = profile::analyze(&captures, self.mode, self.sample_bytes, start_ns);
+        if analysis.profile.dropped_allocations > 0 {
+            report.warnings.push(format!(
+                "profile: {} allocations could not be tracked (tables full); figures are low by that much",
+                analysis.profile.dropped_allocations
+            ));
+        }
+        for (pid, process_profile) in analysis.processes {
+            let pid = pid as i32;
+            match report.processes.iter_mut().find(|p| p.pid == pid) {
+                Some(process) => process.profile = Some(process_profile),
+                None => {
+                    // Too short-lived for the monitor to see; its capture still counts.
+                    let capture = captures.iter().find(|c| c.pid as i32 == pid);
+                    report.processes.push(ProcessReport {
+                        pid,
+                        ppid: capture.map_or(0, |c| c.ppid as i32),
+                        cmdline: capture.and_then(|c| c.exe.clone()).into_iter().collect(),
+                        profile: Some(process_profile),
+                        ..ProcessReport::default()
+                    });
+                }
+            }
+        }
+        report.peak.heap_bytes = Some(analysis.profile.peak_bytes);
+        if let Some((path, mut file)) = self.folded.take() {
+            use std::io::Write;
+            let text = profile::folded(&analysis.all_at_peak);
+            if let Err(e) = file.write_all(text.as_bytes()) {
+                report
+                    .warnings
+                    .push(format!("--folded {}: {e}", path.display()));
+            }
+        }
+        report.profile = Some(analysis.profile);
+    }
+}

@@ -1,0 +1,511 @@
+//! The capture file: what one profiled process leaves behind (`memwarden-capture/1`).
+//!
+//! The preload library (`memwarden-preload`) maps this file shared into the process it
+//! profiles and updates it in place: no write system call, no buffer to flush, no I/O on the
+//! target's allocation path. Because the pages belong to the file, everything written up to
+//! the instant a process dies (SIGKILL, the OOM killer, `os._exit`) is still there for the
+//! runner to read. The file is sparse: only the parts in use take space.
+//!
+//! Rather than a stream of events, the file holds the aggregates the analysis needs, so its
+//! size is bounded by the number of distinct stacks, not by run time:
+//!
+//! | region   | offset               | content                                             |
+//! |----------|----------------------|-----------------------------------------------------|
+//! | header   | 0                    | [`field`] offsets, all little-endian `u64`           |
+//! | strings  | [`STRINGS_OFFSET`]   | `u16` length + UTF-8 bytes, referenced by offset     |
+//! | frames   | [`FRAMES_OFFSET`]    | [`FRAME_SIZE`]-byte records: file, function, line    |
+//! | nodes    | [`NODES_OFFSET`]     | calling-context tree: `u32` parent node, `u32` frame |
+//! | counters | [`COUNTERS_OFFSET`]  | per node: live, at peak, at exit, allocated, count   |
+//!
+//! A stack is a node: its frames are found by following parents to the root (node 0). Only
+//! records below the header's `*_used` counts are valid; the writer publishes a record
+//! before it raises the count, so a process killed mid-update leaves a readable file.
+//! Documented for users in `docs/capture-format.md`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// First eight bytes of every capture.
+pub const MAGIC: [u8; 8] = *b"MWCAP\0\0\x01";
+/// Format version, in [`field::VERSION`].
+pub const VERSION: u64 = 1;
+/// File name suffix of captures.
+pub const SUFFIX: &str = "mwcap";
+
+/// Size of the header region.
+pub const HEADER_SIZE: u64 = 4096;
+/// Capacity of the string region in bytes.
+pub const STRINGS_CAPACITY: u64 = 8 << 20;
+/// Longest string kept (longer ones are cut at a character boundary).
+pub const MAX_STRING: usize = 1024;
+/// Most distinct frames.
+pub const MAX_FRAMES: u64 = 1 << 18;
+/// Size of one frame record: `u32` file string, `u32` function string, `u32` line, `u32` kind.
+pub const FRAME_SIZE: u64 = 16;
+/// Most distinct stacks (calling-context nodes).
+pub const MAX_NODES: u64 = 1 << 18;
+/// Size of one node record: `u32` parent, `u32` frame.
+pub const NODE_SIZE: u64 = 8;
+/// Size of one node's counters: five `u64`/`i64` ([`counter`]).
+pub const COUNTER_SIZE: u64 = 40;
+
+/// Offset of the string region.
+pub const STRINGS_OFFSET: u64 = HEADER_SIZE;
+/// Offset of the frame records.
+pub const FRAMES_OFFSET: u64 = STRINGS_OFFSET + STRINGS_CAPACITY;
+/// Offset of the node records.
+pub const NODES_OFFSET: u64 = FRAMES_OFFSET + MAX_FRAMES * FRAME_SIZE;
+/// Offset of the per-node counters.
+pub const COUNTERS_OFFSET: u64 = NODES_OFFSET + MAX_NODES * NODE_SIZE;
+/// Full (sparse) length of a capture file.
+pub const FILE_SIZE: u64 = COUNTERS_OFFSET + MAX_NODES * COUNTER_SIZE;
+
+/// Header field offsets (each a little-endian `u64`).
+pub mod field {
+    /// [`super::MAGIC`].
+    pub const MAGIC: usize = 0;
+    /// [`super::VERSION`].
+    pub const VERSION: usize = 8;
+    /// Process id.
+    pub const PID: usize = 16;
+    /// Parent process id.
+    pub const PPID: usize = 24;
+    /// 1 sampled, 2 exact.
+    pub const MODE: usize = 32;
+    /// Mean sampling interval in bytes (sampled mode).
+    pub const SAMPLE_BYTES: usize = 40;
+    /// `sys.hexversion` of the interpreter whose frames were read; 0 if none.
+    pub const PYTHON_HEXVERSION: usize = 48;
+    /// [`super::flag`] bits.
+    pub const FLAGS: usize = 56;
+    /// Bytes used in the string region.
+    pub const STRINGS_USED: usize = 64;
+    /// Frame records in use.
+    pub const FRAMES_USED: usize = 72;
+    /// Node records in use.
+    pub const NODES_USED: usize = 80;
+    /// Bytes live now (estimated in sampled mode).
+    pub const LIVE_BYTES: usize = 88;
+    /// Highest live bytes seen.
+    pub const PEAK_BYTES: usize = 96;
+    /// Live bytes when the peak snapshot (counter `AT_PEAK`) was last taken.
+    pub const PEAK_SNAPSHOT_BYTES: usize = 104;
+    /// Live bytes when the exit snapshot (counter `AT_EXIT`) was taken.
+    pub const EXIT_SNAPSHOT_BYTES: usize = 112;
+    /// Bytes allocated over the run (estimated in sampled mode).
+    pub const ALLOCATED_BYTES: usize = 120;
+    /// Allocations recorded (sampled ones in sampled mode).
+    pub const SAMPLES: usize = 128;
+    /// Allocations that could not be tracked because a table was full.
+    pub const DROPPED: usize = 136;
+    /// Wall-clock start, nanoseconds since the Unix epoch.
+    pub const START_NS: usize = 144;
+    /// Wall-clock time of the last peak snapshot.
+    pub const PEAK_NS: usize = 152;
+    /// Wall-clock time the capture was closed (0 if the process died first).
+    pub const END_NS: usize = 160;
+    /// String offset + 1 of the executable's path (0: unknown).
+    pub const EXE: usize = 168;
+    /// [`super::Warning`] code.
+    pub const WARNING: usize = 176;
+}
+
+/// Bits of [`field::FLAGS`].
+pub mod flag {
+    /// Python frames were read in this process.
+    pub const PYTHON: u64 = 1;
+    /// The process closed the capture itself (normal exit).
+    pub const CLOSED: u64 = 1 << 1;
+    /// An exit snapshot was taken when the interpreter began to finalize.
+    pub const EXIT_SNAPSHOT: u64 = 1 << 2;
+}
+
+/// Counter offsets within a node's [`COUNTER_SIZE`] bytes.
+pub mod counter {
+    /// Bytes live now, allocated at this stack (`i64`).
+    pub const LIVE: u64 = 0;
+    /// Bytes live at the peak snapshot.
+    pub const AT_PEAK: u64 = 8;
+    /// Bytes live at the exit snapshot.
+    pub const AT_EXIT: u64 = 16;
+    /// Bytes allocated over the run.
+    pub const ALLOCATED: u64 = 24;
+    /// Allocations recorded.
+    pub const COUNT: u64 = 32;
+}
+
+/// Frame kinds (the `kind` word of a frame record).
+pub mod kind {
+    /// A Python frame: file, function (qualified name), line.
+    pub const PYTHON: u32 = 0;
+    /// A thread with no Python frames of its own; `function` holds its name.
+    pub const THREAD: u32 = 1;
+    /// A process without Python frames; `file` holds the executable.
+    pub const NATIVE: u32 = 2;
+    /// The stack was deeper than the reader walks; outer frames are missing.
+    pub const TRUNCATED: u32 = 3;
+}
+
+/// Why a capture has no Python frames though the process ran Python.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Warning {
+    /// Nothing to say.
+    None,
+    /// A CPython minor version without a generated layout.
+    UnknownPython,
+    /// A free-threaded CPython build.
+    FreeThreaded,
+    /// The interpreter's structures did not look as the layout says.
+    LayoutMismatch,
+    /// A code this reader does not know.
+    Other(u64),
+}
+
+impl Warning {
+    /// The code stored in [`field::WARNING`].
+    pub const fn code(self) -> u64 {
+        match self {
+            Warning::None => 0,
+            Warning::UnknownPython => 1,
+            Warning::FreeThreaded => 2,
+            Warning::LayoutMismatch => 3,
+            Warning::Other(code) => code,
+        }
+    }
+
+    /// Reads a stored code.
+    pub const fn from_code(code: u64) -> Warning {
+        match code {
+            0 => Warning::None,
+            1 => Warning::UnknownPython,
+            2 => Warning::FreeThreaded,
+            3 => Warning::LayoutMismatch,
+            other => Warning::Other(other),
+        }
+    }
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Warning::None => f.write_str("none"),
+            Warning::UnknownPython => f.write_str(
+                "this CPython version has no frame layout in memwarden (3.10 to 3.13 do); memory is attributed to the process only",
+            ),
+            Warning::FreeThreaded => f.write_str(
+                "free-threaded CPython is not supported yet; memory is attributed to the process only",
+            ),
+            Warning::LayoutMismatch => f.write_str(
+                "the interpreter's structures did not match memwarden's layout for its version; Python frames were not read",
+            ),
+            Warning::Other(code) => write!(f, "unknown warning code {code}"),
+        }
+    }
+}
+
+/// A frame as the analysis sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Frame {
+    /// File (Python), executable (native), or `<thread>`.
+    pub file: String,
+    /// Function (qualified name), or the thread's name.
+    pub function: String,
+    /// Line number; 0 when there is none.
+    pub line: u32,
+    /// One of [`kind`].
+    pub kind: u32,
+}
+
+/// One stack's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Live now (or at death).
+    pub live: i64,
+    /// Live at the peak snapshot.
+    pub at_peak: i64,
+    /// Live at the exit snapshot.
+    pub at_exit: i64,
+    /// Allocated over the run.
+    pub allocated: u64,
+    /// Allocations recorded.
+    pub count: u64,
+}
+
+/// A capture read back and checked.
+#[derive(Clone, Debug)]
+pub struct Capture {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Process id.
+    pub pid: u32,
+    /// Parent process id.
+    pub ppid: u32,
+    /// True for exact mode.
+    pub exact: bool,
+    /// Mean sampling interval.
+    pub sample_bytes: u64,
+    /// `sys.hexversion`, when Python frames were read.
+    pub python_hexversion: Option<u64>,
+    /// [`flag`] bits.
+    pub flags: u64,
+    /// Header [`field::LIVE_BYTES`].
+    pub live_bytes: i64,
+    /// Header [`field::PEAK_BYTES`].
+    pub peak_bytes: i64,
+    /// Header [`field::PEAK_SNAPSHOT_BYTES`].
+    pub peak_snapshot_bytes: i64,
+    /// Header [`field::ALLOCATED_BYTES`].
+    pub allocated_bytes: u64,
+    /// Header [`field::SAMPLES`].
+    pub samples: u64,
+    /// Header [`field::DROPPED`].
+    pub dropped: u64,
+    /// Start, nanoseconds since the epoch.
+    pub start_ns: u64,
+    /// Last peak snapshot, nanoseconds since the epoch.
+    pub peak_ns: u64,
+    /// Close time; `None` if the process died without closing.
+    pub end_ns: Option<u64>,
+    /// Executable path.
+    pub exe: Option<String>,
+    /// Why Python frames are missing, if they are.
+    pub warning: Warning,
+    /// Frames by id.
+    pub frames: Vec<Frame>,
+    /// Node `i`: (parent node, frame id). Node 0 is the root.
+    pub nodes: Vec<(u32, u32)>,
+    /// Node `i`'s counters.
+    pub counters: Vec<Counters>,
+}
+
+/// Why a capture could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// The file could not be read.
+    #[error("cannot read capture {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Not a capture, a newer one, or damaged.
+    #[error("{path} is not a usable memwarden capture: {problem}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, for a person.
+        problem: String,
+    },
+}
+
+fn u64_at(bytes: &[u8], offset: u64) -> Option<u64> {
+    let start = usize::try_from(offset).ok()?;
+    let chunk = bytes.get(start..start.checked_add(8)?)?;
+    Some(u64::from_le_bytes(chunk.try_into().ok()?))
+}
+
+fn u32_at(bytes: &[u8], offset: u64) -> Option<u32> {
+    let start = usize::try_from(offset).ok()?;
+    let chunk = bytes.get(start..start.checked_add(4)?)?;
+    Some(u32::from_le_bytes(chunk.try_into().ok()?))
+}
+
+impl Capture {
+    /// Reads and checks a capture file. Every offset and count is bounds-checked: a
+    /// truncated, corrupt or foreign file gives [`CaptureError::Invalid`], never a panic.
+    pub fn read(path: &Path) -> Result<Capture, CaptureError> {
+        let bytes = std::fs::read(path).map_err(|source| CaptureError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Capture::parse(path, &bytes)
+    }
+
+    /// Parses capture bytes (see [`Capture::read`]).
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Capture, CaptureError> {
+        let invalid = |problem: String| CaptureError::Invalid {
+            path: path.to_owned(),
+            problem,
+        };
+        if bytes.len() < HEADER_SIZE as usize {
+            return Err(invalid(format!(
+                "it is {} bytes long, shorter than the {HEADER_SIZE}-byte header (truncated?)",
+                bytes.len()
+            )));
+        }
+        if bytes[..8] != MAGIC {
+            return Err(invalid(
+                "it does not start with the capture signature".into(),
+            ));
+        }
+        let header = |offset: usize| u64_at(bytes, offset as u64).unwrap_or(0);
+        let version = header(field::VERSION);
+        if version != VERSION {
+            return Err(invalid(format!(
+                "format version {version}; this memwarden reads version {VERSION} (use the memwarden that wrote it)"
+            )));
+        }
+        let strings_used = header(field::STRINGS_USED);
+        let frames_used = header(field::FRAMES_USED);
+        let nodes_used = header(field::NODES_USED);
+        if strings_used > STRINGS_CAPACITY || frames_used > MAX_FRAMES || nodes_used > MAX_NODES {
+            return Err(invalid(format!(
+                "its header counts are out of range ({strings_used} string bytes, {frames_used} frames, {nodes_used} stacks)"
+            )));
+        }
+        let need = COUNTERS_OFFSET + nodes_used * COUNTER_SIZE;
+        if (bytes.len() as u64) < need {
+            return Err(invalid(format!(
+                "it is {} bytes long but its header describes {need} bytes (truncated?)",
+                bytes.len()
+            )));
+        }
+        let string = |offset: u32| -> Result<String, CaptureError> {
+            let offset = u64::from(offset);
+            let bad = || {
+                invalid(format!(
+                    "a string reference ({offset}) points outside the string region"
+                ))
+            };
+            if offset + 2 > strings_used {
+                return Err(bad());
+            }
+            let start = (STRINGS_OFFSET + offset) as usize;
+            let len = u16::from_le_bytes([bytes[start], bytes[start + 1]]) as u64;
+            if offset + 2 + len > strings_used {
+                return Err(bad());
+            }
+            Ok(String::from_utf8_lossy(&bytes[start + 2..start + 2 + len as usize]).into_owned())
+        };
+        let mut frames = Vec::with_capacity(frames_used as usize);
+        for i in 0..frames_used {
+            let at = FRAMES_OFFSET + i * FRAME_SIZE;
+            let word = |k: u64| u32_at(bytes, at + 4 * k).unwrap_or(0);
+            frames.push(Frame {
+                file: string(word(0))?,
+                function: string(word(1))?,
+                line: word(2),
+                kind: word(3),
+            });
+        }
+        let mut nodes = Vec::with_capacity(nodes_used as usize);
+        let mut counters = Vec::with_capacity(nodes_used as usize);
+        for i in 0..nodes_used {
+            let at = NODES_OFFSET + i * NODE_SIZE;
+            let parent = u32_at(bytes, at).unwrap_or(0);
+            let frame = u32_at(bytes, at + 4).unwrap_or(0);
+            if i > 0 && (u64::from(parent) >= i || u64::from(frame) >= frames_used) {
+                return Err(invalid(format!(
+                    "stack record {i} refers to parent {parent} and frame {frame}, which do not exist"
+                )));
+            }
+            nodes.push((parent, frame));
+            let at = COUNTERS_OFFSET + i * COUNTER_SIZE;
+            let value = |k: u64| u64_at(bytes, at + k).unwrap_or(0);
+            counters.push(Counters {
+                live: value(counter::LIVE) as i64,
+                at_peak: value(counter::AT_PEAK) as i64,
+                at_exit: value(counter::AT_EXIT) as i64,
+                allocated: value(counter::ALLOCATED),
+                count: value(counter::COUNT),
+            });
+        }
+        let exe = match header(field::EXE) {
+            0 => None,
+            offset => Some(string(u32::try_from(offset - 1).map_err(|_| {
+                invalid("the executable's string reference is out of range".into())
+            })?)?),
+        };
+        let hexversion = header(field::PYTHON_HEXVERSION);
+        let end_ns = header(field::END_NS);
+        Ok(Capture {
+            path: path.to_owned(),
+            pid: header(field::PID) as u32,
+            ppid: header(field::PPID) as u32,
+            exact: header(field::MODE) == 2,
+            sample_bytes: header(field::SAMPLE_BYTES),
+            python_hexversion: (hexversion != 0).then_some(hexversion),
+            flags: header(field::FLAGS),
+            live_bytes: header(field::LIVE_BYTES) as i64,
+            peak_bytes: header(field::PEAK_BYTES) as i64,
+            peak_snapshot_bytes: header(field::PEAK_SNAPSHOT_BYTES) as i64,
+            allocated_bytes: header(field::ALLOCATED_BYTES),
+            samples: header(field::SAMPLES),
+            dropped: header(field::DROPPED),
+            start_ns: header(field::START_NS),
+            peak_ns: header(field::PEAK_NS),
+            end_ns: (end_ns != 0).then_some(end_ns),
+            exe,
+            warning: Warning::from_code(header(field::WARNING)),
+            frames,
+            nodes,
+            counters,
+        })
+    }
+
+    /// The frames of `node`, innermost first (node 0, the root, has none).
+    pub fn stack(&self, node: u32) -> Vec<&Frame> {
+        let mut frames = Vec::new();
+        let mut current = node;
+        // Parents are always smaller than their children (checked in `parse`), so this ends.
+        while current != 0 {
+            let Some(&(parent, frame)) = self.nodes.get(current as usize) else {
+                break;
+            };
+            if let Some(frame) = self.frames.get(frame as usize) {
+                frames.push(frame);
+            }
+            current = parent;
+        }
+        frames
+    }
+
+    /// Whether the exit snapshot was taken (else live-at-death stands for it).
+    pub fn has_exit_snapshot(&self) -> bool {
+        self.flags & flag::EXIT_SNAPSHOT != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header_only() -> Vec<u8> {
+        let mut bytes = vec![0u8; COUNTERS_OFFSET as usize];
+        bytes[..8].copy_from_slice(&MAGIC);
+        bytes[field::VERSION..field::VERSION + 8].copy_from_slice(&VERSION.to_le_bytes());
+        bytes
+    }
+
+    #[test]
+    fn empty_capture_parses() {
+        let capture = Capture::parse(Path::new("x"), &header_only()).unwrap();
+        assert!(capture.frames.is_empty() && capture.nodes.is_empty());
+    }
+
+    #[test]
+    fn damage_is_an_error_not_a_panic() {
+        let path = Path::new("x.mwcap");
+        assert!(Capture::parse(path, b"short").is_err());
+        let mut bytes = header_only();
+        bytes[0] = b'X';
+        assert!(Capture::parse(path, &bytes)
+            .unwrap_err()
+            .to_string()
+            .contains("signature"));
+        let mut bytes = header_only();
+        bytes[field::NODES_USED..field::NODES_USED + 8].copy_from_slice(&5u64.to_le_bytes());
+        assert!(Capture::parse(path, &bytes)
+            .unwrap_err()
+            .to_string()
+            .contains("truncated"));
+        let mut bytes = header_only();
+        bytes[field::FRAMES_USED..field::FRAMES_USED + 8].copy_from_slice(&1u64.to_le_bytes());
+        bytes[FRAMES_OFFSET as usize] = 9;
+        assert!(Capture::parse(path, &bytes)
+            .unwrap_err()
+            .to_string()
+            .contains("string"));
+    }
+}

@@ -1,0 +1,375 @@
+//! memwarden's allocation profiler, loaded into profiled processes with `LD_PRELOAD`.
+//!
+//! `memwarden run --profile` puts this library in the command's environment, so the
+//! command and every process it starts (exec'd children inherit the variable; forked
+//! children reopen their own capture in an atfork handler) load it first. It interposes the
+//! malloc family and anonymous `mmap`/`munmap`/`mremap` and forwards every call to glibc.
+//!
+//! - **Sampled mode** (default): each allocated byte is a sample point with probability
+//!   1/R (`MEMWARDEN_SAMPLE_BYTES`, R = 512 KiB by default), drawn as geometric intervals
+//!   from a per-thread countdown, so the fast path touches only thread-local state. A
+//!   sampled allocation of `s` bytes is attributed `s / (1 - e^(-s/R))` bytes, which keeps
+//!   totals unbiased and attributes buffers larger than R almost exactly.
+//! - **Exact mode** (`MEMWARDEN_PROFILE_MODE=exact`): every allocation is recorded.
+//!
+//! A recorded allocation is charged to the allocating thread's Python stack, read in
+//! place ([`python`]); a thread without Python frames is charged to the stack of the thread
+//! that created it, plus its name. Results go to a capture file the runner reads after the
+//! process ends (`memwarden_format::capture`), updated in place so that a killed process
+//! leaves everything up to its last instant.
+//!
+//! House rules for this crate: nothing here allocates through the hooked allocator (memory
+//! comes from `mmap` system calls), no lock is shared with the target, no system call sits
+//! on the allocation fast path, and no Rust panic can cross the C boundary (every exported
+//! function is `extern "C"`, which aborts instead of unwinding; the code is written not to
+//! panic). Without `MEMWARDEN_CAPTURE_DIR` the library only forwards.
+#![allow(unsafe_code)] // An allocator interposer is unsafe by nature; each block says why it holds.
+
+mod hooks;
+pub mod python;
+mod sys;
+mod table;
+mod threads;
+mod writer;
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+
+use memwarden_format::capture::kind;
+
+use table::{AddressTable, Entry};
+use writer::{Settings, CAPTURE};
+
+const INACTIVE: u8 = 0;
+const ACTIVE: u8 = 1;
+
+static STATE: AtomicU8 = AtomicU8::new(INACTIVE);
+static EXACT: AtomicBool = AtomicBool::new(false);
+static SAMPLE_BYTES: AtomicU64 = AtomicU64::new(512 << 10);
+static IS_PYTHON: AtomicBool = AtomicBool::new(false);
+/// Bumped in every forked child, so threads' cached node ids from the parent are dropped.
+static GENERATION: AtomicU32 = AtomicU32::new(0);
+
+/// The capture directory, copied at start (the program may change its environment).
+struct Directory {
+    bytes: std::cell::UnsafeCell<[u8; 4096]>,
+    len: AtomicU64,
+}
+// SAFETY: written once in the constructor before any other thread can read it.
+unsafe impl Sync for Directory {}
+static DIRECTORY: Directory = Directory {
+    bytes: std::cell::UnsafeCell::new([0; 4096]),
+    len: AtomicU64::new(0),
+};
+
+fn directory() -> &'static [u8] {
+    let len = DIRECTORY.len.load(Ordering::Acquire) as usize;
+    // SAFETY: the buffer is only written before `len` is published.
+    unsafe { &(&*DIRECTORY.bytes.get())[..len] }
+}
+
+/// The table of tracked allocations, created at start.
+struct Tracked(std::cell::UnsafeCell<Option<AddressTable>>);
+// SAFETY: set once in the constructor, before ACTIVE is published.
+unsafe impl Sync for Tracked {}
+static TRACKED: Tracked = Tracked(std::cell::UnsafeCell::new(None));
+
+fn tracked() -> Option<&'static AddressTable> {
+    // SAFETY: only read after STATE is ACTIVE, which is published after the write.
+    unsafe { (*TRACKED.0.get()).as_ref() }
+}
+
+/// Per-thread state; const-initialised and without destructors, so it is always
+/// accessible, even while a thread is being torn down.
+struct ThreadState {
+    /// Bytes left until the next sample point.
+    countdown: Cell<i64>,
+    /// xorshift state; 0 until the thread's first allocation.
+    rng: Cell<u64>,
+    /// Inside our own code: a nested call (a signal handler, our own allocation) forwards.
+    busy: Cell<bool>,
+    /// Node of the stack that created this thread (see `threads`).
+    inherited: Cell<u32>,
+    generation: Cell<u32>,
+    /// The frame naming this thread, refreshed now and then.
+    name_frame: Cell<u32>,
+    name_age: Cell<u32>,
+}
+
+thread_local! {
+    static THREAD: ThreadState = const {
+        ThreadState {
+            countdown: Cell::new(0),
+            rng: Cell::new(0),
+            busy: Cell::new(false),
+            inherited: Cell::new(0),
+            generation: Cell::new(0),
+            name_frame: Cell::new(u32::MAX),
+            name_age: Cell::new(0),
+        }
+    };
+}
+
+fn next_random(thread: &ThreadState) -> u64 {
+    let mut x = thread.rng.get();
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    thread.rng.set(x);
+    x
+}
+
+/// A geometric interval with mean `SAMPLE_BYTES`.
+fn next_interval(thread: &ThreadState) -> i64 {
+    let mean = SAMPLE_BYTES.load(Ordering::Relaxed) as f64;
+    let uniform = ((next_random(thread) >> 11) + 1) as f64 / (1u64 << 53) as f64;
+    (-uniform.ln() * mean).max(1.0) as i64
+}
+
+/// Called after every successful allocation of `size` bytes at `address`.
+#[inline]
+fn on_alloc(address: usize, size: usize) {
+    if STATE.load(Ordering::Relaxed) != ACTIVE || size == 0 {
+        return;
+    }
+    let _ = THREAD.try_with(|thread| {
+        if thread.busy.get() {
+            return;
+        }
+        let exact = EXACT.load(Ordering::Relaxed);
+        if !exact {
+            let left = thread.countdown.get() - size as i64;
+            thread.countdown.set(left);
+            if left > 0 {
+                return;
+            }
+        }
+        thread.busy.set(true);
+        record_alloc(thread, address, size, exact);
+        thread.busy.set(false);
+    });
+}
+
+#[cold]
+fn record_alloc(thread: &ThreadState, address: usize, size: usize, exact: bool) {
+    let weight = if exact {
+        size as u64
+    } else {
+        if thread.rng.get() == 0 {
+            // A thread's first allocation: seed, draw, and only then decide.
+            let seed =
+                (thread as *const ThreadState as u64) ^ sys::now_ns() ^ 0x2545_F491_4F6C_DD1D;
+            thread.rng.set(seed | 1);
+            let left = next_interval(thread) - size as i64;
+            thread.countdown.set(left);
+            if left > 0 {
+                return;
+            }
+        }
+        while thread.countdown.get() <= 0 {
+            thread
+                .countdown
+                .set(thread.countdown.get() + next_interval(thread));
+        }
+        let mean = SAMPLE_BYTES.load(Ordering::Relaxed) as f64;
+        let probability = 1.0 - (-(size as f64) / mean).exp();
+        (size as f64 / probability.max(f64::MIN_POSITIVE)) as u64
+    };
+    let node = current_node(thread);
+    let Some(table) = tracked() else { return };
+    if table.insert(address as u64, Entry { node, weight }) {
+        CAPTURE.allocated(node, weight);
+    } else {
+        CAPTURE
+            .header(memwarden_format::capture::field::DROPPED)
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The node an allocation by this thread is charged to.
+fn current_node(thread: &ThreadState) -> u32 {
+    let generation = GENERATION.load(Ordering::Relaxed);
+    if thread.generation.get() != generation {
+        thread.generation.set(generation);
+        thread.inherited.set(0);
+        thread.name_frame.set(u32::MAX);
+    }
+    if IS_PYTHON.load(Ordering::Relaxed) {
+        if python::finalizing() {
+            CAPTURE.exit_snapshot();
+            return pseudo_node(Pseudo::Shutdown);
+        }
+        if let Some(node) = python::current_node() {
+            return node;
+        }
+        if thread.inherited.get() == 0 {
+            return match python::initialized() {
+                true => pseudo_node(Pseudo::NoPythonFrames),
+                false => pseudo_node(Pseudo::BeforePython),
+            };
+        }
+    } else if thread.inherited.get() == 0 {
+        return pseudo_node(Pseudo::Native);
+    }
+    let age = thread.name_age.get();
+    if thread.name_frame.get() == u32::MAX || age >= 64 {
+        thread
+            .name_frame
+            .set(threads::name_frame().unwrap_or(u32::MAX));
+        thread.name_age.set(0);
+    } else {
+        thread.name_age.set(age + 1);
+    }
+    match thread.name_frame.get() {
+        u32::MAX => thread.inherited.get(),
+        frame => CAPTURE.node(thread.inherited.get(), frame),
+    }
+}
+
+/// Stacks for memory with no Python stack to charge.
+#[derive(Clone, Copy)]
+enum Pseudo {
+    /// A process that does not run Python (or whose frames cannot be read).
+    Native,
+    /// A Python process before its interpreter is initialised.
+    BeforePython,
+    /// A Python process, on a thread with neither Python frames nor a creator's stack.
+    NoPythonFrames,
+    /// Module teardown and interpreter finalisation.
+    Shutdown,
+}
+
+/// Cached node of each [`Pseudo`], as `generation << 32 | node + 1`.
+static PSEUDO_NODES: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+
+/// A one-frame stack named after the executable.
+fn pseudo_node(which: Pseudo) -> u32 {
+    let generation = u64::from(GENERATION.load(Ordering::Relaxed));
+    let cached = PSEUDO_NODES[which as usize].load(Ordering::Relaxed);
+    if cached != 0 && cached >> 32 == generation {
+        return (cached as u32).wrapping_sub(1);
+    }
+    let function: &[u8] = match which {
+        Pseudo::Native => b"[native code, no Python frames]",
+        Pseudo::BeforePython => b"[before Python started]",
+        Pseudo::NoPythonFrames => b"[thread without Python frames]",
+        Pseudo::Shutdown => b"[interpreter shutdown]",
+    };
+    let mut exe = [0u8; 512];
+    // SAFETY: readlink writes at most `exe.len()` bytes into our buffer.
+    let len = unsafe {
+        libc::readlink(
+            c"/proc/self/exe".as_ptr(),
+            exe.as_mut_ptr().cast(),
+            exe.len(),
+        )
+    };
+    let exe = &exe[..len.max(0) as usize];
+    let node = match CAPTURE.frame(exe, function, 0, kind::NATIVE) {
+        Some(frame) => CAPTURE.node(0, frame),
+        None => 0,
+    };
+    PSEUDO_NODES[which as usize].store((generation << 32) | u64::from(node + 1), Ordering::Relaxed);
+    node
+}
+
+/// Called before every release of a possibly tracked block; returns what it was charged.
+#[inline]
+fn on_free(address: usize) -> Option<Entry> {
+    if STATE.load(Ordering::Relaxed) != ACTIVE || address == 0 {
+        return None;
+    }
+    let busy = THREAD.try_with(|thread| thread.busy.get()).unwrap_or(true);
+    if busy {
+        return None;
+    }
+    let entry = tracked()?.remove(address as u64)?;
+    Some(entry)
+}
+
+/// Applies a release found by [`on_free`].
+fn apply_free(entry: Entry) {
+    if IS_PYTHON.load(Ordering::Relaxed) && python::finalizing() {
+        CAPTURE.exit_snapshot();
+    }
+    CAPTURE.freed(entry.node, entry.weight);
+}
+
+/// Puts back an entry whose release failed (a `realloc` or `mremap` that returned an error).
+fn restore(address: usize, entry: Entry) {
+    if let Some(table) = tracked() {
+        table.insert(address as u64, entry);
+    }
+}
+
+fn settings() -> Settings {
+    Settings {
+        exact: EXACT.load(Ordering::Relaxed),
+        sample_bytes: SAMPLE_BYTES.load(Ordering::Relaxed),
+    }
+}
+
+extern "C" fn start() {
+    let Some(dir) = sys::getenv(c"MEMWARDEN_CAPTURE_DIR") else {
+        return;
+    };
+    if dir.is_empty() || dir.len() >= 4096 {
+        return;
+    }
+    // SAFETY: single-threaded constructor; nothing reads the buffer before `len` is set.
+    unsafe { (&mut *DIRECTORY.bytes.get())[..dir.len()].copy_from_slice(dir) };
+    DIRECTORY.len.store(dir.len() as u64, Ordering::Release);
+    if sys::getenv(c"MEMWARDEN_PROFILE_MODE") == Some(b"exact") {
+        EXACT.store(true, Ordering::Relaxed);
+    }
+    if let Some(bytes) = sys::getenv(c"MEMWARDEN_SAMPLE_BYTES").and_then(sys::parse_u64) {
+        SAMPLE_BYTES.store(bytes.clamp(1, 1 << 40), Ordering::Relaxed);
+    }
+    let slots = if EXACT.load(Ordering::Relaxed) {
+        1 << 15
+    } else {
+        1 << 11
+    };
+    let Some(table) = AddressTable::new(slots) else {
+        return;
+    };
+    // SAFETY: single-threaded constructor, before ACTIVE is published.
+    unsafe { *TRACKED.0.get() = Some(table) };
+    if !CAPTURE.open(directory(), &settings()) {
+        return;
+    }
+    IS_PYTHON.store(python::detect(), Ordering::Relaxed);
+    threads::install();
+    STATE.store(ACTIVE, Ordering::Release);
+}
+
+extern "C" fn stop() {
+    if STATE.load(Ordering::Acquire) == ACTIVE {
+        CAPTURE.close();
+    }
+}
+
+/// In the child after `fork`: only the forking thread exists; start a capture of its own.
+extern "C" fn forked_child() {
+    if STATE.load(Ordering::Acquire) != ACTIVE {
+        return;
+    }
+    STATE.store(INACTIVE, Ordering::Release);
+    GENERATION.fetch_add(1, Ordering::Relaxed);
+    if let Some(table) = tracked() {
+        table.reset_locks();
+        table.clear();
+    }
+    if CAPTURE.reopen_in_child(directory(), &settings()) {
+        python::write_header();
+        STATE.store(ACTIVE, Ordering::Release);
+    }
+}
+
+#[used]
+#[link_section = ".init_array"]
+static START: extern "C" fn() = start;
+
+#[used]
+#[link_section = ".fini_array"]
+static STOP: extern "C" fn() = stop;

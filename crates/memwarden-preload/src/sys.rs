@@ -1,0 +1,209 @@
+//! System calls made directly, and a spin lock of our own.
+//!
+//! Calling `libc::mmap` or `libc::malloc` from inside this library would land in our own
+//! interposed symbols, so memory for our tables comes from the `mmap` system call itself.
+//! Nothing here allocates, and nothing takes a lock the target could hold.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Anonymous, private, zeroed memory straight from the kernel; null on failure.
+pub fn map_anonymous(bytes: usize) -> *mut u8 {
+    // SAFETY: a plain mmap system call that asks for fresh anonymous memory; it touches no
+    // existing mapping. MAP_NORESERVE: pages count only once used.
+    let address = unsafe {
+        libc::syscall(
+            libc::SYS_mmap,
+            0usize,
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1i32,
+            0usize,
+        )
+    };
+    if address < 0 {
+        std::ptr::null_mut()
+    } else {
+        address as *mut u8
+    }
+}
+
+/// Maps `bytes` of the file `fd` shared; null on failure.
+pub fn map_shared_file(fd: i32, bytes: usize) -> *mut u8 {
+    // SAFETY: a plain mmap system call of a file we opened; it touches no existing mapping.
+    let address = unsafe {
+        libc::syscall(
+            libc::SYS_mmap,
+            0usize,
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0usize,
+        )
+    };
+    if address < 0 {
+        std::ptr::null_mut()
+    } else {
+        address as *mut u8
+    }
+}
+
+/// Replaces a mapping made by [`map_anonymous`] with fresh zero pages, which (unlike
+/// writing zeros) gives untouched pages no memory.
+pub fn zero_pages(address: *mut u8, bytes: usize) {
+    // SAFETY: MAP_FIXED over our own anonymous mapping of the same length; only called when
+    // no other thread can be using it (the child just after fork).
+    unsafe {
+        libc::syscall(
+            libc::SYS_mmap,
+            address,
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+            -1i32,
+            0usize,
+        );
+    }
+}
+
+/// Unmaps memory this module mapped.
+pub fn unmap(address: *mut u8, bytes: usize) {
+    // SAFETY: only called on a mapping made by this module and no longer referenced.
+    unsafe {
+        libc::syscall(libc::SYS_munmap, address, bytes);
+    }
+}
+
+/// Wall-clock time in nanoseconds since the epoch (vDSO, no system call).
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; clock_gettime neither allocates nor locks.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    (ts.tv_sec as u64).wrapping_mul(1_000_000_000) + ts.tv_nsec as u64
+}
+
+/// A test-and-test-and-set spin lock, used only around rare table inserts.
+pub struct SpinLock(AtomicBool);
+
+impl SpinLock {
+    /// An unlocked lock.
+    pub const fn new() -> SpinLock {
+        SpinLock(AtomicBool::new(false))
+    }
+
+    /// Takes the lock; the guard releases it.
+    pub fn lock(&self) -> SpinGuard<'_> {
+        loop {
+            if self
+                .0
+                .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                return SpinGuard(self);
+            }
+            let mut spins = 0u32;
+            while self.0.load(Ordering::Relaxed) {
+                spins += 1;
+                if spins > 64 {
+                    // SAFETY: sched_yield has no preconditions.
+                    unsafe { libc::sched_yield() };
+                    spins = 0;
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+        }
+    }
+
+    /// Forgets any holder: for the child after `fork`, where the holder no longer exists.
+    pub fn reset(&self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// Releases a [`SpinLock`] when dropped.
+pub struct SpinGuard<'a>(&'a SpinLock);
+
+impl Drop for SpinGuard<'_> {
+    fn drop(&mut self) {
+        (self.0).0.store(false, Ordering::Release);
+    }
+}
+
+/// Reads an environment variable without allocating (libc's `getenv`).
+pub fn getenv(name: &std::ffi::CStr) -> Option<&'static [u8]> {
+    // SAFETY: getenv returns null or a pointer into the environment, which lives for the
+    // process; we only read it.
+    let value = unsafe { libc::getenv(name.as_ptr()) };
+    if value.is_null() {
+        return None;
+    }
+    // SAFETY: a non-null getenv result is a NUL-terminated string.
+    Some(unsafe { std::ffi::CStr::from_ptr(value) }.to_bytes())
+}
+
+/// Parses a decimal `u64`.
+pub fn parse_u64(bytes: &[u8]) -> Option<u64> {
+    if bytes.is_empty() || bytes.len() > 19 {
+        return None;
+    }
+    let mut value = 0u64;
+    for &b in bytes {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        value = value * 10 + u64::from(b - b'0');
+    }
+    Some(value)
+}
+
+/// A fixed-capacity byte buffer on the stack, for building paths without allocating.
+pub struct StackBuf<const N: usize> {
+    bytes: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> StackBuf<N> {
+    /// An empty buffer.
+    pub const fn new() -> Self {
+        StackBuf {
+            bytes: [0; N],
+            len: 0,
+        }
+    }
+
+    /// Appends, returning false when it does not fit (one byte is kept for a NUL).
+    pub fn push(&mut self, data: &[u8]) -> bool {
+        if self.len + data.len() >= N {
+            return false;
+        }
+        self.bytes[self.len..self.len + data.len()].copy_from_slice(data);
+        self.len += data.len();
+        true
+    }
+
+    /// Appends a number in decimal.
+    pub fn push_u64(&mut self, mut value: u64) -> bool {
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (value % 10) as u8;
+            value /= 10;
+            if value == 0 {
+                break;
+            }
+        }
+        self.push(&digits[at..])
+    }
+
+    /// The contents, NUL-terminated for system calls.
+    pub fn as_c_ptr(&mut self) -> *const libc::c_char {
+        self.bytes[self.len] = 0;
+        self.bytes.as_ptr().cast()
+    }
+}

@@ -1,0 +1,115 @@
+//! Threads: new threads inherit their creator's stack, and forked children get their own
+//! capture.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use libc::{c_int, c_void, pthread_attr_t, pthread_t};
+use memwarden_format::capture::kind;
+
+use crate::writer::CAPTURE;
+use crate::{current_node, forked_child, THREAD};
+
+type StartRoutine = extern "C" fn(*mut c_void) -> *mut c_void;
+type CreateFn =
+    extern "C" fn(*mut pthread_t, *const pthread_attr_t, StartRoutine, *mut c_void) -> c_int;
+
+/// glibc's `pthread_create`, found at start.
+static REAL_CREATE: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" {
+    fn __libc_malloc(size: libc::size_t) -> *mut c_void;
+    fn __libc_free(pointer: *mut c_void);
+}
+
+/// Resolves the real `pthread_create` and registers the fork handler. Called from the
+/// constructor, where `dlsym` is safe.
+pub fn install() {
+    // SAFETY: dlsym(RTLD_NEXT) with a NUL-terminated name, from the constructor.
+    let real = unsafe { libc::dlsym(libc::RTLD_NEXT, c"pthread_create".as_ptr()) };
+    REAL_CREATE.store(real as usize, Ordering::Release);
+    // SAFETY: registers a plain function; pthread_atfork has no other preconditions.
+    unsafe { libc::pthread_atfork(None, None, Some(forked_child)) };
+}
+
+/// Handed from the creating thread to the new one.
+#[repr(C)]
+struct Handoff {
+    start: StartRoutine,
+    argument: *mut c_void,
+    node: u32,
+}
+
+extern "C" fn trampoline(handoff: *mut c_void) -> *mut c_void {
+    let handoff = handoff.cast::<Handoff>();
+    // SAFETY: `handoff` was filled by `pthread_create` below and is owned by this thread.
+    let (start, argument, node) =
+        unsafe { ((*handoff).start, (*handoff).argument, (*handoff).node) };
+    // SAFETY: allocated with __libc_malloc below.
+    unsafe { __libc_free(handoff.cast()) };
+    let _ = THREAD.try_with(|thread| thread.inherited.set(node));
+    start(argument)
+}
+
+/// `pthread_create`: remembers the creator's stack for the new thread.
+#[no_mangle]
+pub extern "C" fn pthread_create(
+    thread: *mut pthread_t,
+    attributes: *const pthread_attr_t,
+    start: StartRoutine,
+    argument: *mut c_void,
+) -> c_int {
+    let real = REAL_CREATE.load(Ordering::Acquire);
+    if real == 0 {
+        return libc::EAGAIN;
+    }
+    // SAFETY: the address dlsym gave for pthread_create, which has this signature.
+    let real: CreateFn = unsafe { std::mem::transmute(real) };
+    let node = if CAPTURE.is_open() {
+        THREAD
+            .try_with(|state| {
+                if state.busy.replace(true) {
+                    return None;
+                }
+                let node = current_node(state);
+                state.busy.set(false);
+                Some(node)
+            })
+            .ok()
+            .flatten()
+    } else {
+        None
+    };
+    let Some(node) = node else {
+        return real(thread, attributes, start, argument);
+    };
+    // SAFETY: glibc's malloc, for a block the new thread frees.
+    let handoff = unsafe { __libc_malloc(std::mem::size_of::<Handoff>()) }.cast::<Handoff>();
+    if handoff.is_null() {
+        return real(thread, attributes, start, argument);
+    }
+    // SAFETY: `handoff` is a fresh block of the right size.
+    unsafe {
+        handoff.write(Handoff {
+            start,
+            argument,
+            node,
+        })
+    };
+    let result = real(thread, attributes, trampoline, handoff.cast());
+    if result != 0 {
+        // SAFETY: the thread was not created, so the block is still ours.
+        unsafe { __libc_free(handoff.cast()) };
+    }
+    result
+}
+
+/// A frame naming the calling thread (its `comm`, as set by `pthread_setname_np`).
+pub fn name_frame() -> Option<u32> {
+    let mut name = [0u8; 16];
+    // SAFETY: PR_GET_NAME writes at most 16 bytes into our buffer.
+    if unsafe { libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    let len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    CAPTURE.frame(b"<thread>", &name[..len], 0, kind::THREAD)
+}

@@ -1,0 +1,487 @@
+//! The capture file, mapped shared and updated in place (format: `memwarden_format::capture`).
+//!
+//! Strings, frames and calling-context nodes are interned once, under one spin lock taken
+//! only when something new is seen; counters are atomics. Lookups of known nodes and of
+//! known (code object, instruction) pairs are lock-free.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+
+use memwarden_format::capture::{self as fmt, counter, field, flag};
+
+use crate::sys::{self, SpinLock, StackBuf};
+
+const STRING_SLOTS: usize = 1 << 14;
+const FRAME_SLOTS: usize = 1 << 15;
+const CODE_SLOTS: usize = 1 << 16;
+
+/// The process's capture. One static instance, [`CAPTURE`].
+pub struct Writer {
+    base: AtomicPtr<u8>,
+    /// (content hash, string offset + 1).
+    strings: AtomicPtr<[AtomicU64; 2]>,
+    /// (file << 32 | function, line << 32 | kind, frame id + 1).
+    frames: AtomicPtr<[AtomicU64; 3]>,
+    /// (parent << 32 | frame, node id + 1); published by storing the key last.
+    nodes: AtomicPtr<[AtomicU64; 2]>,
+    node_slots: AtomicUsize,
+    /// (code address, instruction offset << 32 | frame id, identity tag).
+    code: AtomicPtr<[AtomicU64; 3]>,
+    intern: SpinLock,
+    snapshotting: AtomicBool,
+    exit_taken: AtomicBool,
+}
+
+// SAFETY: every field is an atomic or the lock; the mappings they point to are only written
+// through atomics or under `intern`.
+unsafe impl Sync for Writer {}
+
+/// The process's capture.
+pub static CAPTURE: Writer = Writer {
+    base: AtomicPtr::new(std::ptr::null_mut()),
+    strings: AtomicPtr::new(std::ptr::null_mut()),
+    frames: AtomicPtr::new(std::ptr::null_mut()),
+    nodes: AtomicPtr::new(std::ptr::null_mut()),
+    node_slots: AtomicUsize::new(0),
+    code: AtomicPtr::new(std::ptr::null_mut()),
+    intern: SpinLock::new(),
+    snapshotting: AtomicBool::new(false),
+    exit_taken: AtomicBool::new(false),
+};
+
+fn mix(a: u64, b: u64) -> u64 {
+    (a ^ b.rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (a >> 31)
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for &b in bytes {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+    }
+    hash
+}
+
+fn table<T>(slots: usize) -> *mut T {
+    sys::map_anonymous(slots * std::mem::size_of::<T>()).cast()
+}
+
+/// Settings written into the header.
+pub struct Settings {
+    /// True for exact mode.
+    pub exact: bool,
+    /// Mean sampling interval.
+    pub sample_bytes: u64,
+}
+
+impl Writer {
+    /// Creates `<dir>/<pid>-<n>.mwcap` and maps it; false if that failed (the process then
+    /// runs unprofiled).
+    pub fn open(&self, dir: &[u8], settings: &Settings) -> bool {
+        // SAFETY: getpid/getppid have no preconditions.
+        let (pid, ppid) = unsafe { (libc::getpid(), libc::getppid()) };
+        let mut fd = -1;
+        for attempt in 0..1000u64 {
+            let mut path = StackBuf::<4096>::new();
+            let fits = path.push(dir)
+                && path.push(b"/")
+                && path.push_u64(pid as u64)
+                && path.push(b"-")
+                && path.push_u64(attempt)
+                && path.push(b".")
+                && path.push(fmt::SUFFIX.as_bytes());
+            if !fits {
+                return false;
+            }
+            // SAFETY: `path` is NUL-terminated; open does not allocate.
+            fd = unsafe {
+                libc::open(
+                    path.as_c_ptr(),
+                    libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+                    0o600,
+                )
+            };
+            // SAFETY: reading errno right after the failed call.
+            if fd >= 0 || unsafe { *libc::__errno_location() } != libc::EEXIST {
+                break;
+            }
+        }
+        if fd < 0 {
+            return false;
+        }
+        // SAFETY: `fd` is ours; a sparse file of FILE_SIZE takes no space until written.
+        let sized = unsafe { libc::ftruncate(fd, fmt::FILE_SIZE as libc::off_t) } == 0;
+        let base = if sized {
+            sys::map_shared_file(fd, fmt::FILE_SIZE as usize)
+        } else {
+            std::ptr::null_mut()
+        };
+        // SAFETY: the mapping keeps the file; the descriptor is no longer needed.
+        unsafe { libc::close(fd) };
+        if base.is_null() {
+            return false;
+        }
+        let exact = settings.exact;
+        let node_slots = if exact { 1 << 18 } else { 1 << 16 };
+        let tables = (
+            table::<[AtomicU64; 2]>(STRING_SLOTS),
+            table::<[AtomicU64; 3]>(FRAME_SLOTS),
+            table::<[AtomicU64; 2]>(node_slots),
+            table::<[AtomicU64; 3]>(CODE_SLOTS),
+        );
+        if tables.0.is_null() || tables.1.is_null() || tables.2.is_null() || tables.3.is_null() {
+            sys::unmap(base, fmt::FILE_SIZE as usize);
+            return false;
+        }
+        self.strings.store(tables.0, Ordering::Relaxed);
+        self.frames.store(tables.1, Ordering::Relaxed);
+        self.nodes.store(tables.2, Ordering::Relaxed);
+        self.node_slots.store(node_slots, Ordering::Relaxed);
+        self.code.store(tables.3, Ordering::Relaxed);
+        self.exit_taken.store(false, Ordering::Relaxed);
+        self.snapshotting.store(false, Ordering::Relaxed);
+        self.intern.reset();
+        self.base.store(base, Ordering::Release);
+        let set = |f: usize, v: u64| self.header(f).store(v, Ordering::Relaxed);
+        set(field::VERSION, fmt::VERSION);
+        set(field::PID, pid as u64);
+        set(field::PPID, ppid as u64);
+        set(field::MODE, if exact { 2 } else { 1 });
+        set(field::SAMPLE_BYTES, settings.sample_bytes);
+        set(field::START_NS, sys::now_ns());
+        set(field::NODES_USED, 1);
+        self.record_executable();
+        // The signature goes last: a file without it was never fully opened.
+        self.header(field::MAGIC)
+            .store(u64::from_le_bytes(fmt::MAGIC), Ordering::Release);
+        true
+    }
+
+    /// Starts over in a new file: the child after `fork` (only one thread exists there).
+    pub fn reopen_in_child(&self, dir: &[u8], settings: &Settings) -> bool {
+        let old = self.base.swap(std::ptr::null_mut(), Ordering::AcqRel);
+        if !old.is_null() {
+            sys::unmap(old, fmt::FILE_SIZE as usize);
+        }
+        let node_slots = self.node_slots.load(Ordering::Relaxed);
+        for (pointer, bytes) in [
+            (
+                self.strings.load(Ordering::Relaxed).cast::<u8>(),
+                STRING_SLOTS * 16,
+            ),
+            (
+                self.frames.load(Ordering::Relaxed).cast::<u8>(),
+                FRAME_SLOTS * 24,
+            ),
+            (
+                self.nodes.load(Ordering::Relaxed).cast::<u8>(),
+                node_slots * 16,
+            ),
+            (
+                self.code.load(Ordering::Relaxed).cast::<u8>(),
+                CODE_SLOTS * 24,
+            ),
+        ] {
+            if !pointer.is_null() {
+                sys::unmap(pointer, bytes);
+            }
+        }
+        self.open(dir, settings)
+    }
+
+    /// Whether a capture is open.
+    pub fn is_open(&self) -> bool {
+        !self.base.load(Ordering::Acquire).is_null()
+    }
+
+    fn at<T>(&self, offset: u64) -> &T {
+        let base = self.base.load(Ordering::Acquire);
+        // SAFETY: callers pass offsets inside FILE_SIZE, aligned for T, and only while the
+        // capture is open (base non-null and mapped for the life of the process).
+        unsafe { &*base.add(offset as usize).cast::<T>() }
+    }
+
+    /// A header field.
+    pub fn header(&self, f: usize) -> &AtomicU64 {
+        self.at(f as u64)
+    }
+
+    fn counter(&self, node: u32, which: u64) -> &AtomicI64 {
+        self.at(fmt::COUNTERS_OFFSET + u64::from(node) * fmt::COUNTER_SIZE + which)
+    }
+
+    fn slot<T>(pointer: &AtomicPtr<T>, index: usize) -> &T {
+        // SAFETY: callers mask `index` below the table's slot count; tables are mapped in
+        // `open` and only replaced in a single-threaded child.
+        unsafe { &*pointer.load(Ordering::Relaxed).add(index) }
+    }
+
+    fn record_executable(&self) {
+        let mut path = [0u8; 512];
+        // SAFETY: readlink writes at most `path.len()` bytes into our buffer.
+        let len = unsafe {
+            libc::readlink(
+                c"/proc/self/exe".as_ptr(),
+                path.as_mut_ptr().cast(),
+                path.len(),
+            )
+        };
+        if len > 0 {
+            let _guard = self.intern.lock();
+            if let Some(offset) = self.string(&path[..len as usize]) {
+                self.header(field::EXE)
+                    .store(u64::from(offset) + 1, Ordering::Release);
+            }
+        }
+    }
+
+    /// Interns a string; call with `intern` held. `None` when the region is full.
+    fn string(&self, text: &[u8]) -> Option<u32> {
+        let mut len = text.len().min(fmt::MAX_STRING);
+        while len > 0 && len < text.len() && (text[len] & 0xC0) == 0x80 {
+            len -= 1;
+        }
+        let text = &text[..len];
+        let hash = fnv(text);
+        let mut index = hash as usize & (STRING_SLOTS - 1);
+        for _ in 0..STRING_SLOTS / 2 {
+            let slot = Self::slot(&self.strings, index);
+            let stored = slot[1].load(Ordering::Relaxed);
+            if stored == 0 {
+                break;
+            }
+            if slot[0].load(Ordering::Relaxed) == hash && self.string_at(stored - 1) == text {
+                return Some((stored - 1) as u32);
+            }
+            index = (index + 1) & (STRING_SLOTS - 1);
+        }
+        let used = self.header(field::STRINGS_USED).load(Ordering::Relaxed);
+        if used + 2 + len as u64 > fmt::STRINGS_CAPACITY {
+            return None;
+        }
+        let base = self.base.load(Ordering::Acquire);
+        // SAFETY: the record fits inside the string region (checked just above).
+        unsafe {
+            let at = base.add((fmt::STRINGS_OFFSET + used) as usize);
+            std::ptr::copy_nonoverlapping((len as u16).to_le_bytes().as_ptr(), at, 2);
+            std::ptr::copy_nonoverlapping(text.as_ptr(), at.add(2), len);
+        }
+        self.header(field::STRINGS_USED)
+            .store(used + 2 + len as u64, Ordering::Release);
+        let slot = Self::slot(&self.strings, index);
+        if slot[1].load(Ordering::Relaxed) == 0 {
+            slot[0].store(hash, Ordering::Relaxed);
+            slot[1].store(used + 1, Ordering::Relaxed);
+        }
+        Some(used as u32)
+    }
+
+    fn string_at(&self, offset: u64) -> &[u8] {
+        let base = self.base.load(Ordering::Acquire);
+        // SAFETY: `offset` came from `string`, so a length and that many bytes follow it.
+        unsafe {
+            let at = base.add((fmt::STRINGS_OFFSET + offset) as usize);
+            let len = u16::from_le_bytes([*at, *at.add(1)]) as usize;
+            std::slice::from_raw_parts(at.add(2), len)
+        }
+    }
+
+    /// Interns a frame by content; `None` when a region is full.
+    pub fn frame(&self, file: &[u8], function: &[u8], line: u32, kind: u32) -> Option<u32> {
+        let _guard = self.intern.lock();
+        let file = self.string(file)?;
+        let function = self.string(function)?;
+        let k1 = (u64::from(file) << 32) | u64::from(function);
+        let k2 = (u64::from(line) << 32) | u64::from(kind);
+        let mut index = mix(k1, k2) as usize & (FRAME_SLOTS - 1);
+        for _ in 0..FRAME_SLOTS / 2 {
+            let slot = Self::slot(&self.frames, index);
+            let id = slot[2].load(Ordering::Relaxed);
+            if id == 0 {
+                let used = self.header(field::FRAMES_USED).load(Ordering::Relaxed);
+                if used >= fmt::MAX_FRAMES {
+                    return None;
+                }
+                let record = fmt::FRAMES_OFFSET + used * fmt::FRAME_SIZE;
+                for (k, word) in [file, function, line, kind].into_iter().enumerate() {
+                    self.at::<std::sync::atomic::AtomicU32>(record + 4 * k as u64)
+                        .store(word, Ordering::Relaxed);
+                }
+                self.header(field::FRAMES_USED)
+                    .store(used + 1, Ordering::Release);
+                slot[0].store(k1, Ordering::Relaxed);
+                slot[1].store(k2, Ordering::Relaxed);
+                slot[2].store(used + 1, Ordering::Relaxed);
+                return Some(used as u32);
+            }
+            if slot[0].load(Ordering::Relaxed) == k1 && slot[1].load(Ordering::Relaxed) == k2 {
+                return Some((id - 1) as u32);
+            }
+            index = (index + 1) & (FRAME_SLOTS - 1);
+        }
+        None
+    }
+
+    /// The frame already resolved for (code object, instruction offset, identity tag).
+    pub fn cached_frame(&self, code: u64, offset: u32, tag: u64) -> Option<u32> {
+        let mut index = mix(code, u64::from(offset)) as usize & (CODE_SLOTS - 1);
+        for _ in 0..16 {
+            let slot = Self::slot(&self.code, index);
+            let key = slot[0].load(Ordering::Acquire);
+            if key == 0 {
+                return None;
+            }
+            let value = slot[1].load(Ordering::Relaxed);
+            if key == code
+                && (value >> 32) as u32 == offset
+                && slot[2].load(Ordering::Relaxed) == tag
+            {
+                return Some(value as u32);
+            }
+            index = (index + 1) & (CODE_SLOTS - 1);
+        }
+        None
+    }
+
+    /// Remembers a resolved frame (best effort: a crowded neighbourhood is skipped).
+    pub fn cache_frame(&self, code: u64, offset: u32, tag: u64, frame: u32) {
+        let _guard = self.intern.lock();
+        let mut index = mix(code, u64::from(offset)) as usize & (CODE_SLOTS - 1);
+        for _ in 0..16 {
+            let slot = Self::slot(&self.code, index);
+            if slot[0].load(Ordering::Relaxed) == 0 {
+                slot[1].store(
+                    (u64::from(offset) << 32) | u64::from(frame),
+                    Ordering::Relaxed,
+                );
+                slot[2].store(tag, Ordering::Relaxed);
+                slot[0].store(code, Ordering::Release);
+                return;
+            }
+            index = (index + 1) & (CODE_SLOTS - 1);
+        }
+    }
+
+    /// The node for `frame` called from `parent`, created if new. When the tables are full
+    /// the parent stands in for it (the stack is cut, never lost).
+    pub fn node(&self, parent: u32, frame: u32) -> u32 {
+        let key = ((u64::from(parent) << 32) | u64::from(frame)) + 1;
+        let slots = self.node_slots.load(Ordering::Relaxed);
+        let start = mix(key, 0x51) as usize & (slots - 1);
+        let find = |insert: bool| -> Option<u32> {
+            let mut index = start;
+            for _ in 0..slots / 2 {
+                let slot = Self::slot(&self.nodes, index);
+                let stored = slot[0].load(Ordering::Acquire);
+                if stored == key {
+                    return Some(slot[1].load(Ordering::Relaxed) as u32);
+                }
+                if stored == 0 {
+                    if !insert {
+                        return None;
+                    }
+                    let id = self.header(field::NODES_USED).load(Ordering::Relaxed);
+                    if id >= fmt::MAX_NODES || id as usize * 10 >= slots * 7 {
+                        return Some(parent);
+                    }
+                    let record = fmt::NODES_OFFSET + id * fmt::NODE_SIZE;
+                    self.at::<std::sync::atomic::AtomicU32>(record)
+                        .store(parent, Ordering::Relaxed);
+                    self.at::<std::sync::atomic::AtomicU32>(record + 4)
+                        .store(frame, Ordering::Relaxed);
+                    self.header(field::NODES_USED)
+                        .store(id + 1, Ordering::Release);
+                    slot[1].store(id, Ordering::Relaxed);
+                    slot[0].store(key, Ordering::Release);
+                    return Some(id as u32);
+                }
+                index = (index + 1) & (slots - 1);
+            }
+            Some(parent)
+        };
+        if let Some(node) = find(false) {
+            return node;
+        }
+        let _guard = self.intern.lock();
+        find(true).unwrap_or(parent)
+    }
+
+    /// Counts an allocation of `weight` bytes at `node`.
+    pub fn allocated(&self, node: u32, weight: u64) {
+        let w = weight as i64;
+        self.counter(node, counter::LIVE)
+            .fetch_add(w, Ordering::Relaxed);
+        self.counter(node, counter::ALLOCATED)
+            .fetch_add(w, Ordering::Relaxed);
+        self.counter(node, counter::COUNT)
+            .fetch_add(1, Ordering::Relaxed);
+        self.header(field::ALLOCATED_BYTES)
+            .fetch_add(weight, Ordering::Relaxed);
+        self.header(field::SAMPLES).fetch_add(1, Ordering::Relaxed);
+        let live = self
+            .header(field::LIVE_BYTES)
+            .fetch_add(weight, Ordering::Relaxed)
+            + weight;
+        let peak = self
+            .header(field::PEAK_BYTES)
+            .fetch_max(live, Ordering::Relaxed);
+        if live > peak {
+            let snapshot = self
+                .header(field::PEAK_SNAPSHOT_BYTES)
+                .load(Ordering::Relaxed);
+            // Refresh the snapshot once the peak has grown by 0.25% (at least 64 KiB): the
+            // stacks at the peak are then never more than that behind the true peak.
+            if live >= snapshot + (snapshot / 400).max(64 << 10) {
+                self.snapshot(counter::AT_PEAK, field::PEAK_SNAPSHOT_BYTES, field::PEAK_NS);
+            }
+        }
+    }
+
+    /// Counts the release of what a tracked allocation was attributed.
+    pub fn freed(&self, node: u32, weight: u64) {
+        self.counter(node, counter::LIVE)
+            .fetch_sub(weight as i64, Ordering::Relaxed);
+        self.header(field::LIVE_BYTES)
+            .fetch_sub(weight, Ordering::Relaxed);
+    }
+
+    /// Copies every node's live bytes into column `column`.
+    fn snapshot(&self, column: u64, total_field: usize, time_field: usize) {
+        if self.snapshotting.swap(true, Ordering::Acquire) {
+            return;
+        }
+        let nodes = self.header(field::NODES_USED).load(Ordering::Acquire) as u32;
+        let live = self.header(field::LIVE_BYTES).load(Ordering::Relaxed);
+        for node in 0..nodes {
+            let value = self.counter(node, counter::LIVE).load(Ordering::Relaxed);
+            self.counter(node, column).store(value, Ordering::Relaxed);
+        }
+        self.header(total_field).store(live, Ordering::Relaxed);
+        if time_field != 0 {
+            self.header(time_field)
+                .store(sys::now_ns(), Ordering::Relaxed);
+        }
+        self.snapshotting.store(false, Ordering::Release);
+    }
+
+    /// Takes the exit snapshot (once): what is still live when the program's own code has
+    /// finished, before the interpreter tears everything down.
+    pub fn exit_snapshot(&self) {
+        if !self.is_open() || self.exit_taken.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.snapshot(counter::AT_EXIT, field::EXIT_SNAPSHOT_BYTES, 0);
+        self.header(field::FLAGS)
+            .fetch_or(flag::EXIT_SNAPSHOT, Ordering::Release);
+    }
+
+    /// Marks the capture closed by the process itself.
+    pub fn close(&self) {
+        if !self.is_open() {
+            return;
+        }
+        self.exit_snapshot();
+        self.header(field::END_NS)
+            .store(sys::now_ns(), Ordering::Relaxed);
+        self.header(field::FLAGS)
+            .fetch_or(flag::CLOSED, Ordering::Release);
+    }
+}

@@ -1,0 +1,246 @@
+//! Analysis of allocation captures: the report's `profile` section, per process and for
+//! the whole tree, and folded stacks for flame graphs.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use memwarden_format::capture::{kind, Capture, CaptureError, Frame, SUFFIX};
+use memwarden_format::report::{
+    LineAllocations, ProcessProfile, Profile, ProfileMode, StackBytes, StackFrame,
+};
+
+/// Stacks and lines kept in each list of the report.
+pub const TOP: usize = 25;
+
+/// Reads every capture in `dir`. Captures that cannot be read are returned as errors
+/// beside the good ones (one bad process does not hide the others); captures of processes
+/// that never had an allocation recorded are skipped.
+pub fn read_dir(dir: &Path) -> std::io::Result<(Vec<Capture>, Vec<CaptureError>)> {
+    let mut paths: Vec<_> = std::fs::read_dir(dir)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|e| e == SUFFIX))
+        .collect();
+    paths.sort();
+    let mut captures = Vec::new();
+    let mut errors = Vec::new();
+    for path in paths {
+        match Capture::read(&path) {
+            Ok(capture) if capture.samples > 0 => captures.push(capture),
+            Ok(_) => {}
+            Err(e) => errors.push(e),
+        }
+    }
+    Ok((captures, errors))
+}
+
+fn stack_frame(frame: &Frame) -> StackFrame {
+    let function = match frame.kind {
+        kind::THREAD => format!("[thread {}]", frame.function),
+        _ => frame.function.clone(),
+    };
+    StackFrame {
+        file: frame.file.clone(),
+        line: frame.line,
+        function,
+    }
+}
+
+fn stack_of(capture: &Capture, node: u32) -> Vec<StackFrame> {
+    capture.stack(node).into_iter().map(stack_frame).collect()
+}
+
+/// Bytes per stack, largest first, the `top` largest kept.
+fn ranked(totals: HashMap<Vec<StackFrame>, i64>, top: usize) -> Vec<StackBytes> {
+    let mut entries: Vec<StackBytes> = totals
+        .into_iter()
+        .filter(|(_, bytes)| *bytes > 0)
+        .map(|(stack, bytes)| StackBytes {
+            stack,
+            bytes: bytes as u64,
+        })
+        .collect();
+    entries.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.stack.cmp(&b.stack)));
+    entries.truncate(top);
+    entries
+}
+
+/// Live bytes per stack in one column of a capture, added into `into`.
+fn add_column(
+    capture: &Capture,
+    column: impl Fn(usize) -> i64,
+    into: &mut HashMap<Vec<StackFrame>, i64>,
+) {
+    for node in 0..capture.nodes.len() {
+        let bytes = column(node);
+        if bytes > 0 {
+            *into.entry(stack_of(capture, node as u32)).or_default() += bytes;
+        }
+    }
+}
+
+fn leaked_column(capture: &Capture) -> impl Fn(usize) -> i64 + '_ {
+    move |node| {
+        let counters = capture.counters[node];
+        if capture.has_exit_snapshot() {
+            counters.at_exit
+        } else {
+            counters.live
+        }
+    }
+}
+
+fn python_version(hexversion: u64) -> String {
+    let (major, minor, micro) = (
+        hexversion >> 24,
+        (hexversion >> 16) & 0xff,
+        (hexversion >> 8) & 0xff,
+    );
+    if micro == 0 && hexversion & 0xff == 0 {
+        format!("{major}.{minor}")
+    } else {
+        format!("{major}.{minor}.{micro}")
+    }
+}
+
+/// The analysis of a run's captures.
+#[derive(Debug)]
+pub struct Analysis {
+    /// The tree's profile.
+    pub profile: Profile,
+    /// Each process's profile, by pid (captures of one pid, before and after `exec`, merged).
+    pub processes: Vec<(u32, ProcessProfile)>,
+    /// Every stack at the peak (the report keeps the largest), for folded output.
+    pub all_at_peak: Vec<StackBytes>,
+}
+
+/// Analyses the captures of one run. `run_start_ns` (wall clock, ns since the epoch) turns
+/// capture times into seconds after the start.
+pub fn analyze(
+    captures: &[Capture],
+    mode: ProfileMode,
+    sample_bytes: u64,
+    run_start_ns: u64,
+) -> Analysis {
+    let mut tree_peak = HashMap::new();
+    let mut tree_leaked = HashMap::new();
+    let mut lines: HashMap<StackFrame, (u64, u64)> = HashMap::new();
+    let mut by_pid: Vec<(u32, Vec<&Capture>)> = Vec::new();
+    for capture in captures {
+        match by_pid.iter_mut().find(|(pid, _)| *pid == capture.pid) {
+            Some((_, list)) => list.push(capture),
+            None => by_pid.push((capture.pid, vec![capture])),
+        }
+        add_column(capture, |n| capture.counters[n].at_peak, &mut tree_peak);
+        add_column(capture, leaked_column(capture), &mut tree_leaked);
+        for (node, counters) in capture.counters.iter().enumerate() {
+            if counters.allocated == 0 || node == 0 {
+                continue;
+            }
+            if let Some(leaf) = capture.stack(node as u32).first() {
+                let entry = lines.entry(stack_frame(leaf)).or_default();
+                entry.0 += counters.allocated;
+                entry.1 += counters.count;
+            }
+        }
+    }
+    let mut processes = Vec::new();
+    for (pid, list) in &by_pid {
+        let mut at_peak = HashMap::new();
+        let mut leaked = HashMap::new();
+        for capture in list {
+            add_column(capture, |n| capture.counters[n].at_peak, &mut at_peak);
+            add_column(capture, leaked_column(capture), &mut leaked);
+        }
+        let last = list[list.len() - 1];
+        let peak_bytes = list
+            .iter()
+            .map(|c| c.peak_snapshot_bytes.max(0) as u64)
+            .max()
+            .unwrap_or(0);
+        let peak_ns = list
+            .iter()
+            .max_by_key(|c| c.peak_snapshot_bytes)
+            .map(|c| c.peak_ns)
+            .filter(|&ns| ns >= run_start_ns && ns > 0);
+        processes.push((
+            *pid,
+            ProcessProfile {
+                python: list
+                    .iter()
+                    .find_map(|c| {
+                        c.python_hexversion
+                            .filter(|_| c.flags & memwarden_format::capture::flag::PYTHON != 0)
+                    })
+                    .map(python_version),
+                peak_bytes,
+                peak_at_s: peak_ns.map(|ns| (ns - run_start_ns) as f64 / 1e9),
+                leaked_bytes: leaked.values().filter(|b| **b > 0).sum::<i64>() as u64,
+                exited_cleanly: last.end_ns.is_some(),
+                at_peak: ranked(at_peak, TOP),
+                leaked: ranked(leaked, TOP),
+            },
+        ));
+    }
+    let peak_bytes: u64 = processes.iter().map(|(_, p)| p.peak_bytes).sum();
+    let mut top_lines: Vec<LineAllocations> = lines
+        .into_iter()
+        .map(|(frame, (allocated_bytes, allocations))| LineAllocations {
+            frame,
+            allocated_bytes,
+            allocations,
+        })
+        .collect();
+    top_lines.sort_by(|a, b| {
+        b.allocated_bytes
+            .cmp(&a.allocated_bytes)
+            .then_with(|| a.frame.cmp(&b.frame))
+    });
+    top_lines.truncate(TOP);
+    let exact = mode == ProfileMode::Exact;
+    let profile = Profile {
+        mode,
+        sample_bytes: (!exact).then_some(sample_bytes),
+        peak_bytes,
+        leaked_bytes: tree_leaked.values().filter(|b| **b > 0).sum::<i64>() as u64,
+        allocated_bytes: captures.iter().map(|c| c.allocated_bytes).sum(),
+        peak_error_bytes: if exact {
+            0
+        } else {
+            ((peak_bytes as f64) * (sample_bytes as f64)).sqrt() as u64
+        },
+        at_peak: ranked(tree_peak.clone(), TOP),
+        leaked: ranked(tree_leaked, TOP),
+        top_lines,
+        processes_profiled: by_pid.len() as u32,
+        dropped_allocations: captures.iter().map(|c| c.dropped).sum(),
+    };
+    Analysis {
+        profile,
+        processes,
+        all_at_peak: ranked(tree_peak, usize::MAX),
+    }
+}
+
+fn folded_frame(frame: &StackFrame) -> String {
+    let label = if frame.line > 0 {
+        format!("{} ({}:{})", frame.function, frame.file, frame.line)
+    } else {
+        format!("{} ({})", frame.function, frame.file)
+    };
+    // `;` separates frames and the last space the count, in the folded format.
+    label.replace(';', ",")
+}
+
+/// Folded stacks (`outer;...;inner bytes`, one per line), the input of flamegraph.pl,
+/// inferno and speedscope.
+pub fn folded(entries: &[StackBytes]) -> String {
+    let mut out = String::new();
+    for entry in entries {
+        let frames: Vec<String> = entry.stack.iter().rev().map(folded_frame).collect();
+        out.push_str(&frames.join(";"));
+        out.push(' ');
+        out.push_str(&entry.bytes.to_string());
+        out.push('\n');
+    }
+    out
+}
