@@ -17,6 +17,8 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy -D warnings"
 cargo clippy --quiet --all-targets -- -D warnings
+echo "==> cargo build (the profiler tests inject target/debug/libmemwarden_preload.so)"
+cargo build --quiet --workspace
 echo "==> tests"
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --no-fail-fast

@@ -24,6 +24,23 @@ pub enum Command {
     /// Run a command and measure the memory of its whole process tree.
     #[command(after_long_help = RUN_EXAMPLES, after_help = RUN_EXAMPLES)]
     Run(RunArgs),
+    /// Analyse capture files kept by `memwarden run --profile --capture-dir DIR` (also those
+    /// of killed processes): the stacks at the peak and at exit. Exit 6 when a capture
+    /// cannot be read.
+    #[command(
+        after_help = "Example:\n  memwarden run --profile --capture-dir caps -- python train.py\n  memwarden analyze caps --folded peak.folded"
+    )]
+    Analyze {
+        /// Capture files (*.mwcap) or directories holding them.
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// Write the profile as JSON to PATH (`-` for stdout, instead of the text).
+        #[arg(long, value_name = "PATH")]
+        json: Option<PathBuf>,
+        /// Write the stacks at the peak as folded stacks.
+        #[arg(long, value_name = "PATH")]
+        folded: Option<PathBuf>,
+    },
     /// Show a model's versions over time, per stage.
     History {
         /// The model.

@@ -22,7 +22,7 @@ pub enum Status {
     LedgerTampered,
     /// The ledger cannot be opened (unreachable, not a ledger, from a newer memwarden).
     LedgerUnavailable,
-    /// `memwarden inspect`: a file could not be analysed.
+    /// `memwarden inspect` or `analyze`: a file could not be analysed.
     Unreadable,
     /// memwarden itself failed (could not set up monitoring, could not write the report).
     Internal,

@@ -4,6 +4,7 @@
 //! work starts, runs the subcommand, and maps the outcome to a documented exit status
 //! ([`exit`]).
 
+mod analyze;
 mod cli;
 mod exit;
 mod govern;
@@ -26,6 +27,11 @@ fn main() -> ExitCode {
     let ledger = cli.ledger.as_deref();
     let status = match cli.command {
         cli::Command::Run(args) => run::main(args, ledger),
+        cli::Command::Analyze {
+            paths,
+            json,
+            folded,
+        } => analyze::main(&paths, json.as_deref(), folded.as_deref()),
         cli::Command::History { model, json } => govern::history(ledger, &model, json),
         cli::Command::Diff { a, b, json } => govern::diff(ledger, &a, &b, json),
         cli::Command::Check { spec, policy, json } => {

@@ -250,7 +250,7 @@ fn pseudo_node(which: Pseudo) -> u32 {
         return (cached as u32).wrapping_sub(1);
     }
     let function: &[u8] = match which {
-        Pseudo::Native => b"[native code, no Python frames]",
+        Pseudo::Native => b"[no Python frames]",
         Pseudo::BeforePython => b"[before Python started]",
         Pseudo::NoPythonFrames => b"[thread without Python frames]",
         Pseudo::Shutdown => b"[interpreter shutdown]",
@@ -338,7 +338,8 @@ extern "C" fn start() {
     if !CAPTURE.open(directory(), &settings()) {
         return;
     }
-    IS_PYTHON.store(python::detect(), Ordering::Relaxed);
+    // An interpreter whose frames cannot be read is profiled like a native process.
+    IS_PYTHON.store(python::detect() && python::readable(), Ordering::Relaxed);
     threads::install();
     STATE.store(ACTIVE, Ordering::Release);
 }

@@ -58,15 +58,14 @@ impl AddressTable {
         if slots.is_null() {
             return None;
         }
-        const SHARD: Shard = Shard {
-            lock: SpinLock::new(),
-            sequence: AtomicU64::new(0),
-            used: AtomicU64::new(0),
-        };
         Some(AddressTable {
             slots,
             slots_per_shard,
-            shards: [SHARD; SHARDS],
+            shards: std::array::from_fn(|_| Shard {
+                lock: SpinLock::new(),
+                sequence: AtomicU64::new(0),
+                used: AtomicU64::new(0),
+            }),
         })
     }
 

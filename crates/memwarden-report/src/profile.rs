@@ -90,16 +90,12 @@ fn leaked_column(capture: &Capture) -> impl Fn(usize) -> i64 + '_ {
 }
 
 fn python_version(hexversion: u64) -> String {
-    let (major, minor, micro) = (
+    format!(
+        "{}.{}.{}",
         hexversion >> 24,
         (hexversion >> 16) & 0xff,
-        (hexversion >> 8) & 0xff,
-    );
-    if micro == 0 && hexversion & 0xff == 0 {
-        format!("{major}.{minor}")
-    } else {
-        format!("{major}.{minor}.{micro}")
-    }
+        (hexversion >> 8) & 0xff
+    )
 }
 
 /// The analysis of a run's captures.

@@ -182,7 +182,8 @@ fn stack_table(out: &mut String, title: &str, entries: &[StackBytes], total: u64
     }
 }
 
-fn profile_section(out: &mut String, profile: &Profile, cwd: &str) {
+/// The profile part of the summary: heap peak, stacks at the peak and at exit.
+pub fn profile_section(out: &mut String, profile: &Profile, cwd: &str) {
     let how = match profile.mode {
         ProfileMode::Exact => "every allocation recorded".to_owned(),
         ProfileMode::Sampled => format!(

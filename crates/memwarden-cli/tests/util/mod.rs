@@ -86,7 +86,11 @@ impl Run {
 
 /// Runs `memwarden run --json <tmp>/report.json <options> -- <command>`.
 pub fn run(options: &[&str], command: &[&str]) -> Run {
-    let dir = tempfile::tempdir().expect("tempdir");
+    run_in(tempfile::tempdir().expect("tempdir"), options, command)
+}
+
+/// Like [`run`], in a directory prepared by the caller (it becomes the working directory).
+pub fn run_in(dir: tempfile::TempDir, options: &[&str], command: &[&str]) -> Run {
     let json = dir.path().join("report.json");
     let output = memwarden()
         .arg("run")
@@ -112,6 +116,17 @@ pub fn run(options: &[&str], command: &[&str]) -> Run {
 pub fn run_python(options: &[&str], code: &str) -> Run {
     let python = python();
     run(options, &[python.to_str().expect("utf-8 path"), "-c", code])
+}
+
+/// Writes `script` as `workload.py` in a fresh directory and runs it with `python` and
+/// `args` under `memwarden run <options>`. Reports name the file `workload.py`.
+pub fn run_script(options: &[&str], python: &Path, script: &str, args: &[&str]) -> Run {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("workload.py"), script).expect("write script");
+    let python = python.to_str().expect("utf-8 path").to_owned();
+    let mut command = vec![python.as_str(), "workload.py"];
+    command.extend_from_slice(args);
+    run_in(dir, options, &command)
 }
 
 pub fn within(actual: u64, expected: u64, tolerance: f64) -> bool {

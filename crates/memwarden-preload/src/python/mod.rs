@@ -9,6 +9,7 @@
 //! interpreter's type objects, so a wrong guess drops Python frames instead of crashing.
 
 mod layout;
+#[rustfmt::skip] // Generated: layouts/generate.py writes it and checks it byte for byte.
 mod layouts;
 pub mod lines;
 
@@ -100,11 +101,7 @@ pub fn detect() -> bool {
     PYTHON
         .bytes_type
         .store(symbol(c"PyBytes_Type"), Ordering::Relaxed);
-    let hexversion = match symbol(c"Py_Version") {
-        0 if symbol(c"PyCode_Addr2Line") != 0 => 0x030A_0000u64,
-        0 => 0,
-        address => read::<u64>(address).unwrap_or(0),
-    };
+    let hexversion = version_from_string(symbol(c"Py_GetVersion"));
     PYTHON.hexversion.store(hexversion, Ordering::Relaxed);
     let minor = ((hexversion >> 16) & 0xff) as usize;
     let warning = match layouts::LAYOUTS.iter().position(|l| l.minor == minor) {
@@ -141,6 +138,37 @@ pub fn write_header() {
     }
 }
 
+/// `sys.hexversion` (minus the release level) parsed from `Py_GetVersion()`, e.g.
+/// "3.10.13 (main, ...)". Called from the constructor only: it formats into a static buffer.
+fn version_from_string(function: usize) -> u64 {
+    if function == 0 {
+        return 0;
+    }
+    // SAFETY: found by dlsym as `Py_GetVersion`, which takes no arguments and returns a
+    // NUL-terminated static string.
+    let text = unsafe {
+        let f: extern "C" fn() -> *const libc::c_char = std::mem::transmute(function);
+        let pointer = f();
+        if pointer.is_null() {
+            return 0;
+        }
+        std::ffi::CStr::from_ptr(pointer).to_bytes()
+    };
+    let mut parts = [0u64; 3];
+    let mut index = 0;
+    for &b in text {
+        match b {
+            b'0'..=b'9' => parts[index] = parts[index] * 10 + u64::from(b - b'0'),
+            b'.' if index < 2 => index += 1,
+            _ => break,
+        }
+    }
+    if index < 1 || parts.iter().any(|&p| p > 255) {
+        return 0;
+    }
+    (parts[0] << 24) | (parts[1] << 16) | (parts[2] << 8)
+}
+
 /// 3.13+: the runtime describes itself; refuse free-threaded builds and check that it
 /// agrees with the generated layout.
 fn check_debug_offsets(layout: &Layout) -> Warning {
@@ -158,6 +186,11 @@ fn check_debug_offsets(layout: &Layout) -> Warning {
         return Warning::LayoutMismatch;
     }
     Warning::None
+}
+
+/// Whether frames of this interpreter can be read (a known layout that checked out).
+pub fn readable() -> bool {
+    layout().is_some()
 }
 
 fn layout() -> Option<&'static Layout> {

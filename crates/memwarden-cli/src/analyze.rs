@@ -1,0 +1,92 @@
+//! `memwarden analyze`: the profile of capture files kept with `--capture-dir`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use memwarden_format::capture::{Capture, SUFFIX};
+use memwarden_format::report::ProfileMode;
+use memwarden_report::profile;
+
+use crate::exit::Status;
+
+/// Capture files named by `paths` (directories are listed).
+fn capture_files(paths: &[PathBuf]) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for path in paths {
+        match std::fs::read_dir(path) {
+            Ok(entries) => {
+                let mut found: Vec<PathBuf> = entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == SUFFIX))
+                    .collect();
+                found.sort();
+                files.extend(found);
+            }
+            Err(_) => files.push(path.clone()),
+        }
+    }
+    files
+}
+
+/// Runs `memwarden analyze`.
+pub fn main(paths: &[PathBuf], json: Option<&Path>, folded: Option<&Path>) -> Status {
+    let mut captures = Vec::new();
+    let mut unreadable = false;
+    for file in capture_files(paths) {
+        match Capture::read(&file) {
+            Ok(capture) if capture.samples > 0 => captures.push(capture),
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("memwarden: error: {e}");
+                unreadable = true;
+            }
+        }
+    }
+    if captures.is_empty() {
+        if !unreadable {
+            eprintln!("memwarden: error: no capture with recorded allocations in the given paths (captures are *.{SUFFIX} files)");
+        }
+        return Status::Unreadable;
+    }
+    let mode = if captures[0].exact {
+        ProfileMode::Exact
+    } else {
+        ProfileMode::Sampled
+    };
+    let start_ns = captures.iter().map(|c| c.start_ns).min().unwrap_or(0);
+    let analysis = profile::analyze(&captures, mode, captures[0].sample_bytes, start_ns);
+    if let Some(path) = folded {
+        if let Err(e) = std::fs::write(path, profile::folded(&analysis.all_at_peak)) {
+            eprintln!("memwarden: error: --folded {}: {e}", path.display());
+            return Status::Usage;
+        }
+    }
+    match json {
+        Some(path) => {
+            let text = serde_json::to_string_pretty(&analysis.profile).unwrap_or_default() + "\n";
+            let written = if path == Path::new("-") {
+                std::io::stdout().write_all(text.as_bytes())
+            } else {
+                std::fs::write(path, text)
+            };
+            if let Err(e) = written {
+                eprintln!("memwarden: error: --json {}: {e}", path.display());
+                return Status::Usage;
+            }
+        }
+        None => {
+            let cwd = std::env::current_dir()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            let mut out = String::new();
+            memwarden_report::text::profile_section(&mut out, &analysis.profile, &cwd);
+            print!("{out}");
+        }
+    }
+    if unreadable {
+        Status::Unreadable
+    } else {
+        Status::Command(0)
+    }
+}
