@@ -222,6 +222,15 @@ fn frames_are_read_on_every_supported_python_and_others_degrade_with_a_warning()
             120 * MIB,
             0.01
         ));
+        // Held by a global: still there when the interpreter starts shutting down.
+        assert!(
+            within(
+                bytes_at_line(&run, "/profile/leaked", line),
+                120 * MIB,
+                0.01
+            ),
+            "Python {version}: the exit snapshot"
+        );
     }
     // 3.9 has no generated layout: memory is still counted, charged to the process.
     if let Some(old) = pyenv_python("3.9") {

@@ -128,29 +128,6 @@ pub extern "C" fn pvalloc(size: size_t) -> *mut c_void {
     track(unsafe { __libc_pvalloc(size) }, size)
 }
 
-fn raw_mmap(
-    address: *mut c_void,
-    length: size_t,
-    protection: c_int,
-    flags: c_int,
-    fd: c_int,
-    offset: libc::off_t,
-) -> *mut c_void {
-    // SAFETY: the mmap system call with the caller's own arguments; libc's `syscall` sets
-    // errno and returns -1 (MAP_FAILED) on failure, as mmap does.
-    unsafe {
-        libc::syscall(
-            libc::SYS_mmap,
-            address,
-            length,
-            protection,
-            flags,
-            fd,
-            offset,
-        ) as *mut c_void
-    }
-}
-
 /// `mmap`: anonymous mappings are allocations (Python's object arenas come this way).
 #[no_mangle]
 pub extern "C" fn mmap(
@@ -161,7 +138,7 @@ pub extern "C" fn mmap(
     fd: c_int,
     offset: libc::off_t,
 ) -> *mut c_void {
-    let mapped = raw_mmap(address, length, protection, flags, fd, offset);
+    let mapped = crate::sys::mmap(address, length, protection, flags, fd, offset);
     if mapped != libc::MAP_FAILED && flags & libc::MAP_ANONYMOUS != 0 {
         if flags & libc::MAP_FIXED != 0 {
             // A fixed mapping replaces whatever was there.

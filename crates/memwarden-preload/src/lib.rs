@@ -255,16 +255,8 @@ fn pseudo_node(which: Pseudo) -> u32 {
         Pseudo::NoPythonFrames => b"[thread without Python frames]",
         Pseudo::Shutdown => b"[interpreter shutdown]",
     };
-    let mut exe = [0u8; 512];
-    // SAFETY: readlink writes at most `exe.len()` bytes into our buffer.
-    let len = unsafe {
-        libc::readlink(
-            c"/proc/self/exe".as_ptr(),
-            exe.as_mut_ptr().cast(),
-            exe.len(),
-        )
-    };
-    let exe = &exe[..len.max(0) as usize];
+    let mut buffer = [0u8; 512];
+    let exe = sys::executable(&mut buffer);
     let node = match CAPTURE.frame(exe, function, 0, kind::NATIVE) {
         Some(frame) => CAPTURE.node(0, frame),
         None => 0,

@@ -6,65 +6,92 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Anonymous, private, zeroed memory straight from the kernel; null on failure.
-pub fn map_anonymous(bytes: usize) -> *mut u8 {
-    // SAFETY: a plain mmap system call that asks for fresh anonymous memory; it touches no
-    // existing mapping. MAP_NORESERVE: pages count only once used.
-    let address = unsafe {
-        libc::syscall(
-            libc::SYS_mmap,
-            0usize,
-            bytes,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1i32,
-            0usize,
-        )
-    };
-    if address < 0 {
-        std::ptr::null_mut()
-    } else {
-        address as *mut u8
-    }
-}
-
-/// Maps `bytes` of the file `fd` shared; null on failure.
-pub fn map_shared_file(fd: i32, bytes: usize) -> *mut u8 {
-    // SAFETY: a plain mmap system call of a file we opened; it touches no existing mapping.
-    let address = unsafe {
-        libc::syscall(
-            libc::SYS_mmap,
-            0usize,
-            bytes,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd,
-            0usize,
-        )
-    };
-    if address < 0 {
-        std::ptr::null_mut()
-    } else {
-        address as *mut u8
-    }
-}
-
-/// Replaces a mapping made by [`map_anonymous`] with fresh zero pages, which (unlike
-/// writing zeros) gives untouched pages no memory.
-pub fn zero_pages(address: *mut u8, bytes: usize) {
-    // SAFETY: MAP_FIXED over our own anonymous mapping of the same length; only called when
-    // no other thread can be using it (the child just after fork).
+/// The `mmap` system call itself (not the `mmap` symbol, which is ours); `MAP_FAILED`
+/// with errno set on failure, as `mmap` does.
+pub fn mmap(
+    address: *mut libc::c_void,
+    length: usize,
+    protection: i32,
+    flags: i32,
+    fd: i32,
+    offset: libc::off_t,
+) -> *mut libc::c_void {
+    // SAFETY: a plain mmap system call; callers pass either a fresh request or a range
+    // they own (MAP_FIXED over our own tables), or forward a caller's own arguments.
     unsafe {
         libc::syscall(
             libc::SYS_mmap,
             address,
-            bytes,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
-            -1i32,
-            0usize,
-        );
+            length,
+            protection,
+            flags,
+            fd,
+            offset,
+        ) as *mut libc::c_void
     }
+}
+
+fn or_null(address: *mut libc::c_void) -> *mut u8 {
+    if address == libc::MAP_FAILED {
+        std::ptr::null_mut()
+    } else {
+        address.cast()
+    }
+}
+
+const READ_WRITE: i32 = libc::PROT_READ | libc::PROT_WRITE;
+const PRIVATE_ANONYMOUS: i32 = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+
+/// Anonymous, private, zeroed memory straight from the kernel (pages count only once
+/// used); null on failure.
+pub fn map_anonymous(bytes: usize) -> *mut u8 {
+    or_null(mmap(
+        std::ptr::null_mut(),
+        bytes,
+        READ_WRITE,
+        PRIVATE_ANONYMOUS,
+        -1,
+        0,
+    ))
+}
+
+/// Maps `bytes` of the file `fd` shared; null on failure.
+pub fn map_shared_file(fd: i32, bytes: usize) -> *mut u8 {
+    or_null(mmap(
+        std::ptr::null_mut(),
+        bytes,
+        READ_WRITE,
+        libc::MAP_SHARED,
+        fd,
+        0,
+    ))
+}
+
+/// Replaces a mapping made by [`map_anonymous`] with fresh zero pages, which (unlike
+/// writing zeros) gives untouched pages no memory. Only for memory no other thread uses
+/// (the child just after fork).
+pub fn zero_pages(address: *mut u8, bytes: usize) {
+    mmap(
+        address.cast(),
+        bytes,
+        READ_WRITE,
+        PRIVATE_ANONYMOUS | libc::MAP_FIXED,
+        -1,
+        0,
+    );
+}
+
+/// The executable's path, read into `buffer`.
+pub fn executable(buffer: &mut [u8; 512]) -> &[u8] {
+    // SAFETY: readlink writes at most `buffer.len()` bytes into our buffer.
+    let len = unsafe {
+        libc::readlink(
+            c"/proc/self/exe".as_ptr(),
+            buffer.as_mut_ptr().cast(),
+            buffer.len(),
+        )
+    };
+    &buffer[..len.max(0) as usize]
 }
 
 /// Unmaps memory this module mapped.

@@ -4,7 +4,9 @@
 //! only when something new is seen; counters are atomics. Lookups of known nodes and of
 //! known (code object, instruction) pairs are lock-free.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicI64, AtomicPtr, AtomicU64, AtomicUsize, Ordering,
+};
 
 use memwarden_format::capture::{self as fmt, counter, field, flag};
 
@@ -29,7 +31,26 @@ pub struct Writer {
     intern: SpinLock,
     snapshotting: AtomicBool,
     exit_taken: AtomicBool,
+    /// The capture's descriptor, kept to reserve disk blocks as regions grow.
+    fd: AtomicI32,
+    /// Per region (strings, frames, nodes, counters): bytes from its start with blocks
+    /// reserved.
+    reserved: [AtomicU64; 4],
 }
+
+/// Regions, in `Writer::reserved` order.
+const STRINGS: usize = 0;
+const FRAMES: usize = 1;
+const NODES: usize = 2;
+const COUNTERS: usize = 3;
+const REGION_OFFSETS: [u64; 4] = [
+    fmt::STRINGS_OFFSET,
+    fmt::FRAMES_OFFSET,
+    fmt::NODES_OFFSET,
+    fmt::COUNTERS_OFFSET,
+];
+/// Blocks are reserved this many bytes at a time.
+const RESERVE_CHUNK: u64 = 64 << 10;
 
 // SAFETY: every field is an atomic or the lock; the mappings they point to are only written
 // through atomics or under `intern`.
@@ -46,6 +67,8 @@ pub static CAPTURE: Writer = Writer {
     intern: SpinLock::new(),
     snapshotting: AtomicBool::new(false),
     exit_taken: AtomicBool::new(false),
+    fd: AtomicI32::new(-1),
+    reserved: [const { AtomicU64::new(0) }; 4],
 };
 
 fn mix(a: u64, b: u64) -> u64 {
@@ -107,17 +130,29 @@ impl Writer {
         if fd < 0 {
             return false;
         }
-        // SAFETY: `fd` is ours; a sparse file of FILE_SIZE takes no space until written.
-        let sized = unsafe { libc::ftruncate(fd, fmt::FILE_SIZE as libc::off_t) } == 0;
+        // SAFETY: `fd` is ours; a sparse file of FILE_SIZE takes no space until written,
+        // and the header's blocks are reserved now so that writing it cannot fault.
+        let sized = unsafe {
+            libc::ftruncate(fd, fmt::FILE_SIZE as libc::off_t) == 0
+                && libc::fallocate(fd, 0, 0, fmt::HEADER_SIZE as libc::off_t) == 0
+        };
         let base = if sized {
             sys::map_shared_file(fd, fmt::FILE_SIZE as usize)
         } else {
             std::ptr::null_mut()
         };
-        // SAFETY: the mapping keeps the file; the descriptor is no longer needed.
-        unsafe { libc::close(fd) };
         if base.is_null() {
+            // SAFETY: our descriptor, not used again.
+            unsafe { libc::close(fd) };
             return false;
+        }
+        let old = self.fd.swap(fd, Ordering::AcqRel);
+        if old >= 0 {
+            // SAFETY: the previous capture's descriptor (a forked child starting its own).
+            unsafe { libc::close(old) };
+        }
+        for reserved in &self.reserved {
+            reserved.store(0, Ordering::Relaxed);
         }
         let exact = settings.exact;
         let node_slots = if exact { 1 << 18 } else { 1 << 16 };
@@ -187,6 +222,33 @@ impl Writer {
         self.open(dir, settings)
     }
 
+    /// Makes sure the first `end` bytes of `region` have disk (or tmpfs) blocks, so that
+    /// writing them through the mapping can never raise SIGBUS in the program when the
+    /// file system is full. Called with `intern` held; false when the space is refused (the
+    /// caller then records nothing new).
+    fn reserve(&self, region: usize, end: u64) -> bool {
+        let reserved = &self.reserved[region];
+        let have = reserved.load(Ordering::Relaxed);
+        if end <= have {
+            return true;
+        }
+        let want = end.div_ceil(RESERVE_CHUNK) * RESERVE_CHUNK;
+        let fd = self.fd.load(Ordering::Relaxed);
+        // SAFETY: fallocate on our own descriptor, inside the file's length.
+        let done = unsafe {
+            libc::fallocate(
+                fd,
+                0,
+                (REGION_OFFSETS[region] + have) as libc::off_t,
+                (want - have) as libc::off_t,
+            )
+        } == 0;
+        if done {
+            reserved.store(want, Ordering::Relaxed);
+        }
+        done
+    }
+
     /// Whether a capture is open.
     pub fn is_open(&self) -> bool {
         !self.base.load(Ordering::Acquire).is_null()
@@ -215,18 +277,11 @@ impl Writer {
     }
 
     fn record_executable(&self) {
-        let mut path = [0u8; 512];
-        // SAFETY: readlink writes at most `path.len()` bytes into our buffer.
-        let len = unsafe {
-            libc::readlink(
-                c"/proc/self/exe".as_ptr(),
-                path.as_mut_ptr().cast(),
-                path.len(),
-            )
-        };
-        if len > 0 {
+        let mut buffer = [0u8; 512];
+        let exe = sys::executable(&mut buffer);
+        if !exe.is_empty() {
             let _guard = self.intern.lock();
-            if let Some(offset) = self.string(&path[..len as usize]) {
+            if let Some(offset) = self.string(exe) {
                 self.header(field::EXE)
                     .store(u64::from(offset) + 1, Ordering::Release);
             }
@@ -254,7 +309,9 @@ impl Writer {
             index = (index + 1) & (STRING_SLOTS - 1);
         }
         let used = self.header(field::STRINGS_USED).load(Ordering::Relaxed);
-        if used + 2 + len as u64 > fmt::STRINGS_CAPACITY {
+        if used + 2 + len as u64 > fmt::STRINGS_CAPACITY
+            || !self.reserve(STRINGS, used + 2 + len as u64)
+        {
             return None;
         }
         let base = self.base.load(Ordering::Acquire);
@@ -297,7 +354,7 @@ impl Writer {
             let id = slot[2].load(Ordering::Relaxed);
             if id == 0 {
                 let used = self.header(field::FRAMES_USED).load(Ordering::Relaxed);
-                if used >= fmt::MAX_FRAMES {
+                if used >= fmt::MAX_FRAMES || !self.reserve(FRAMES, (used + 1) * fmt::FRAME_SIZE) {
                     return None;
                 }
                 let record = fmt::FRAMES_OFFSET + used * fmt::FRAME_SIZE;
@@ -379,7 +436,11 @@ impl Writer {
                         return None;
                     }
                     let id = self.header(field::NODES_USED).load(Ordering::Relaxed);
-                    if id >= fmt::MAX_NODES || id as usize * 10 >= slots * 7 {
+                    if id >= fmt::MAX_NODES
+                        || id as usize * 10 >= slots * 7
+                        || !self.reserve(NODES, (id + 1) * fmt::NODE_SIZE)
+                        || !self.reserve(COUNTERS, (id + 1) * fmt::COUNTER_SIZE)
+                    {
                         return Some(parent);
                     }
                     let record = fmt::NODES_OFFSET + id * fmt::NODE_SIZE;

@@ -116,21 +116,31 @@ impl Profiling {
         let dir = match capture_dir {
             Some(dir) => {
                 check_writable(&dir)?;
-                let dir = fs::canonicalize(&dir).map_err(|e| format!("--capture-dir {}: {e}", dir.display()))?;
+                let dir = fs::canonicalize(&dir)
+                    .map_err(|e| format!("--capture-dir {}: {e}", dir.display()))?;
                 // Captures of an earlier run in the same directory would be merged into this one.
-                for entry in fs::read_dir(&dir).map_err(|e| format!("--capture-dir {}: {e}", dir.display()))?.flatten() {
+                for entry in fs::read_dir(&dir)
+                    .map_err(|e| format!("--capture-dir {}: {e}", dir.display()))?
+                    .flatten()
+                {
                     if entry.path().extension().is_some_and(|e| e == SUFFIX) {
                         let _ = fs::remove_file(entry.path());
                     }
                 }
                 CaptureDir::Kept(dir)
             }
-            None => CaptureDir::Temporary(
-                tempfile::Builder::new()
+            None => {
+                // tmpfs when there is one: creating and growing a capture there costs no
+                // journal work, which a command starting many short processes would feel.
+                let builder = tempfile::Builder::new()
                     .prefix("memwarden-capture-")
-                    .tempdir()
-                    .map_err(|e| format!("cannot create a temporary directory for captures: {e}; set TMPDIR or give --capture-dir"))?,
-            ),
+                    .clone();
+                let directory = builder
+                    .tempdir_in("/dev/shm")
+                    .or_else(|_| builder.tempdir())
+                    .map_err(|e| format!("cannot create a temporary directory for captures: {e}; set TMPDIR or give --capture-dir"))?;
+                CaptureDir::Temporary(directory)
+            }
         };
         let folded = folded
             .map(|path| {

@@ -200,15 +200,27 @@ fn layout() -> Option<&'static Layout> {
     }
 }
 
-/// Whether the interpreter has begun to shut down (module teardown follows).
-pub fn finalizing() -> bool {
-    let function = PYTHON.is_finalizing.load(Ordering::Relaxed);
+/// Calls an interpreter predicate found by [`detect`] (`Py_IsInitialized`,
+/// `Py_IsFinalizing`); false when it was not found.
+fn ask(function: &AtomicUsize) -> bool {
+    let function = function.load(Ordering::Relaxed);
     if function == 0 {
         return false;
     }
-    // SAFETY: `Py_IsFinalizing`/`_Py_IsFinalizing` take no arguments and read one field.
+    // SAFETY: found by dlsym under the name of a predicate that takes no arguments and
+    // reads one field, safe inside malloc.
     let f: extern "C" fn() -> libc::c_int = unsafe { std::mem::transmute(function) };
     f() != 0
+}
+
+/// Whether the interpreter has begun to shut down (module teardown follows).
+pub fn finalizing() -> bool {
+    ask(&PYTHON.is_finalizing)
+}
+
+/// Whether the interpreter is initialised.
+pub fn initialized() -> bool {
+    ask(&PYTHON.is_initialized)
 }
 
 /// What the walk found for one frame: the code object and where it was.
@@ -217,17 +229,6 @@ pub struct RawFrame {
     code: usize,
     /// Instruction offset in code units; `u32::MAX` before the first instruction.
     unit: u32,
-}
-
-/// Whether the interpreter is initialised.
-pub fn initialized() -> bool {
-    let function = PYTHON.is_initialized.load(Ordering::Relaxed);
-    if function == 0 {
-        return false;
-    }
-    // SAFETY: found by dlsym as `Py_IsInitialized`, which takes no arguments and is one load.
-    let f: extern "C" fn() -> libc::c_int = unsafe { std::mem::transmute(function) };
-    f() != 0
 }
 
 /// The state of the calling thread's interpreter, if it has one and frames can be read.
