@@ -92,10 +92,7 @@ pub mod field {
     pub const PEAK_SNAPSHOT_BYTES: usize = 104;
     /// Live bytes when the exit snapshot (counter `AT_EXIT`) was taken.
     pub const EXIT_SNAPSHOT_BYTES: usize = 112;
-    /// Bytes allocated over the run (estimated in sampled mode).
-    pub const ALLOCATED_BYTES: usize = 120;
-    /// Allocations recorded (sampled ones in sampled mode).
-    pub const SAMPLES: usize = 128;
+    // 120 and 128 are unused: totals of allocations are summed from the node counters.
     /// Allocations that could not be tracked because a table was full.
     pub const DROPPED: usize = 136;
     /// Wall-clock start, nanoseconds since the Unix epoch.
@@ -254,9 +251,9 @@ pub struct Capture {
     pub peak_bytes: i64,
     /// Header [`field::PEAK_SNAPSHOT_BYTES`].
     pub peak_snapshot_bytes: i64,
-    /// Header [`field::ALLOCATED_BYTES`].
+    /// Bytes allocated over the run (estimated in sampled mode), summed over stacks.
     pub allocated_bytes: u64,
-    /// Header [`field::SAMPLES`].
+    /// Allocations recorded (sampled ones in sampled mode), summed over stacks.
     pub samples: u64,
     /// Header [`field::DROPPED`].
     pub dropped: u64,
@@ -430,8 +427,8 @@ impl Capture {
             live_bytes: header(field::LIVE_BYTES) as i64,
             peak_bytes: header(field::PEAK_BYTES) as i64,
             peak_snapshot_bytes: header(field::PEAK_SNAPSHOT_BYTES) as i64,
-            allocated_bytes: header(field::ALLOCATED_BYTES),
-            samples: header(field::SAMPLES),
+            allocated_bytes: counters.iter().map(|c| c.allocated).sum(),
+            samples: counters.iter().map(|c| c.count).sum(),
             dropped: header(field::DROPPED),
             start_ns: header(field::START_NS),
             peak_ns: header(field::PEAK_NS),

@@ -128,7 +128,8 @@ pub extern "C" fn pvalloc(size: size_t) -> *mut c_void {
     track(unsafe { __libc_pvalloc(size) }, size)
 }
 
-/// `mmap`: anonymous mappings are allocations (Python's object arenas come this way).
+/// `mmap`: anonymous mappings that can hold data are allocations (Python's object arenas
+/// come this way).
 #[no_mangle]
 pub extern "C" fn mmap(
     address: *mut c_void,
@@ -139,7 +140,12 @@ pub extern "C" fn mmap(
     offset: libc::off_t,
 ) -> *mut c_void {
     let mapped = crate::sys::mmap(address, length, protection, flags, fd, offset);
-    if mapped != libc::MAP_FAILED && flags & libc::MAP_ANONYMOUS != 0 {
+    // PROT_NONE mappings only reserve address space (CUDA reserves many GiB this way);
+    // they hold no memory until remapped, which is then seen as a mapping of its own.
+    if mapped != libc::MAP_FAILED
+        && flags & libc::MAP_ANONYMOUS != 0
+        && protection != libc::PROT_NONE
+    {
         if flags & libc::MAP_FIXED != 0 {
             // A fixed mapping replaces whatever was there.
             if let Some(entry) = on_free(mapped as usize) {

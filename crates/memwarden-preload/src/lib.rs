@@ -79,8 +79,10 @@ fn tracked() -> Option<&'static AddressTable> {
     unsafe { (*TRACKED.0.get()).as_ref() }
 }
 
-/// Per-thread state; const-initialised and without destructors, so it is always
-/// accessible, even while a thread is being torn down.
+/// Per-thread state, in initial-exec TLS defined in `thread_state.c` (whose struct this
+/// mirrors: `Cell<T>` has `T`'s layout). Never touched through Rust's own thread locals,
+/// which could call `__tls_get_addr`, and so `malloc`, from inside `free`.
+#[repr(C)]
 struct ThreadState {
     /// Bytes left until the next sample point.
     countdown: Cell<i64>,
@@ -96,18 +98,16 @@ struct ThreadState {
     name_age: Cell<u32>,
 }
 
-thread_local! {
-    static THREAD: ThreadState = const {
-        ThreadState {
-            countdown: Cell::new(0),
-            rng: Cell::new(0),
-            busy: Cell::new(false),
-            inherited: Cell::new(0),
-            generation: Cell::new(0),
-            name_frame: Cell::new(u32::MAX),
-            name_age: Cell::new(0),
-        }
-    };
+extern "C" {
+    fn memwarden_thread_state() -> *mut ThreadState;
+}
+
+/// The calling thread's state.
+fn thread() -> &'static ThreadState {
+    // SAFETY: the C side returns the address of this thread's own initial-exec variable,
+    // valid for the thread's whole life; `ThreadState` is not `Sync`, so the reference
+    // cannot reach another thread.
+    unsafe { &*memwarden_thread_state() }
 }
 
 fn next_random(thread: &ThreadState) -> u64 {
@@ -132,22 +132,21 @@ fn on_alloc(address: usize, size: usize) {
     if STATE.load(Ordering::Relaxed) != ACTIVE || size == 0 {
         return;
     }
-    let _ = THREAD.try_with(|thread| {
-        if thread.busy.get() {
+    let thread = thread();
+    if thread.busy.get() {
+        return;
+    }
+    let exact = EXACT.load(Ordering::Relaxed);
+    if !exact {
+        let left = thread.countdown.get() - size as i64;
+        thread.countdown.set(left);
+        if left > 0 {
             return;
         }
-        let exact = EXACT.load(Ordering::Relaxed);
-        if !exact {
-            let left = thread.countdown.get() - size as i64;
-            thread.countdown.set(left);
-            if left > 0 {
-                return;
-            }
-        }
-        thread.busy.set(true);
-        record_alloc(thread, address, size, exact);
-        thread.busy.set(false);
-    });
+    }
+    thread.busy.set(true);
+    record_alloc(thread, address, size, exact);
+    thread.busy.set(false);
 }
 
 #[cold]
@@ -271,8 +270,7 @@ fn on_free(address: usize) -> Option<Entry> {
     if STATE.load(Ordering::Relaxed) != ACTIVE || address == 0 {
         return None;
     }
-    let busy = THREAD.try_with(|thread| thread.busy.get()).unwrap_or(true);
-    if busy {
+    if thread().busy.get() {
         return None;
     }
     let entry = tracked()?.remove(address as u64)?;
@@ -302,6 +300,7 @@ fn settings() -> Settings {
 }
 
 extern "C" fn start() {
+    threads::install(false);
     let Some(dir) = sys::getenv(c"MEMWARDEN_CAPTURE_DIR") else {
         return;
     };
@@ -332,7 +331,7 @@ extern "C" fn start() {
     }
     // An interpreter whose frames cannot be read is profiled like a native process.
     IS_PYTHON.store(python::detect() && python::readable(), Ordering::Relaxed);
-    threads::install();
+    threads::install(true);
     STATE.store(ACTIVE, Ordering::Release);
 }
 

@@ -7,7 +7,7 @@ use libc::{c_int, c_void, pthread_attr_t, pthread_t};
 use memwarden_format::capture::kind;
 
 use crate::writer::CAPTURE;
-use crate::{current_node, forked_child, THREAD};
+use crate::{current_node, forked_child};
 
 type StartRoutine = extern "C" fn(*mut c_void) -> *mut c_void;
 type CreateFn =
@@ -21,14 +21,28 @@ extern "C" {
     fn __libc_free(pointer: *mut c_void);
 }
 
-/// Resolves the real `pthread_create` and registers the fork handler. Called from the
-/// constructor, where `dlsym` is safe.
-pub fn install() {
-    // SAFETY: dlsym(RTLD_NEXT) with a NUL-terminated name, from the constructor.
-    let real = unsafe { libc::dlsym(libc::RTLD_NEXT, c"pthread_create".as_ptr()) };
-    REAL_CREATE.store(real as usize, Ordering::Release);
-    // SAFETY: registers a plain function; pthread_atfork has no other preconditions.
-    unsafe { libc::pthread_atfork(None, None, Some(forked_child)) };
+/// glibc's `pthread_create`, looked up on first need. Our `pthread_create` is exported
+/// whether or not profiling is on, so it must always be able to forward.
+fn real_create() -> usize {
+    let known = REAL_CREATE.load(Ordering::Acquire);
+    if known != 0 {
+        return known;
+    }
+    // SAFETY: dlsym(RTLD_NEXT) with a NUL-terminated name; called from the constructor or
+    // from pthread_create, never inside an allocation hook.
+    let real = unsafe { libc::dlsym(libc::RTLD_NEXT, c"pthread_create".as_ptr()) } as usize;
+    REAL_CREATE.store(real, Ordering::Release);
+    real
+}
+
+/// Resolves the real `pthread_create` (called from the constructor, profiling on or
+/// off) and, when profiling, registers the fork handler.
+pub fn install(profiling: bool) {
+    real_create();
+    if profiling {
+        // SAFETY: registers a plain function; pthread_atfork has no other preconditions.
+        unsafe { libc::pthread_atfork(None, None, Some(forked_child)) };
+    }
 }
 
 /// Handed from the creating thread to the new one.
@@ -46,7 +60,7 @@ extern "C" fn trampoline(handoff: *mut c_void) -> *mut c_void {
         unsafe { ((*handoff).start, (*handoff).argument, (*handoff).node) };
     // SAFETY: allocated with __libc_malloc below.
     unsafe { __libc_free(handoff.cast()) };
-    let _ = THREAD.try_with(|thread| thread.inherited.set(node));
+    crate::thread().inherited.set(node);
     start(argument)
 }
 
@@ -58,24 +72,17 @@ pub extern "C" fn pthread_create(
     start: StartRoutine,
     argument: *mut c_void,
 ) -> c_int {
-    let real = REAL_CREATE.load(Ordering::Acquire);
+    let real = real_create();
     if real == 0 {
         return libc::EAGAIN;
     }
     // SAFETY: the address dlsym gave for pthread_create, which has this signature.
     let real: CreateFn = unsafe { std::mem::transmute(real) };
-    let node = if CAPTURE.is_open() {
-        THREAD
-            .try_with(|state| {
-                if state.busy.replace(true) {
-                    return None;
-                }
-                let node = current_node(state);
-                state.busy.set(false);
-                Some(node)
-            })
-            .ok()
-            .flatten()
+    let node = if CAPTURE.is_open() && !crate::thread().busy.replace(true) {
+        let state = crate::thread();
+        let node = current_node(state);
+        state.busy.set(false);
+        Some(node)
     } else {
         None
     };

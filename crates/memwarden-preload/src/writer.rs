@@ -474,17 +474,15 @@ impl Writer {
             .fetch_add(w, Ordering::Relaxed);
         self.counter(node, counter::COUNT)
             .fetch_add(1, Ordering::Relaxed);
-        self.header(field::ALLOCATED_BYTES)
-            .fetch_add(weight, Ordering::Relaxed);
-        self.header(field::SAMPLES).fetch_add(1, Ordering::Relaxed);
+        // One read-modify-write on the shared header per allocation: in exact mode every
+        // thread of the process comes through here. Totals of allocations are summed from
+        // the per-node counters when the capture is read.
         let live = self
             .header(field::LIVE_BYTES)
             .fetch_add(weight, Ordering::Relaxed)
             + weight;
-        let peak = self
-            .header(field::PEAK_BYTES)
-            .fetch_max(live, Ordering::Relaxed);
-        if live > peak {
+        let peak = self.header(field::PEAK_BYTES);
+        if live > peak.load(Ordering::Relaxed) && live > peak.fetch_max(live, Ordering::Relaxed) {
             let snapshot = self
                 .header(field::PEAK_SNAPSHOT_BYTES)
                 .load(Ordering::Relaxed);
