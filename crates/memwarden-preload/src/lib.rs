@@ -96,6 +96,8 @@ struct ThreadState {
     /// The frame naming this thread, refreshed now and then.
     name_frame: Cell<u32>,
     name_age: Cell<u32>,
+    /// The last Python stack seen.
+    last_stack: python::LastStack,
 }
 
 extern "C" {
@@ -192,13 +194,14 @@ fn current_node(thread: &ThreadState) -> u32 {
         thread.generation.set(generation);
         thread.inherited.set(0);
         thread.name_frame.set(u32::MAX);
+        thread.last_stack.hash.set(0);
     }
     if IS_PYTHON.load(Ordering::Relaxed) {
         if python::finalizing() {
             CAPTURE.exit_snapshot();
             return pseudo_node(Pseudo::Shutdown);
         }
-        if let Some(node) = python::current_node() {
+        if let Some(node) = python::current_node(&thread.last_stack) {
             return node;
         }
         if thread.inherited.get() == 0 {

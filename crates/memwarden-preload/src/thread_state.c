@@ -17,10 +17,11 @@ struct memwarden_thread {
     uint32_t generation;
     uint32_t name_frame;
     uint32_t name_age;
+    struct { uint64_t hash; uint32_t node; } last_stack; /* Rust's (u64, u32) */
 };
 
 static __thread struct memwarden_thread state __attribute__((tls_model("initial-exec"))) = {
-    0, 0, 0, 0, 0, 0xffffffffu, 0,
+    0, 0, 0, 0, 0, 0xffffffffu, 0, {0, 0},
 };
 
 struct memwarden_thread *memwarden_thread_state(void) {

@@ -26,7 +26,12 @@ fn no_hook_calls_tls_get_addr() {
     let mut callers = Vec::new();
     for line in text.lines() {
         if line.ends_with(">:") {
-            function = line.split('<').nth(1).unwrap_or("").trim_end_matches(">:").to_owned();
+            function = line
+                .split('<')
+                .nth(1)
+                .unwrap_or("")
+                .trim_end_matches(">:")
+                .to_owned();
         } else if line.contains("__tls_get_addr") && !function.contains("__tls_get_addr") {
             callers.push(function.clone());
         }

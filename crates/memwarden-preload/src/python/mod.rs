@@ -223,6 +223,15 @@ pub fn initialized() -> bool {
     ask(&PYTHON.is_initialized)
 }
 
+/// A thread's last Python stack: a hash of its raw frames, and the node it resolved to.
+#[repr(C)]
+pub struct LastStack {
+    /// Hash of the (code object, instruction) pairs; 0: none.
+    pub hash: std::cell::Cell<u64>,
+    /// The node.
+    pub node: std::cell::Cell<u32>,
+}
+
 /// What the walk found for one frame: the code object and where it was.
 #[derive(Clone, Copy)]
 pub struct RawFrame {
@@ -414,12 +423,24 @@ pub fn frame_id(raw: RawFrame) -> Option<u32> {
 }
 
 /// The node for the calling thread's Python stack, or `None` when it has none.
-pub fn current_node() -> Option<u32> {
+///
+/// `last` is the thread's memory of its previous answer: consecutive allocations from the
+/// same stack, the common case, then skip resolving every frame.
+pub fn current_node(last: &LastStack) -> Option<u32> {
     let state = thread_state()?;
     let mut frames = NO_FRAMES;
     let count = walk(state, &mut frames);
     if count == 0 {
         return None;
+    }
+    let mut hash = count as u64;
+    for raw in &frames[..count] {
+        hash = (hash ^ raw.code as u64 ^ (u64::from(raw.unit) << 48))
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(23);
+    }
+    if last.hash.get() == hash && hash != 0 {
+        return Some(last.node.get());
     }
     let mut node = 0;
     if count == MAX_DEPTH {
@@ -432,5 +453,7 @@ pub fn current_node() -> Option<u32> {
             node = CAPTURE.node(node, frame);
         }
     }
+    last.hash.set(hash);
+    last.node.set(node);
     Some(node)
 }
