@@ -34,13 +34,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 WORKLOADS = ["objects", "numpy_peak", "leak", "threads", "pool", "small_arrays"]
 TOOLS = ["bare", "memwarden", "memwarden-exact", "memray", "fil", "scalene"]
-TIMEOUT_S = 300
+TIMEOUT_S = 120
 
-# Runs a command, then writes the largest RSS of any of its descendants (KiB) to a file.
+# Runs a command, then writes the largest RSS of any of its descendants (KiB) and their
+# CPU time (user + system, seconds) to a file.
 WRAPPER = (
     "import resource, subprocess, sys\n"
     "code = subprocess.run(sys.argv[2:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode\n"
-    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+    "u = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+    "open(sys.argv[1], 'w').write('%d %f' % (u.ru_maxrss, u.ru_utime + u.ru_stime))\n"
     "sys.exit(code)\n"
 )
 
@@ -168,7 +170,8 @@ def run_once(tool, workload, args):
     except subprocess.TimeoutExpired:
         return {"wall_s": None, "error": f"timed out after {TIMEOUT_S} s"}
     wall = time.perf_counter() - start
-    result = {"wall_s": wall, "maxrss_bytes": int(open(rss_file).read()) * 1024, "exit": code}
+    maxrss_kib, cpu_s = open(rss_file).read().split()
+    result = {"wall_s": wall, "cpu_s": float(cpu_s), "maxrss_bytes": int(maxrss_kib) * 1024, "exit": code}
     line = peak_line(workload)
     try:
         if tool.startswith("memwarden"):
@@ -222,21 +225,25 @@ def main():
 
 
 def summarize(results, tools):
-    lines = ["| workload | tool | slowdown | reported peak / reference | right line | capture | extra RSS |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| workload | tool | slowdown (wall) | CPU time ratio | reported peak / reference | right line | capture | extra RSS |",
+             "|---|---|---|---|---|---|---|---|"]
     for workload, data in results.items():
         bare = [r["wall_s"] for r in data["runs"].get("bare", []) if r.get("wall_s")]
         bare_rss = max((r["maxrss_bytes"] for r in data["runs"].get("bare", []) if r.get("maxrss_bytes")), default=0)
         bare_median = statistics.median(bare) if bare else None
+        bare_cpu = [r["cpu_s"] for r in data["runs"].get("bare", []) if r.get("cpu_s")]
+        bare_cpu_median = statistics.median(bare_cpu) if bare_cpu else None
         for tool in tools:
             runs = [r for r in data["runs"][tool] if r.get("wall_s")]
             if not runs:
-                lines.append(f"| {workload} | {tool} | failed: {data['runs'][tool][0].get('error')} | | | | |")
+                lines.append(f"| {workload} | {tool} | failed: {data['runs'][tool][0].get('error')} | | | | | |")
                 continue
             wall = statistics.median(r["wall_s"] for r in runs)
             slowdown = f"{wall / bare_median:.2f}×" if bare_median else "?"
+            cpu = statistics.median(r["cpu_s"] for r in runs)
+            cpu_ratio = f"{cpu / bare_cpu_median:.2f}×" if bare_cpu_median else "?"
             if tool == "bare":
-                lines.append(f"| {workload} | bare | {wall:.2f} s | reference {data['truth_bytes'] / 2**20:.0f} MiB | | | |")
+                lines.append(f"| {workload} | bare | {wall:.2f} s | {cpu:.2f} s | reference {data['truth_bytes'] / 2**20:.0f} MiB | | | |")
                 continue
             peaks = [r.get("peak_bytes") for r in runs if r.get("peak_bytes")]
             ratio = f"{statistics.median(peaks) / data['truth_bytes']:.3f}" if peaks and data["truth_bytes"] else "n/a"
@@ -246,7 +253,7 @@ def summarize(results, tools):
             errors = {r["error"] for r in data["runs"][tool] if r.get("error")}
             note = f" ({'; '.join(sorted(errors))})" if errors else ""
             lines.append(
-                f"| {workload} | {tool} | {slowdown}{note} | {ratio} | {right}/{len(runs)} | "
+                f"| {workload} | {tool} | {slowdown}{note} | {cpu_ratio} | {ratio} | {right}/{len(runs)} | "
                 f"{capture / 1024:.0f} KiB | {extra / 2**20:+.0f} MiB |"
             )
     return "\n".join(lines)
