@@ -620,3 +620,44 @@ fn folded_stacks_are_written_for_flame_graphs() {
     );
     assert!(within(bytes.parse().expect("number"), 120 * MIB, 0.01));
 }
+
+const ANONYMOUS_MAPS: &str = "\
+import mmap
+def shared_buffer():
+    return mmap.mmap(-1, 96 * 1024 * 1024)  # @mapped
+def reservation():
+    return mmap.mmap(-1, 1 << 30, prot=mmap.PROT_READ & 0)  # @reserved
+buffer = shared_buffer()
+buffer.write(b'x' * 4096)
+space = reservation()
+buffer.close()
+space.close()
+print('ok')
+";
+
+#[test]
+fn anonymous_mappings_count_until_unmapped_and_reservations_never() {
+    let run = run_script(&["--profile=exact"], &python(), ANONYMOUS_MAPS, &[]);
+    assert_eq!(run.code(), 0, "{}", run.stderr());
+    let mapped = line_of(ANONYMOUS_MAPS, "mapped");
+    assert!(within(
+        bytes_at_line(&run, "/profile/at_peak", mapped),
+        96 * MIB,
+        0.01
+    ));
+    assert_eq!(
+        bytes_at_line(&run, "/profile/leaked", mapped),
+        0,
+        "munmap releases it"
+    );
+    // PROT_NONE: a 1 GiB address-space reservation holds no memory.
+    assert_eq!(
+        bytes_at_line(
+            &run,
+            "/profile/at_peak",
+            line_of(ANONYMOUS_MAPS, "reserved")
+        ),
+        0
+    );
+    assert!(run.u64_at("/profile/peak_bytes") < 200 * MIB);
+}

@@ -140,18 +140,18 @@ pub extern "C" fn mmap(
     offset: libc::off_t,
 ) -> *mut c_void {
     let mapped = crate::sys::mmap(address, length, protection, flags, fd, offset);
+    if mapped == libc::MAP_FAILED {
+        return mapped;
+    }
+    if flags & libc::MAP_FIXED != 0 {
+        // A fixed mapping of any kind replaces whatever was mapped there.
+        if let Some(entry) = on_free(mapped as usize) {
+            apply_free(entry);
+        }
+    }
     // PROT_NONE mappings only reserve address space (CUDA reserves many GiB this way);
     // they hold no memory until remapped, which is then seen as a mapping of its own.
-    if mapped != libc::MAP_FAILED
-        && flags & libc::MAP_ANONYMOUS != 0
-        && protection != libc::PROT_NONE
-    {
-        if flags & libc::MAP_FIXED != 0 {
-            // A fixed mapping replaces whatever was there.
-            if let Some(entry) = on_free(mapped as usize) {
-                apply_free(entry);
-            }
-        }
+    if flags & libc::MAP_ANONYMOUS != 0 && protection != libc::PROT_NONE {
         on_alloc(mapped as usize, length);
     }
     mapped
