@@ -569,9 +569,35 @@ pub fn render_diff(report: &DiffReport) -> String {
     }
     if let Some(note) = &report.stacks_note {
         let _ = writeln!(out, "stacks: {note}");
+    } else if report.stacks.is_empty() {
+        let _ = writeln!(
+            out,
+            "stacks: the same allocation sites hold the same bytes at the peak"
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "allocation sites at the peak that changed (largest change first):"
+        );
+        for site in report.stacks.iter().take(STACK_CHANGES_SHOWN) {
+            let bytes = |key: &str| site[key].as_u64().unwrap_or(0);
+            let change = site["change_bytes"].as_i64().unwrap_or(0);
+            let sign = if change < 0 { "-" } else { "+" };
+            let _ = writeln!(
+                out,
+                "  {sign}{:>10}  {}  ({} -> {})",
+                format_size(change.unsigned_abs()),
+                site["site"].as_str().unwrap_or("?"),
+                format_size(bytes("a_bytes")),
+                format_size(bytes("b_bytes"))
+            );
+        }
     }
     out
 }
+
+/// Allocation sites listed by `render_diff`.
+const STACK_CHANGES_SHOWN: usize = 10;
 
 /// One row of `history`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -808,6 +834,34 @@ mod tests {
             text.contains("2.00 GiB") || text.contains("2.01 GiB"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn diff_names_the_allocation_sites_that_grew() {
+        let stack = |function: &str, line: u64, bytes: u64| {
+            serde_json::json!({
+                "stack": [{"file": "train.py", "line": line, "function": function}],
+                "bytes": bytes
+            })
+        };
+        let mut records = runs("1", 1 << 30, 1, 0);
+        records.extend(runs("2", 3 << 29, 1, 1));
+        let unprofiled = diff(&records, "fraud", "1", "2").expect("diff");
+        assert!(unprofiled
+            .stacks_note
+            .as_deref()
+            .is_some_and(|n| n.contains("--profile")));
+        records[0].top_stacks_at_peak =
+            vec![stack("load", 10, 600 << 20), stack("fit", 20, 400 << 20)];
+        // Lines moved between the versions; sites are compared by file and function.
+        records[1].top_stacks_at_peak =
+            vec![stack("load", 12, 600 << 20), stack("fit", 25, 900 << 20)];
+        let report = diff(&records, "fraud", "1", "2").expect("diff");
+        assert_eq!(report.stacks.len(), 1, "{:?}", report.stacks);
+        assert_eq!(report.stacks[0]["site"], "fit (train.py)");
+        assert_eq!(report.stacks[0]["change_bytes"], 500 << 20);
+        let text = render_diff(&report);
+        assert!(text.contains("+500.00 MiB  fit (train.py)"), "{text}");
     }
 
     #[test]
