@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use memwarden_format::capture::{Capture, SUFFIX};
+use memwarden_format::capture::SUFFIX;
 use memwarden_format::report::ProfileMode;
 use memwarden_report::profile;
 
@@ -13,16 +13,8 @@ use crate::exit::Status;
 fn capture_files(paths: &[PathBuf]) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for path in paths {
-        match std::fs::read_dir(path) {
-            Ok(entries) => {
-                let mut found: Vec<PathBuf> = entries
-                    .flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|e| e == SUFFIX))
-                    .collect();
-                found.sort();
-                files.extend(found);
-            }
+        match profile::capture_files(path) {
+            Ok(found) => files.extend(found),
             Err(_) => files.push(path.clone()),
         }
     }
@@ -31,18 +23,11 @@ fn capture_files(paths: &[PathBuf]) -> Vec<PathBuf> {
 
 /// Runs `memwarden analyze`.
 pub fn main(paths: &[PathBuf], json: Option<&Path>, folded: Option<&Path>) -> Status {
-    let mut captures = Vec::new();
-    let mut unreadable = false;
-    for file in capture_files(paths) {
-        match Capture::read(&file) {
-            Ok(capture) if capture.samples > 0 => captures.push(capture),
-            Ok(_) => {}
-            Err(e) => {
-                eprintln!("memwarden: error: {e}");
-                unreadable = true;
-            }
-        }
+    let (captures, errors) = profile::read_captures(&capture_files(paths));
+    for error in &errors {
+        eprintln!("memwarden: error: {error}");
     }
+    let unreadable = !errors.is_empty();
     if captures.is_empty() {
         if !unreadable {
             eprintln!("memwarden: error: no capture with recorded allocations in the given paths (captures are *.{SUFFIX} files)");

@@ -196,11 +196,10 @@ fn current_node(thread: &ThreadState) -> u32 {
         thread.name_frame.set(u32::MAX);
         thread.last_stack.hash.set(0);
     }
+    if shutting_down() {
+        return pseudo_node(Pseudo::Shutdown);
+    }
     if IS_PYTHON.load(Ordering::Relaxed) {
-        if python::finalizing() {
-            CAPTURE.exit_snapshot();
-            return pseudo_node(Pseudo::Shutdown);
-        }
         if let Some(node) = python::current_node(&thread.last_stack) {
             return node;
         }
@@ -280,11 +279,20 @@ fn on_free(address: usize) -> Option<Entry> {
     Some(entry)
 }
 
-/// Applies a release found by [`on_free`].
-fn apply_free(entry: Entry) {
-    if IS_PYTHON.load(Ordering::Relaxed) && python::finalizing() {
+/// Whether the interpreter has begun to shut down; the first time it is seen, the exit
+/// snapshot is taken, before anything the program still held is released. Checked on
+/// every recorded allocation and every release of a tracked block.
+fn shutting_down() -> bool {
+    let finalizing = IS_PYTHON.load(Ordering::Relaxed) && python::finalizing();
+    if finalizing {
         CAPTURE.exit_snapshot();
     }
+    finalizing
+}
+
+/// Applies a release found by [`on_free`].
+fn apply_free(entry: Entry) {
+    shutting_down();
     CAPTURE.freed(entry.node, entry.weight);
 }
 

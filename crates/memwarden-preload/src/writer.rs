@@ -87,6 +87,14 @@ fn table<T>(slots: usize) -> *mut T {
     sys::map_anonymous(slots * std::mem::size_of::<T>()).cast()
 }
 
+/// Unmaps a table made by [`table`] with `slots` slots.
+fn drop_table<T>(pointer: &AtomicPtr<T>, slots: usize) {
+    let old = pointer.swap(std::ptr::null_mut(), Ordering::AcqRel);
+    if !old.is_null() {
+        sys::unmap(old.cast(), slots * std::mem::size_of::<T>());
+    }
+}
+
 /// Settings written into the header.
 pub struct Settings {
     /// True for exact mode.
@@ -197,28 +205,10 @@ impl Writer {
             sys::unmap(old, fmt::FILE_SIZE as usize);
         }
         let node_slots = self.node_slots.load(Ordering::Relaxed);
-        for (pointer, bytes) in [
-            (
-                self.strings.load(Ordering::Relaxed).cast::<u8>(),
-                STRING_SLOTS * 16,
-            ),
-            (
-                self.frames.load(Ordering::Relaxed).cast::<u8>(),
-                FRAME_SLOTS * 24,
-            ),
-            (
-                self.nodes.load(Ordering::Relaxed).cast::<u8>(),
-                node_slots * 16,
-            ),
-            (
-                self.code.load(Ordering::Relaxed).cast::<u8>(),
-                CODE_SLOTS * 24,
-            ),
-        ] {
-            if !pointer.is_null() {
-                sys::unmap(pointer, bytes);
-            }
-        }
+        drop_table(&self.strings, STRING_SLOTS);
+        drop_table(&self.frames, FRAME_SLOTS);
+        drop_table(&self.nodes, node_slots);
+        drop_table(&self.code, CODE_SLOTS);
         self.open(dir, settings)
     }
 

@@ -2,7 +2,7 @@
 //! the whole tree, and folded stacks for flame graphs.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use memwarden_format::capture::{kind, Capture, CaptureError, Frame, SUFFIX};
 use memwarden_format::report::{
@@ -12,25 +12,35 @@ use memwarden_format::report::{
 /// Stacks and lines kept in each list of the report.
 pub const TOP: usize = 25;
 
-/// Reads every capture in `dir`. Captures that cannot be read are returned as errors
-/// beside the good ones (one bad process does not hide the others); captures of processes
-/// that never had an allocation recorded are skipped.
-pub fn read_dir(dir: &Path) -> std::io::Result<(Vec<Capture>, Vec<CaptureError>)> {
-    let mut paths: Vec<_> = std::fs::read_dir(dir)?
+/// The capture files (`*.mwcap`) in `dir`, in name order.
+pub fn capture_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|path| path.extension().is_some_and(|e| e == SUFFIX))
         .collect();
     paths.sort();
+    Ok(paths)
+}
+
+/// Reads capture files. Captures that cannot be read are returned as errors beside the
+/// good ones (one bad process does not hide the others); captures of processes that never
+/// had an allocation recorded are skipped.
+pub fn read_captures(paths: &[PathBuf]) -> (Vec<Capture>, Vec<CaptureError>) {
     let mut captures = Vec::new();
     let mut errors = Vec::new();
     for path in paths {
-        match Capture::read(&path) {
+        match Capture::read(path) {
             Ok(capture) if capture.samples > 0 => captures.push(capture),
             Ok(_) => {}
             Err(e) => errors.push(e),
         }
     }
-    Ok((captures, errors))
+    (captures, errors)
+}
+
+/// Reads every capture in `dir` (see [`read_captures`]).
+pub fn read_dir(dir: &Path) -> std::io::Result<(Vec<Capture>, Vec<CaptureError>)> {
+    Ok(read_captures(&capture_files(dir)?))
 }
 
 fn stack_frame(frame: &Frame) -> StackFrame {
@@ -78,6 +88,18 @@ fn add_column(
     }
 }
 
+/// Adds one process's bytes per stack into the tree's.
+fn merge(process: &HashMap<Vec<StackFrame>, i64>, tree: &mut HashMap<Vec<StackFrame>, i64>) {
+    for (stack, bytes) in process {
+        *tree.entry(stack.clone()).or_default() += bytes;
+    }
+}
+
+/// Bytes held over all stacks.
+fn held(totals: &HashMap<Vec<StackFrame>, i64>) -> u64 {
+    totals.values().filter(|b| **b > 0).sum::<i64>() as u64
+}
+
 fn leaked_column(capture: &Capture) -> impl Fn(usize) -> i64 + '_ {
     move |node| {
         let counters = capture.counters[node];
@@ -117,8 +139,6 @@ pub fn analyze(
     sample_bytes: u64,
     run_start_ns: u64,
 ) -> Analysis {
-    let mut tree_peak = HashMap::new();
-    let mut tree_leaked = HashMap::new();
     let mut lines: HashMap<StackFrame, (u64, u64)> = HashMap::new();
     let mut by_pid: Vec<(u32, Vec<&Capture>)> = Vec::new();
     for capture in captures {
@@ -126,8 +146,6 @@ pub fn analyze(
             Some((_, list)) => list.push(capture),
             None => by_pid.push((capture.pid, vec![capture])),
         }
-        add_column(capture, |n| capture.counters[n].at_peak, &mut tree_peak);
-        add_column(capture, leaked_column(capture), &mut tree_leaked);
         for (node, counters) in capture.counters.iter().enumerate() {
             if counters.allocated == 0 || node == 0 {
                 continue;
@@ -139,6 +157,9 @@ pub fn analyze(
             }
         }
     }
+    // Each process's stacks are resolved once; the tree's totals are their sums.
+    let mut tree_peak = HashMap::new();
+    let mut tree_leaked = HashMap::new();
     let mut processes = Vec::new();
     for (pid, list) in &by_pid {
         let mut at_peak = HashMap::new();
@@ -147,6 +168,8 @@ pub fn analyze(
             add_column(capture, |n| capture.counters[n].at_peak, &mut at_peak);
             add_column(capture, leaked_column(capture), &mut leaked);
         }
+        merge(&at_peak, &mut tree_peak);
+        merge(&leaked, &mut tree_leaked);
         let last = list[list.len() - 1];
         let peak_bytes = list
             .iter()
@@ -170,7 +193,7 @@ pub fn analyze(
                     .map(python_version),
                 peak_bytes,
                 peak_at_s: peak_ns.map(|ns| (ns - run_start_ns) as f64 / 1e9),
-                leaked_bytes: leaked.values().filter(|b| **b > 0).sum::<i64>() as u64,
+                leaked_bytes: held(&leaked),
                 exited_cleanly: last.end_ns.is_some(),
                 at_peak: ranked(at_peak, TOP),
                 leaked: ranked(leaked, TOP),
@@ -193,18 +216,19 @@ pub fn analyze(
     });
     top_lines.truncate(TOP);
     let exact = mode == ProfileMode::Exact;
+    let all_at_peak = ranked(tree_peak, usize::MAX);
     let profile = Profile {
         mode,
         sample_bytes: (!exact).then_some(sample_bytes),
         peak_bytes,
-        leaked_bytes: tree_leaked.values().filter(|b| **b > 0).sum::<i64>() as u64,
+        leaked_bytes: held(&tree_leaked),
         allocated_bytes: captures.iter().map(|c| c.allocated_bytes).sum(),
         peak_error_bytes: if exact {
             0
         } else {
             ((peak_bytes as f64) * (sample_bytes as f64)).sqrt() as u64
         },
-        at_peak: ranked(tree_peak.clone(), TOP),
+        at_peak: all_at_peak.iter().take(TOP).cloned().collect(),
         leaked: ranked(tree_leaked, TOP),
         top_lines,
         processes_profiled: by_pid.len() as u32,
@@ -213,7 +237,7 @@ pub fn analyze(
     Analysis {
         profile,
         processes,
-        all_at_peak: ranked(tree_peak, usize::MAX),
+        all_at_peak,
     }
 }
 

@@ -6,7 +6,6 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use memwarden_format::capture::SUFFIX;
 use memwarden_format::report::{ProcessReport, ProfileMode, Report};
 use memwarden_format::units::parse_size;
 use memwarden_report::profile;
@@ -119,13 +118,10 @@ impl Profiling {
                 let dir = fs::canonicalize(&dir)
                     .map_err(|e| format!("--capture-dir {}: {e}", dir.display()))?;
                 // Captures of an earlier run in the same directory would be merged into this one.
-                for entry in fs::read_dir(&dir)
-                    .map_err(|e| format!("--capture-dir {}: {e}", dir.display()))?
-                    .flatten()
-                {
-                    if entry.path().extension().is_some_and(|e| e == SUFFIX) {
-                        let _ = fs::remove_file(entry.path());
-                    }
+                let old = profile::capture_files(&dir)
+                    .map_err(|e| format!("--capture-dir {}: {e}", dir.display()))?;
+                for capture in old {
+                    let _ = fs::remove_file(capture);
                 }
                 CaptureDir::Kept(dir)
             }

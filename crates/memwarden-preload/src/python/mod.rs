@@ -33,8 +33,6 @@ struct Interpreter {
     bytes_type: AtomicUsize,
     /// Index + 1 into `LAYOUTS`; 0 when frames cannot be read.
     layout: AtomicUsize,
-    /// Walks that met something unexpected.
-    faults: AtomicU64,
     hexversion: AtomicU64,
     /// The capture warning code detection ended with.
     warning: AtomicU64,
@@ -48,7 +46,6 @@ static PYTHON: Interpreter = Interpreter {
     str_type: AtomicUsize::new(0),
     bytes_type: AtomicUsize::new(0),
     layout: AtomicUsize::new(0),
-    faults: AtomicU64::new(0),
     hexversion: AtomicU64::new(0),
     warning: AtomicU64::new(0),
 };
@@ -289,9 +286,8 @@ pub fn walk(state: usize, frames: &mut [RawFrame; MAX_DEPTH]) -> usize {
         }
         let code = read::<usize>(at(frame, layout.frame_code)).unwrap_or(0);
         if code == 0 || !object_of_type(code, layout, &PYTHON.code_type) {
-            if layout.code_adaptive == ABSENT || layout.minor < 13 {
+            if layout.minor < 13 {
                 // Before 3.13 every frame holds a code object: the chain is not what we think.
-                PYTHON.faults.fetch_add(1, Ordering::Relaxed);
                 return count;
             }
             frame = previous;
