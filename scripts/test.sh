@@ -11,6 +11,7 @@ cd "$root"
 ensure_debian_tools
 ensure_postgres
 ensure_venv "$root"
+ensure_test_requirements "$root"
 export MEMWARDEN_TEST_PYTHON="$root/.venv/bin/python"
 
 echo "==> cargo fmt --check"

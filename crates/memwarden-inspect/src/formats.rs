@@ -18,7 +18,8 @@ use crate::{
 mod onnx;
 
 /// Inspects one file.
-pub fn inspect_file(path: &Path, limits: &Limits) -> Result<FileReport, InspectError> {
+pub fn inspect_file(path: &Path, options: &crate::Options) -> Result<FileReport, InspectError> {
+    let limits = &options.limits;
     let mut file = File::open(path).map_err(|e| InspectError::io(0, e))?;
     let len = file.metadata().map_err(|e| InspectError::io(0, e))?.len();
     let mut head = [0u8; 16];
@@ -183,7 +184,7 @@ enum Compression {
 }
 
 fn apply_safety(report: &mut FileReport, scan: &Scan) {
-    let (verdict, imports) = safety::assess(&scan.imports, &scan.findings);
+    let (verdict, imports) = safety::assess(&safety::Allowlist::default(), &scan.imports, &scan.findings);
     report.verdict = report.verdict.max(verdict);
     report.imports.extend(imports);
     report.findings.extend(scan.findings.iter().cloned());
@@ -846,7 +847,7 @@ mod tests {
         let mut encoder = lz4_flex::frame::FrameEncoder::new(File::create(&path).expect("create"));
         encoder.write_all(pickle).expect("write");
         encoder.finish().expect("finish");
-        let report = inspect_file(&path, &Limits::default()).expect("inspected");
+        let report = inspect_file(&path, &crate::Options::default()).expect("inspected");
         assert_eq!(report.format, "pickle-compressed");
         assert_eq!(report.verdict, Verdict::Unsafe);
         assert!(report

@@ -28,6 +28,16 @@ pub use formats::inspect_file;
 /// each back; the caller measures those loads with memwarden's own monitor.
 pub const ADVISOR_PY: &str = include_str!("advisor.py");
 
+/// What an inspection is allowed and told: bounds on hostile input, and the names a pickle
+/// may call.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Bounds on what a hostile file can make the analysis do.
+    pub limits: Limits,
+    /// The built-in allowlist plus a team's exact pairs.
+    pub allowlist: safety::Allowlist,
+}
+
 /// Bounds on what a hostile file can make the analysis do.
 #[derive(Debug, Clone)]
 pub struct Limits {

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use memwarden_format::units::format_size;
-use memwarden_inspect::{inspect_file, FileReport, Limits, Severity, Verdict};
+use memwarden_inspect::{inspect_file, FileReport, Options, Severity, Verdict};
 use memwarden_ledger::policy::{Policy, RequiredSafety};
 use serde::Serialize;
 
@@ -118,11 +118,11 @@ pub fn main(
             return Status::Usage;
         }
     }
-    let limits = Limits::default();
+    let options = Options::default();
     let mut reports = Vec::new();
     let mut unreadable = Vec::new();
     for file in &files {
-        match inspect_file(file, &limits) {
+        match inspect_file(file, &options) {
             Ok(report) => reports.push(report),
             Err(e) => unreadable.push(Unreadable {
                 path: file.display().to_string(),
