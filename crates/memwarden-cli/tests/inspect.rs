@@ -295,7 +295,7 @@ fn hostile_pickles_are_flagged_not_missed() {
 }
 
 #[test]
-fn broken_and_absurd_files_are_clear_errors() {
+fn files_no_loader_reads_are_unreadable_with_the_reason() {
     let dir = fixtures();
     let absurd = dir.path().join("absurd.npy");
     let mut npy = b"\x93NUMPY\x01\x00".to_vec();
@@ -312,20 +312,16 @@ fn broken_and_absurd_files_are_clear_errors() {
     std::fs::write(&lying, st).expect("w");
     let text = dir.path().join("notes.pkl");
     std::fs::write(&text, "just some notes, not a model").expect("w");
-    let paths: Vec<PathBuf> = [
-        "truncated.joblib",
-        "garbage.pkl",
-        "absurd.npy",
-        "lying.safetensors",
-        "notes.pkl",
-    ]
-    .iter()
-    .map(|n| dir.path().join(n))
-    .collect();
+    let empty = dir.path().join("empty.pt");
+    std::fs::write(&empty, "").expect("w");
+    let paths: Vec<PathBuf> = ["absurd.npy", "lying.safetensors", "notes.pkl", "empty.pt"]
+        .iter()
+        .map(|n| dir.path().join(n))
+        .collect();
     let (output, report) = inspect(&paths, &[]);
     assert_eq!(output.status.code(), Some(6), "{report:#}");
     let unreadable = report["unreadable"].as_array().expect("unreadable");
-    assert_eq!(unreadable.len(), 5, "{report:#}");
+    assert_eq!(unreadable.len(), 4, "{report:#}");
     let said = |name: &str| {
         unreadable
             .iter()
@@ -333,8 +329,6 @@ fn broken_and_absurd_files_are_clear_errors() {
             .map(|u| u["error"].to_string())
             .unwrap_or_default()
     };
-    assert!(said("truncated.joblib").contains("truncated"));
-    assert!(said("garbage.pkl").contains("unknown opcode"));
     assert!(
         said("absurd.npy").contains("overflows"),
         "{}",
@@ -346,18 +340,56 @@ fn broken_and_absurd_files_are_clear_errors() {
         said("lying.safetensors")
     );
     assert!(
-        said("notes.pkl").contains("not a format"),
+        said("notes.pkl").contains("not a model file"),
         "{}",
         said("notes.pkl")
+    );
+    assert!(
+        said("empty.pt").contains("not a model file"),
+        "{}",
+        said("empty.pt")
     );
 }
 
 #[test]
-fn a_zip_bomb_is_refused() {
+fn broken_pickles_cannot_be_verified_and_are_not_passed() {
+    let dir = fixtures();
+    for name in ["truncated.joblib", "garbage.pkl"] {
+        let (output, report) = inspect(&[dir.path().join(name)], &[]);
+        assert_eq!(output.status.code(), Some(3), "{name}: {report:#}");
+        let f = file(&report, name);
+        assert_eq!(f["verdict"], "unsafe", "{name}: {f:#}");
+        let finding = f["findings"]
+            .as_array()
+            .expect("findings")
+            .iter()
+            .find(|f| {
+                f["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("cannot be verified"))
+            })
+            .unwrap_or_else(|| panic!("{name}: {f:#}"));
+        assert!(
+            finding["offset"].as_u64().is_some(),
+            "{name}: the byte offset: {finding:#}"
+        );
+    }
+    let (_, report) = inspect(&[dir.path().join("garbage.pkl")], &[]);
+    let f = file(&report, "garbage.pkl");
+    assert!(
+        f["findings"].to_string().contains("unknown opcode 0xfe"),
+        "{f:#}"
+    );
+}
+
+#[test]
+fn a_zip_bomb_is_refused_not_expanded() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let bomb = dir.path().join("bomb.npz");
+    let bomb = dir.path().join("bomb.pt");
+    // A 200 MiB bytes payload inside data.pkl, deflated to a few hundred KiB: reading past
+    // 200 × the file's size is refused, and the pickle cannot be verified.
     let script = format!(
-        "import zipfile\nwith zipfile.ZipFile({:?}, 'w', zipfile.ZIP_DEFLATED) as z:\n    z.writestr('a.npy', b'\\x93NUMPY' + b'\\0' * (200 * 2**20))\n",
+        "import zipfile\nwith zipfile.ZipFile({:?}, 'w', zipfile.ZIP_DEFLATED) as z:\n    z.writestr('archive/data.pkl', b'\\x80\\x04\\x8e' + (200 * 2**20).to_bytes(8, 'little') + b'\\0' * (200 * 2**20) + b'.')\n",
         bomb.display().to_string()
     );
     let made = std::process::Command::new(util::python())
@@ -366,11 +398,11 @@ fn a_zip_bomb_is_refused() {
         .expect("python");
     assert!(made.success());
     let (output, report) = inspect(&[bomb], &[]);
-    assert_eq!(output.status.code(), Some(6));
+    assert_eq!(output.status.code(), Some(3), "{report:#}");
     assert!(
-        report["unreadable"][0]["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("decompression ratio")),
+        report["files"][0]["findings"]
+            .to_string()
+            .contains("decompressed data exceeds the limit"),
         "{report:#}"
     );
 }

@@ -11,7 +11,9 @@
 //! - [`safety`]: every import a pickle performs, judged against an allowlist;
 //! - [`source`]: readers that skip by seeking, or by discarding within a decompression cap.
 
+pub mod archive;
 pub mod formats;
+pub mod gate;
 pub mod pickle;
 pub mod safety;
 pub mod source;
@@ -100,6 +102,9 @@ pub enum InspectError {
         /// What is wrong.
         message: String,
     },
+    /// Not a model file: no reader recognises its content.
+    #[error("{0}")]
+    NotAModel(String),
     /// A format or variant memwarden cannot read yet.
     #[error("unsupported: {0}")]
     Unsupported(String),
@@ -117,6 +122,18 @@ impl InspectError {
     /// An I/O error at `offset`.
     pub fn io(offset: u64, source: io::Error) -> Self {
         InspectError::Io { offset, source }
+    }
+
+    /// Where in the file the problem is, when known.
+    pub fn offset(&self) -> Option<u64> {
+        match self {
+            InspectError::Io { offset, .. }
+            | InspectError::Truncated { offset }
+            | InspectError::Malformed { offset, .. } => Some(*offset),
+            InspectError::NotAModel(_)
+            | InspectError::Unsupported(_)
+            | InspectError::LimitExceeded { .. } => None,
+        }
     }
 }
 
@@ -211,6 +228,9 @@ pub struct FileReport {
     /// Predictions for other usual loaders of the format (safetensors: numpy's and torch's).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub other_loaders: Vec<LoaderPrediction>,
+    /// Other formats the same bytes were also read as (a polyglot), each judged too.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub read_as: Vec<String>,
     /// Safety verdict.
     pub verdict: Verdict,
     /// Every import a pickle in the file would perform, with its judgement.
@@ -220,7 +240,7 @@ pub struct FileReport {
 }
 
 impl FileReport {
-    fn new(path: &Path, format: &str, file_bytes: u64) -> Self {
+    pub(crate) fn new(path: &Path, format: &str, file_bytes: u64) -> Self {
         FileReport {
             path: path.display().to_string(),
             format: format.to_owned(),
@@ -234,6 +254,7 @@ impl FileReport {
             predicted_load_peak_bytes: None,
             prediction_rule: String::new(),
             other_loaders: Vec::new(),
+            read_as: Vec::new(),
             verdict: Verdict::Safe,
             imports: Vec::new(),
             findings: Vec::new(),

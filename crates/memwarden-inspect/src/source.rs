@@ -19,6 +19,12 @@ pub struct FileSource {
 }
 
 impl FileSource {
+    /// Opens `path`, read from `position`.
+    pub fn open(path: &std::path::Path, position: u64) -> Result<FileSource, crate::InspectError> {
+        let file = File::open(path).map_err(|e| crate::InspectError::io(0, e))?;
+        FileSource::new(file, position).map_err(|e| crate::InspectError::io(position, e))
+    }
+
     /// Wraps an open file, read from `position`.
     pub fn new(mut file: File, position: u64) -> io::Result<FileSource> {
         let len = file.metadata()?.len();

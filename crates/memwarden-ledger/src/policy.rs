@@ -182,6 +182,51 @@ pub struct InspectPolicy {
     pub require: Option<RequiredSafety>,
     /// Largest predicted load peak accepted.
     pub max_load_peak: Option<Size>,
+    /// Exact names a pickle may call on top of the built-in allowlist, each
+    /// `"module:qualified.name"` (a team's own classes).
+    #[serde(default)]
+    pub allow: Vec<AllowedName>,
+}
+
+/// One exact `module:qualified.name` pair of `[inspect] allow`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedName {
+    /// The module, as the pickle names it.
+    pub module: String,
+    /// The name in it (dotted for nested classes).
+    pub name: String,
+}
+
+impl<'de> Deserialize<'de> for AllowedName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        match text.split_once(':') {
+            Some((module, name))
+                if !module.is_empty()
+                    && !name.is_empty()
+                    && !name.contains('*')
+                    && !module.contains('*') =>
+            {
+                Ok(AllowedName {
+                    module: module.to_owned(),
+                    name: name.to_owned(),
+                })
+            }
+            _ => Err(serde::de::Error::custom(format!(
+                "[inspect] allow entry '{text}': write one exact name as \"module:QualifiedName\" (no wildcards), e.g. \"my_team.models:Ranker\""
+            ))),
+        }
+    }
+}
+
+impl InspectPolicy {
+    /// The `allow` entries as (module, name) pairs.
+    pub fn allowed_pairs(&self) -> Vec<(String, String)> {
+        self.allow
+            .iter()
+            .map(|a| (a.module.clone(), a.name.clone()))
+            .collect()
+    }
 }
 
 /// A safety level a policy can require.
@@ -386,6 +431,13 @@ min_noise_pct = 1.5
             .expect("parses");
         assert_eq!(policy.inspect.require, Some(RequiredSafety::Review));
         assert_eq!(policy.inspect.max_load_peak, Some(Size(8 << 30)));
+        let policy =
+            Policy::parse("[inspect]\nallow = [\"my_team.models:Ranker\"]\n").expect("parses");
+        assert_eq!(
+            policy.inspect.allowed_pairs(),
+            [("my_team.models".to_owned(), "Ranker".to_owned())]
+        );
+        assert!(Policy::parse("[inspect]\nallow = [\"my_team.*\"]\n").is_err());
         assert!(Policy::parse("[inspect]\nrequire = \"yolo\"\n")
             .expect_err("bad level")
             .contains("yolo"));

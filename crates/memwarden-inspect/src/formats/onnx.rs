@@ -2,15 +2,22 @@
 //!
 //! Only what the inventory needs is decoded: `graph` (7) → `initializer` (5) →
 //! `TensorProto` `dims` (1), `data_type` (2), `name` (8), `raw_data` (9), typed data
-//! (4, 5, 6, 7, 10, 11: counted), `external_data` (13, the `length` entry), and
-//! `data_location` (14).
+//! (4, 5, 6, 7, 10, 11: counted), `external_data` (13, the `length` and `location`
+//! entries), and `data_location` (14).
+//!
+//! An external data `location` that leaves the model's directory (absolute, `..`, a drive
+//! letter) makes `onnx.load` read any file the user can: the path traversal of
+//! CVE-2022-25882 and its bypass CVE-2024-27318. `onnx.load` loads external data for every
+//! tensor, so the locations of tensors in node attributes, subgraphs, sparse initializers
+//! and functions are judged too. Only the string is judged: a symlink inside the directory
+//! that points out of it is not seen.
 
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
 use crate::source::{FileSource, Skip};
-use crate::{ArrayInfo, FileReport, InspectError, Limits};
+use crate::{ArrayInfo, FileReport, Finding, InspectError, Limits, Severity, Verdict};
 
 /// Whether the first bytes look like a `ModelProto` (field 1 `ir_version`, a varint).
 pub fn looks_like_model(head: &[u8]) -> bool {
@@ -150,19 +157,105 @@ fn type_name(data_type: u64) -> &'static str {
     }
 }
 
-fn tensor(
-    reader: &mut Reader,
+/// Whether an external data `location` stays inside the model's directory, judged as a
+/// string: relative, no `..` component, no drive letter, no NUL byte.
+fn location_stays_inside(location: &str) -> bool {
+    let bytes = location.as_bytes();
+    let drive = bytes.len() >= 2 && bytes[1] == b':' && bytes[0].is_ascii_alphabetic();
+    !(location.starts_with(['/', '\\'])
+        || drive
+        || location.contains('\0')
+        || location.split(['/', '\\']).any(|part| part == ".."))
+}
+
+/// One tensor: its inventory, whether its data is external, and every place it says that
+/// data is (`onnx` keeps the last; all are judged).
+struct Tensor {
+    array: ArrayInfo,
+    external: bool,
+    locations: Vec<String>,
+}
+
+impl Tensor {
+    /// A High finding for each location that leaves the model's directory.
+    fn judge_locations(&self, offset: u64, findings: &mut Vec<Finding>) {
+        let name = self.array.name.as_deref().unwrap_or("(unnamed)");
+        for location in self.locations.iter().filter(|l| !location_stays_inside(l)) {
+            findings.push(Finding {
+                severity: Severity::High,
+                offset: Some(offset),
+                message: format!(
+                    "tensor {name}: its external data location {location:?} reads a file outside the model's directory (path traversal, CVE-2022-25882, CVE-2024-27318)"
+                ),
+            });
+        }
+    }
+}
+
+/// Messages that can hold tensors beyond the main graph's initializers.
+#[derive(Clone, Copy)]
+enum Holder {
+    Graph,
+    Node,
+    Attribute,
+    SparseTensor,
+    Function,
+}
+
+/// Judges the external data locations of every tensor nested in a `holder` message:
+/// `GraphProto` (node 1, initializer 5, sparse_initializer 15), `NodeProto` (attribute 5),
+/// `AttributeProto` (t 5, g 6, tensors 10, graphs 11), `SparseTensorProto` (values 1,
+/// indices 2), `FunctionProto` (node 7).
+fn nested_locations(
+    r: &mut Reader,
     end: u64,
+    holder: Holder,
+    depth: u32,
     limits: &Limits,
-) -> Result<(ArrayInfo, bool), InspectError> {
+    findings: &mut Vec<Finding>,
+) -> Result<(), InspectError> {
+    if depth > limits.max_nesting.saturating_mul(4) {
+        return Err(InspectError::LimitExceeded {
+            what: "levels of ONNX subgraphs",
+            limit: u64::from(limits.max_nesting.saturating_mul(4)),
+        });
+    }
+    r.fields(end, |r, number, wire| {
+        let inner = match (holder, number) {
+            (Holder::Graph, 5) | (Holder::Attribute, 5 | 10) | (Holder::SparseTensor, 1 | 2) => {
+                None
+            }
+            (Holder::Graph, 1) | (Holder::Function, 7) => Some(Holder::Node),
+            (Holder::Graph, 15) => Some(Holder::SparseTensor),
+            (Holder::Node, 5) => Some(Holder::Attribute),
+            (Holder::Attribute, 6 | 11) => Some(Holder::Graph),
+            _ => return r.skip_field(wire),
+        };
+        if wire != 2 {
+            return r.skip_field(wire);
+        }
+        let len = r.varint()?;
+        let (start, stop) = (r.position, r.position.saturating_add(len));
+        match inner {
+            Some(inner) => nested_locations(r, stop, inner, depth + 1, limits, findings),
+            None => {
+                tensor(r, stop, limits)?.judge_locations(start, findings);
+                Ok(())
+            }
+        }
+    })
+}
+
+fn tensor(reader: &mut Reader, end: u64, limits: &Limits) -> Result<Tensor, InspectError> {
     let (mut dims, mut data_type, mut name, mut raw, mut typed, mut external_len, mut external) =
         (Vec::new(), 0, None, None, 0u64, None, false);
+    let mut locations = Vec::new();
     reader.fields(end, |r, number, wire| {
         match (number, wire) {
             (1, 0) => dims.push(r.varint()?),
             (1, 2) => {
                 let len = r.varint()?;
-                let stop = r.position + len;
+                let stop = r.position.saturating_add(len);
                 while r.position < stop {
                     dims.push(r.varint()?);
                 }
@@ -187,7 +280,7 @@ fn tensor(
             }
             (13, 2) => {
                 let len = r.varint()?;
-                let stop = r.position + len;
+                let stop = r.position.saturating_add(len);
                 let (mut key, mut value) = (String::new(), String::new());
                 r.fields(stop, |r, n, w| {
                     if w == 2 && (n == 1 || n == 2) {
@@ -203,8 +296,10 @@ fn tensor(
                         r.skip_field(w)
                     }
                 })?;
-                if key == "length" {
-                    external_len = value.parse().ok();
+                match key.as_str() {
+                    "length" => external_len = value.parse().ok(),
+                    "location" => locations.push(value),
+                    _ => {}
                 }
             }
             (14, 0) => external = r.varint()? == 1,
@@ -222,8 +317,8 @@ fn tensor(
                 .saturating_mul(element_size(data_type))
         }
     });
-    Ok((
-        ArrayInfo {
+    Ok(Tensor {
+        array: ArrayInfo {
             name,
             dtype: type_name(data_type).to_owned(),
             shape: Some(dims),
@@ -231,7 +326,8 @@ fn tensor(
             kind: "onnx".to_owned(),
         },
         external,
-    ))
+        locations,
+    })
 }
 
 /// Inspects an ONNX model.
@@ -244,22 +340,30 @@ pub fn inspect(path: &Path, len: u64, limits: &Limits) -> Result<FileReport, Ins
     let mut report = FileReport::new(path, "onnx", len);
     let mut external_bytes = 0;
     let mut tensors = Vec::new();
+    let mut findings = Vec::new();
     reader.fields(len, |r, number, wire| {
+        if (number, wire) == (25, 2) {
+            let function_len = r.varint()?;
+            let function_end = r.position.saturating_add(function_len);
+            return nested_locations(r, function_end, Holder::Function, 0, limits, &mut findings);
+        }
         if (number, wire) == (7, 2) {
             let graph_len = r.varint()?;
-            let graph_end = r.position + graph_len;
+            let graph_end = r.position.saturating_add(graph_len);
             if graph_end > len {
                 return Err(InspectError::Truncated { offset: len });
             }
             r.fields(graph_end, |r, number, wire| {
                 if (number, wire) == (5, 2) {
                     let tensor_len = r.varint()?;
-                    let tensor_end = r.position + tensor_len;
-                    let (array, external) = tensor(r, tensor_end, limits)?;
-                    if external {
-                        external_bytes += array.bytes;
+                    let tensor_start = r.position;
+                    let tensor_end = r.position.saturating_add(tensor_len);
+                    let initializer = tensor(r, tensor_end, limits)?;
+                    initializer.judge_locations(tensor_start, &mut findings);
+                    if initializer.external {
+                        external_bytes += initializer.array.bytes;
                     }
-                    tensors.push(array);
+                    tensors.push(initializer.array);
                     if tensors.len() > limits.max_zip_entries {
                         return Err(InspectError::LimitExceeded {
                             what: "ONNX initializers",
@@ -267,6 +371,15 @@ pub fn inspect(path: &Path, len: u64, limits: &Limits) -> Result<FileReport, Ins
                         });
                     }
                     Ok(())
+                } else if wire == 2 && (number == 1 || number == 15) {
+                    let len = r.varint()?;
+                    let stop = r.position.saturating_add(len);
+                    let holder = if number == 1 {
+                        Holder::Node
+                    } else {
+                        Holder::SparseTensor
+                    };
+                    nested_locations(r, stop, holder, 1, limits, &mut findings)
                 } else {
                     r.skip_field(wire)
                 }
@@ -276,6 +389,10 @@ pub fn inspect(path: &Path, len: u64, limits: &Limits) -> Result<FileReport, Ins
         }
     })?;
     report.arrays = tensors;
+    if !findings.is_empty() {
+        report.verdict = report.verdict.max(Verdict::Unsafe);
+    }
+    report.findings.append(&mut findings);
     report.payload_bytes = report.arrays.iter().map(|a| a.bytes).sum();
     report.loader = "onnx.load".to_owned();
     report.predicted_load_peak_bytes = Some(len + report.payload_bytes);
@@ -286,4 +403,59 @@ pub fn inspect(path: &Path, len: u64, limits: &Limits) -> Result<FileReport, Ins
     report.mmap_note =
         "onnx.load copies; onnxruntime can map external data files instead".to_owned();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formats::keras;
+    use crate::{Severity, Verdict};
+
+    #[test]
+    fn judges_locations_as_strings() {
+        for inside in ["weights.bin", "data/w.bin", "./w.bin", "a..b", "..w"] {
+            assert!(location_stays_inside(inside), "{inside}");
+        }
+        for outside in [
+            "../w.bin",
+            "a/../../w",
+            "..",
+            "/etc/passwd",
+            "\\\\server\\share\\w",
+            "C:\\w.bin",
+            "c:w.bin",
+            "a\\..\\..\\w",
+            "w.bin\0.txt",
+        ] {
+            assert!(!location_stays_inside(outside), "{outside}");
+        }
+    }
+
+    #[test]
+    fn flags_external_data_outside_the_model_directory() {
+        let dir = keras::fixtures::make();
+        for (name, flagged) in [
+            ("external.onnx", false),
+            ("traversal.onnx", true),
+            ("absolute.onnx", true),
+            ("traversal_node.onnx", true),
+        ] {
+            let path = dir.path().join(name);
+            let len = std::fs::metadata(&path).expect("metadata").len();
+            let report = inspect(&path, len, &Limits::default()).expect(name);
+            assert_eq!(report.arrays.len(), 1, "{name}");
+            assert_eq!(report.arrays[0].bytes, 256, "{name}");
+            let outside = report.findings.iter().any(|f| {
+                f.severity == Severity::High && f.message.contains("outside the model's directory")
+            });
+            assert_eq!(outside, flagged, "{name}: {:?}", report.findings);
+            assert_eq!(report.findings.len(), usize::from(flagged), "{name}");
+            let verdict = if flagged {
+                Verdict::Unsafe
+            } else {
+                Verdict::Safe
+            };
+            assert_eq!(report.verdict, verdict, "{name}");
+        }
+    }
 }

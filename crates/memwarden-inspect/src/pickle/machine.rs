@@ -1,232 +1,87 @@
-//! A pickle reader that never executes anything.
-//!
-//! It walks the opcode stream of protocols 0 to 5 with a symbolic stack: values are
-//! literals (numbers, strings, byte lengths), containers, and *calls* (`REDUCE`, `NEWOBJ`,
-//! `OBJ`, `INST`) of *globals* (`GLOBAL`, `STACK_GLOBAL`, `INST`), so it sees every import a
-//! real unpickler would perform and what each is called with, while payloads are skipped
-//! by seeking (a 2 GB pickle costs a few reads). From the calls it recognises the arrays
-//! the file holds: numpy's `_reconstruct` + `BUILD`, protocol 5's `_frombuffer`, joblib's
-//! `NumpyArrayWrapper` (whose array bytes follow the `BUILD` in the file), and PyTorch's
-//! `_rebuild_tensor_v2` over persistent storages.
-//!
-//! Hostile input is bounded: opcodes, memo entries, stack depth, string lengths and the
-//! depth of analysis are all limited ([`Limits`]), and malformed input is an error with
-//! the offset, never a panic.
+//! The opcode machine: one pickle, opcode by opcode, on a symbolic stack.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::rc::Rc;
 
+use super::arrays::{array_bytes, dtype_has_object, dtype_name, element_bytes, itemsize, shape_of};
+use super::{Container, Flavor, Import, Scan, Value};
 use crate::source::Skip;
-use crate::{ArrayInfo, Finding, InspectError, Limits, Severity};
-
-/// A symbolic value on the unpickler's stack.
-#[derive(Debug, Clone)]
-pub enum Value {
-    /// `None`.
-    None,
-    /// `True`/`False`.
-    Bool(bool),
-    /// An integer that fits in 64 bits (larger ones are `Unknown`).
-    Int(i64),
-    /// A float.
-    Float(f64),
-    /// A text string (`None` content when too long to keep).
-    Str(Option<Rc<str>>),
-    /// A bytes-like payload of this many bytes, at this file offset.
-    Bytes {
-        /// Length.
-        len: u64,
-        /// Offset of the first byte.
-        offset: u64,
-    },
-    /// An out-of-band buffer (protocol 5 `NEXT_BUFFER`).
-    Buffer,
-    /// A module attribute an unpickler would import.
-    Global(Rc<str>, Rc<str>),
-    /// A call of `func` with `args` (`REDUCE`, `NEWOBJ`...), then `state` when built.
-    Call {
-        /// The callable.
-        func: Rc<Value>,
-        /// Its arguments.
-        args: Rc<Value>,
-        /// `BUILD` state, when one followed.
-        state: Option<Rc<Value>>,
-    },
-    /// A tuple.
-    Tuple(Rc<Vec<Value>>),
-    /// A list (mutable through the memo).
-    List(Rc<RefCell<Vec<Value>>>),
-    /// A dict (mutable through the memo).
-    Dict(Rc<RefCell<Vec<(Value, Value)>>>),
-    /// A set or frozenset.
-    Set,
-    /// A persistent id (`PERSID`, `BINPERSID`).
-    Persistent(Rc<Value>),
-    /// Anything else.
-    Unknown,
-}
-
-impl Value {
-    fn as_str(&self) -> Option<&str> {
-        match self {
-            Value::Str(Some(s)) => Some(s),
-            _ => None,
-        }
-    }
-
-    fn global(&self) -> Option<(&str, &str)> {
-        match self {
-            Value::Global(m, n) => Some((m, n)),
-            _ => None,
-        }
-    }
-
-    fn items(&self) -> Vec<Value> {
-        match self {
-            Value::Tuple(items) => items.as_ref().clone(),
-            Value::List(items) => items.borrow().clone(),
-            _ => Vec::new(),
-        }
-    }
-
-    fn dict_get(&self, key: &str) -> Option<Value> {
-        match self {
-            Value::Dict(items) => items
-                .borrow()
-                .iter()
-                .find(|(k, _)| k.as_str() == Some(key))
-                .map(|(_, v)| v.clone()),
-            _ => None,
-        }
-    }
-
-    fn int(&self) -> Option<i64> {
-        match self {
-            Value::Int(i) => Some(*i),
-            Value::Bool(b) => Some(i64::from(*b)),
-            _ => None,
-        }
-    }
-}
-
-/// An import the pickle performs.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Import {
-    /// Module.
-    pub module: String,
-    /// Attribute.
-    pub name: String,
-    /// File offset of the opcode.
-    pub offset: u64,
-}
-
-/// How to treat the bytes that follow certain objects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flavor {
-    /// A plain pickle.
-    Plain,
-    /// A joblib file: array bytes follow each `NumpyArrayWrapper`'s `BUILD`.
-    Joblib,
-}
-
-/// What a pickle holds.
-#[derive(Debug, Default)]
-pub struct Scan {
-    /// Protocol from `PROTO` (0 or 1 when absent: text or binary without marker).
-    pub protocol: u8,
-    /// Every import, in order.
-    pub imports: Vec<Import>,
-    /// Things a reviewer must see.
-    pub findings: Vec<Finding>,
-    /// Arrays recognised.
-    pub arrays: Vec<ArrayInfo>,
-    /// Bytes of raw payload (bytes, bytearray, joblib array data).
-    pub payload_bytes: u64,
-    /// Bytes of payload in protocol-5 in-band `BYTEARRAY8` (loaded without a copy).
-    pub zero_copy_bytes: u64,
-    /// Opcodes executed.
-    pub opcodes: u64,
-    /// The longest text payload (protocol 2 carries numpy's bytes as latin-1 text).
-    pub largest_text_bytes: u64,
-    /// Array bytes that the objects holding them copy again when they are rebuilt
-    /// (scikit-learn's `Tree` copies its `nodes` and `values` into its own buffers).
-    pub copied_on_load_bytes: u64,
-    /// Persistent ids, in order (PyTorch's storages).
-    pub persistent_ids: Vec<Value>,
-    /// The value left on the stack by `STOP`.
-    pub root: Option<Value>,
-    /// Every list and dict built, so that dropping the scan can empty them: a pickle can
-    /// make a container hold itself through the memo, a cycle reference counting never
-    /// frees (found by fuzzing).
-    containers: Vec<Container>,
-    /// Offset just after `STOP`.
-    pub end: u64,
-}
-
-/// A weak handle on a container built during a scan.
-#[derive(Debug)]
-enum Container {
-    List(std::rc::Weak<RefCell<Vec<Value>>>),
-    Dict(std::rc::Weak<RefCell<Vec<(Value, Value)>>>),
-}
-
-impl Drop for Scan {
-    fn drop(&mut self) {
-        for container in self.containers.drain(..) {
-            match container {
-                Container::List(weak) => {
-                    if let Some(list) = weak.upgrade() {
-                        list.borrow_mut().clear();
-                    }
-                }
-                Container::Dict(weak) => {
-                    if let Some(dict) = weak.upgrade() {
-                        dict.borrow_mut().clear();
-                    }
-                }
-            }
-        }
-    }
-}
+use crate::{ArrayInfo, Finding, InspectError, Limits, Options, Severity};
 
 struct Machine<'r, R> {
     reader: &'r mut R,
     offset: u64,
+    options: &'r Options,
     limits: &'r Limits,
     flavor: Flavor,
+    /// A byte read to learn whether another pickle follows, not yet executed.
+    peeked: Option<u8>,
     stack: Vec<Value>,
     marks: Vec<usize>,
     memo: HashMap<u64, Value>,
     scan: Scan,
-    depth: u32,
     kept_text_bytes: u64,
 }
 
 const MAX_KEPT_STRING: u64 = 64 * 1024;
 
-/// Scans one pickle from the reader's position (`offset` bytes into the file) to its `STOP`.
+/// How much of a stream to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extent {
+    /// One pickle, to its `STOP` (what one `pickle.load` reads).
+    One,
+    /// Every pickle until the end of the stream, as repeated `load` calls on one unpickler
+    /// read them (the memo carries over from one to the next).
+    All,
+}
+
+/// Scans the pickle(s) from the reader's position (`offset` bytes into the file). The scan
+/// never fails: a stream that breaks is returned with [`Scan::broken`] set, holding
+/// everything seen before the break (a loader runs what precedes a break, then fails).
 pub fn scan<R: Skip>(
     reader: &mut R,
     offset: u64,
-    limits: &Limits,
+    options: &Options,
     flavor: Flavor,
-) -> Result<Scan, InspectError> {
+    extent: Extent,
+) -> Scan {
     let mut machine = Machine {
         reader,
         offset,
-        limits,
+        options,
+        limits: &options.limits,
         flavor,
+        peeked: None,
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
         scan: Scan::default(),
-        depth: 0,
         kept_text_bytes: 0,
     };
-    machine.run()?;
-    Ok(machine.scan)
+    loop {
+        if let Err(error) = machine.run() {
+            machine.scan.broken = Some(error);
+            break;
+        }
+        machine.scan.pickles += 1;
+        if extent == Extent::One {
+            break;
+        }
+        match machine.peek() {
+            Ok(true) => {
+                machine.stack.clear();
+                machine.marks.clear();
+            }
+            Ok(false) => break,
+            Err(error) => {
+                machine.scan.broken = Some(error);
+                break;
+            }
+        }
+    }
+    machine.scan
 }
 
 impl<R: Skip> Machine<'_, R> {
@@ -237,7 +92,27 @@ impl<R: Skip> Machine<'_, R> {
         }
     }
 
+    /// Whether another byte follows (kept for the next opcode read).
+    fn peek(&mut self) -> Result<bool, InspectError> {
+        let mut b = [0u8; 1];
+        loop {
+            match self.reader.read(&mut b) {
+                Ok(0) => return Ok(false),
+                Ok(_) => {
+                    self.peeked = Some(b[0]);
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(InspectError::io(self.offset, e)),
+            }
+        }
+    }
+
     fn byte(&mut self) -> Result<u8, InspectError> {
+        if let Some(b) = self.peeked.take() {
+            self.offset += 1;
+            return Ok(b);
+        }
         let mut b = [0u8; 1];
         self.reader.read_exact(&mut b).map_err(|e| self.eof(e))?;
         self.offset += 1;
@@ -387,11 +262,19 @@ impl<R: Skip> Machine<'_, R> {
             let op = self.byte()?;
             match op {
                 b'.' => {
-                    self.scan.root = self.stack.pop();
+                    let root = self.stack.pop();
+                    if self.scan.pickles == 0 {
+                        self.scan.root = root;
+                    }
                     self.scan.end = self.offset;
                     return Ok(());
                 }
-                0x80 => self.scan.protocol = self.byte()?,
+                0x80 => {
+                    let protocol = self.byte()?;
+                    if self.scan.pickles == 0 {
+                        self.scan.protocol = protocol;
+                    }
+                }
                 0x95 => {
                     self.bytes_n::<8>()?; // FRAME: a length hint only
                 }
@@ -651,11 +534,8 @@ impl<R: Skip> Machine<'_, R> {
                     let name = self.line()?;
                     let args = self.pop_mark(at)?;
                     let func = self.import(&module, &name, at);
-                    self.push(Value::Call {
-                        func: Rc::new(func),
-                        args: Rc::new(Value::Tuple(Rc::new(args))),
-                        state: None,
-                    })?;
+                    let call = self.call(func, Value::Tuple(Rc::new(args)), at);
+                    self.push(call)?;
                 }
                 b'o' => {
                     let mut items = self.pop_mark(at)?;
@@ -663,11 +543,8 @@ impl<R: Skip> Machine<'_, R> {
                         return Err(self.malformed(at, "OBJ without a class"));
                     }
                     let func = items.remove(0);
-                    self.push(Value::Call {
-                        func: Rc::new(func),
-                        args: Rc::new(Value::Tuple(Rc::new(items))),
-                        state: None,
-                    })?;
+                    let call = self.call(func, Value::Tuple(Rc::new(items)), at);
+                    self.push(call)?;
                 }
                 b'R' | 0x81 => {
                     let args = self.pop(at)?;
@@ -685,6 +562,13 @@ impl<R: Skip> Machine<'_, R> {
                 b'b' => {
                     let state = self.pop(at)?;
                     let target = self.pop(at)?;
+                    if let Value::Global(module, name) = &target {
+                        self.scan.findings.push(Finding {
+                            severity: Severity::High,
+                            offset: Some(at),
+                            message: format!("BUILD sets attributes on `{module}.{name}` itself, not on an object built from it: it rewrites code that later calls run"),
+                        });
+                    }
                     let built = match target {
                         Value::Call { func, args, .. } => Value::Call {
                             func,
@@ -732,9 +616,68 @@ impl<R: Skip> Machine<'_, R> {
         }
     }
 
-    /// A call: recognise numpy's protocol-5 `_frombuffer`; an `OrderedDict()` becomes a dict
-    /// so that the items `SETITEMS` adds to it (a PyTorch state dict's) stay visible.
-    fn call(&mut self, func: Value, args: Value, _at: u64) -> Value {
+    /// Judges what a call calls. The callee must be an imported name (judged with the
+    /// imports); the result of another call, or any other value, cannot be verified without
+    /// running the pickle. An allowlisted callee that calls some of its arguments in turn
+    /// (`copyreg._reconstructor` calls `base`) has each of them judged the same way.
+    fn judge_call(&mut self, func: &Value, args: &Value, at: u64) {
+        let (module, name) = match func {
+            Value::Global(module, name) => (module.clone(), name.clone()),
+            Value::Call { func: inner, .. } => {
+                let callee = describe(inner);
+                self.scan.findings.push(Finding {
+                    severity: Severity::Critical,
+                    offset: Some(at),
+                    message: format!("calls the value returned by {callee}(...): what runs cannot be known without executing the pickle"),
+                });
+                return;
+            }
+            other => {
+                self.scan.findings.push(Finding {
+                    severity: Severity::High,
+                    offset: Some(at),
+                    message: format!(
+                        "calls {}, not an imported name: cannot be verified",
+                        describe(other)
+                    ),
+                });
+                return;
+            }
+        };
+        let called = self.options.allowlist.called_arguments(&module, &name);
+        if called.is_empty()
+            || self
+                .options
+                .allowlist
+                .judge(&module, &name)
+                .severity
+                .is_some()
+        {
+            return;
+        }
+        let items = args.items();
+        for &index in called {
+            let acceptable = match items.get(index) {
+                None | Some(Value::None | Value::Str(Some(_))) => true,
+                Some(Value::Global(m, n)) => self.options.allowlist.judge(m, n).severity.is_none(),
+                Some(_) => false,
+            };
+            if !acceptable {
+                let what = items.get(index).map_or_else(String::new, describe);
+                self.scan.findings.push(Finding {
+                    severity: Severity::Critical,
+                    offset: Some(at),
+                    message: format!("`{module}.{name}` calls its argument {index}, which is {what}, not an allowlisted callable"),
+                });
+            }
+        }
+    }
+
+    /// A call: judged, then numpy's protocol-5 `_frombuffer` recognised; an `OrderedDict()`
+    /// becomes a dict so that the items `SETITEMS` adds to it (a PyTorch state dict's) stay
+    /// visible.
+    fn call(&mut self, func: Value, args: Value, at: u64) -> Value {
+        self.judge_call(&func, &args, at);
         if func.global() == Some(("collections", "OrderedDict")) && args.items().is_empty() {
             return self.new_dict(Vec::new());
         }
@@ -747,7 +690,7 @@ impl<R: Skip> Machine<'_, R> {
                     Value::Bytes { len, .. } => Some(*len),
                     _ => itemsize(dtype.as_deref())
                         .zip(shape.as_ref())
-                        .map(|(size, s)| size * s.iter().product::<u64>()),
+                        .and_then(|(size, s)| element_bytes(Some(s), size)),
                 };
                 self.scan.arrays.push(ArrayInfo {
                     name: None,
@@ -779,6 +722,7 @@ impl<R: Skip> Machine<'_, R> {
             Value::Global(m, n) => Some((m.as_ref(), n.as_ref())),
             _ => None,
         };
+        self.judge_state(target, state, at);
         match target {
             Some(("sklearn.tree._tree", "Tree")) => {
                 for key in ["nodes", "values"] {
@@ -797,7 +741,8 @@ impl<R: Skip> Machine<'_, R> {
                         Value::Bytes { len, .. } => *len,
                         _ => itemsize(Some(&dtype))
                             .zip(shape.as_ref())
-                            .map_or(0, |(size, s)| size * s.iter().product::<u64>()),
+                            .and_then(|(size, s)| element_bytes(Some(s), size))
+                            .unwrap_or(0),
                     };
                     self.scan.arrays.push(ArrayInfo {
                         name: None,
@@ -813,66 +758,114 @@ impl<R: Skip> Machine<'_, R> {
                 if m.starts_with("joblib") && self.flavor == Flavor::Joblib =>
             {
                 let shape = state.dict_get("shape").and_then(|s| shape_of(&s));
-                let dtype = state
-                    .dict_get("dtype")
-                    .and_then(|d| dtype_name(&d))
+                let dtype_value = state.dict_get("dtype");
+                let dtype = dtype_value
+                    .as_ref()
+                    .and_then(dtype_name)
                     .unwrap_or_default();
                 let aligned = state
                     .dict_get("numpy_array_alignment_bytes")
                     .and_then(|v| v.int());
-                if dtype == "|O" || dtype == "O" {
-                    // Object arrays are a nested pickle (protocol 5), right here in the stream.
-                    self.depth += 1;
-                    if self.depth > self.limits.max_nesting {
-                        return Err(InspectError::LimitExceeded {
-                            what: "nested pickles",
-                            limit: u64::from(self.limits.max_nesting),
+                match dtype_value.as_ref().and_then(dtype_has_object) {
+                    // joblib pickles arrays with object fields (`O8`, or structured dtypes
+                    // holding one) right here in the stream, and `pickle.load`s them back.
+                    Some(true) => {
+                        let mut nested = scan(
+                            &mut *self.reader,
+                            self.offset,
+                            self.options,
+                            Flavor::Plain,
+                            Extent::One,
+                        );
+                        let broken = nested.broken.take();
+                        self.offset = nested.end;
+                        self.absorb(nested);
+                        if let Some(error) = broken {
+                            return Err(error);
+                        }
+                        self.scan.arrays.push(ArrayInfo {
+                            name: None,
+                            dtype,
+                            shape,
+                            bytes: 0,
+                            kind: "joblib".to_owned(),
                         });
                     }
-                    let nested = scan(&mut *self.reader, self.offset, self.limits, Flavor::Plain)?;
-                    self.offset = nested.end;
-                    self.depth -= 1;
-                    self.scan.findings.push(Finding {
-                        severity: Severity::Info,
-                        offset: Some(at),
-                        message: "an object array stored as a nested pickle".to_owned(),
-                    });
-                    self.absorb(nested);
-                    self.scan.arrays.push(ArrayInfo {
-                        name: None,
-                        dtype,
-                        shape,
-                        bytes: 0,
-                        kind: "joblib".to_owned(),
-                    });
-                    return Ok(());
+                    Some(false) => {
+                        if aligned.is_some() {
+                            let padding = u64::from(self.byte()?);
+                            self.skip(padding)?;
+                        }
+                        let bytes = itemsize(Some(&dtype))
+                            .and_then(|size| element_bytes(shape.as_deref(), size))
+                            .ok_or_else(|| {
+                                self.malformed(
+                                    at,
+                                    format!("joblib array of dtype '{dtype}' and shape {shape:?}: its size cannot be computed, so where the pickle resumes cannot be known"),
+                                )
+                            })?;
+                        self.skip(bytes)?;
+                        self.scan.payload_bytes += bytes;
+                        self.scan.arrays.push(ArrayInfo {
+                            name: None,
+                            dtype,
+                            shape,
+                            bytes,
+                            kind: "joblib".to_owned(),
+                        });
+                    }
+                    None => {
+                        return Err(self.malformed(
+                            at,
+                            "a joblib array whose dtype is not a literal numpy dtype: whether joblib reads its data or a nested pickle cannot be known",
+                        ))
+                    }
                 }
-                if aligned.is_some() {
-                    let padding = u64::from(self.byte()?);
-                    self.skip(padding)?;
-                }
-                let size = itemsize(Some(&dtype)).ok_or_else(|| {
-                    self.malformed(at, format!("joblib array of unknown dtype '{dtype}'"))
-                })?;
-                let count = shape.as_ref().map_or(Some(1), |s| {
-                    s.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))
-                });
-                let bytes = count
-                    .and_then(|c| c.checked_mul(size))
-                    .ok_or_else(|| self.malformed(at, "joblib array size overflows"))?;
-                self.skip(bytes)?;
-                self.scan.payload_bytes += bytes;
-                self.scan.arrays.push(ArrayInfo {
-                    name: None,
-                    dtype,
-                    shape,
-                    bytes,
-                    kind: "joblib".to_owned(),
-                });
             }
             _ => {}
         }
         Ok(())
+    }
+
+    /// What a `BUILD` state sets on an object: a dunder attribute (`__array_interface__`
+    /// makes numpy read any address, `__class__` swaps the type) is never ordinary state,
+    /// and joblib's legacy wrappers name a side file that `np.load(allow_pickle=True)` reads.
+    fn judge_state(&mut self, target: Option<(&str, &str)>, state: &Value, at: u64) {
+        let mut dicts = vec![state.clone()];
+        if let Value::Tuple(parts) = state {
+            dicts = parts.as_ref().clone();
+        }
+        for dict in &dicts {
+            let Value::Dict(pairs) = dict else { continue };
+            for (key, _) in pairs.borrow().iter() {
+                if let Some(key) = key.as_str() {
+                    if key.len() > 4 && key.starts_with("__") && key.ends_with("__") {
+                        self.scan.findings.push(Finding {
+                            severity: Severity::High,
+                            offset: Some(at),
+                            message: format!("BUILD sets the attribute `{key}`, which is interpreter machinery, not model state"),
+                        });
+                    }
+                }
+            }
+        }
+        if matches!(target, Some((m, "NDArrayWrapper" | "ZNDArrayWrapper")) if m.starts_with("joblib"))
+        {
+            let file = state.dict_get("filename");
+            let escapes = match file.as_ref().and_then(Value::as_str) {
+                Some(name) => {
+                    name.starts_with('/') || name.split(['/', '\\']).any(|part| part == "..")
+                }
+                None => true,
+            };
+            if escapes {
+                self.scan.findings.push(Finding {
+                    severity: Severity::High,
+                    offset: Some(at),
+                    message: "a legacy joblib array wrapper names a side file outside the model's directory (or not as a literal): joblib np.loads it with allow_pickle=True".to_owned(),
+                });
+            }
+        }
     }
 
     fn absorb(&mut self, mut nested: Scan) {
@@ -900,344 +893,21 @@ impl<R: Skip> Machine<'_, R> {
     }
 }
 
-/// Names the arrays of a scan by where they sit under its root (`estimators_[3].tree_.nodes`),
-/// when the walk finds exactly as many arrays as the stream recorded, in the same order
-/// (a pickle writes objects depth-first, as the walk visits them). Otherwise the arrays
-/// stay unnamed rather than risk wrong names.
-pub fn name_arrays(scan: &mut Scan) {
-    let Some(root) = &scan.root else { return };
-    let mut paths = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    array_paths(root, "", &mut paths, &mut seen, 0);
-    let unnamed: Vec<usize> = (0..scan.arrays.len())
-        .filter(|&i| scan.arrays[i].name.is_none())
-        .collect();
-    if paths.len() == unnamed.len() {
-        for (index, path) in unnamed.into_iter().zip(paths) {
-            scan.arrays[index].name = Some(if path.is_empty() {
-                "(root)".to_owned()
-            } else {
-                path
-            });
-        }
-    }
-}
-
-fn is_array(value: &Value) -> bool {
-    matches!(value, Value::Call { func, state: Some(_), .. }
-        if matches!(func.global(), Some((m, "_reconstruct")) if m.starts_with("numpy"))
-            || matches!(func.global(), Some((m, "NumpyArrayWrapper")) if m.starts_with("joblib")))
-        || matches!(value, Value::Call { func, .. } if matches!(func.global(), Some((m, "_frombuffer")) if m.starts_with("numpy")))
-}
-
-fn array_paths(
-    value: &Value,
-    path: &str,
-    out: &mut Vec<String>,
-    seen: &mut std::collections::HashSet<usize>,
-    depth: u32,
-) {
-    if depth > 200 {
-        return;
-    }
-    let join = |key: &str| {
-        if path.is_empty() {
-            key.to_owned()
-        } else {
-            format!("{path}.{key}")
-        }
-    };
+/// A value as a reviewer reads it in a finding.
+fn describe(value: &Value) -> String {
     match value {
-        _ if is_array(value) => {
-            if let Value::Call { args, .. } = value {
-                if seen.insert(Rc::as_ptr(args) as usize) {
-                    out.push(path.to_owned());
-                }
-            }
-        }
-        Value::Dict(items) => {
-            if !seen.insert(Rc::as_ptr(items) as usize) {
-                return;
-            }
-            for (key, item) in items.borrow().iter() {
-                let name = match key {
-                    Value::Str(Some(k)) => join(k),
-                    Value::Int(i) => format!("{path}[{i}]"),
-                    _ => join("?"),
-                };
-                array_paths(item, &name, out, seen, depth + 1);
-            }
-        }
-        Value::List(items) => {
-            if !seen.insert(Rc::as_ptr(items) as usize) {
-                return;
-            }
-            for (i, item) in items.borrow().iter().enumerate() {
-                array_paths(item, &format!("{path}[{i}]"), out, seen, depth + 1);
-            }
-        }
-        Value::Tuple(items) => {
-            for (i, item) in items.iter().enumerate() {
-                array_paths(item, &format!("{path}[{i}]"), out, seen, depth + 1);
-            }
-        }
-        Value::Call { args, state, .. } => {
-            if !seen.insert(Rc::as_ptr(args) as usize) {
-                return;
-            }
-            for (i, item) in args.items().iter().enumerate() {
-                array_paths(item, &format!("{path}(arg {i})"), out, seen, depth + 1);
-            }
-            if let Some(state) = state {
-                array_paths(state, path, out, seen, depth + 1);
-            }
-        }
-        _ => {}
-    }
-}
-
-/// Bytes of an array value: numpy's `_reconstruct` + `BUILD`, or joblib's wrapper.
-fn array_bytes(value: &Value) -> Option<u64> {
-    let Value::Call {
-        func,
-        state: Some(state),
-        ..
-    } = value
-    else {
-        return None;
-    };
-    let (module, name) = func.global()?;
-    let (shape, dtype) = match (module, name) {
-        (m, "_reconstruct") if m.starts_with("numpy") => {
-            let items = state.items();
-            if let Some(Value::Bytes { len, .. }) = items.get(4) {
-                return Some(*len);
-            }
-            (shape_of(items.get(1)?)?, dtype_name(items.get(2)?)?)
-        }
-        (m, "NumpyArrayWrapper") if m.starts_with("joblib") => (
-            shape_of(&state.dict_get("shape")?)?,
-            dtype_name(&state.dict_get("dtype")?)?,
-        ),
-        _ => return None,
-    };
-    itemsize(Some(&dtype)).map(|size| size * shape.iter().product::<u64>())
-}
-
-/// numpy's dtype string from `numpy.dtype('f8', ...)` + `BUILD` (endianness from the state).
-pub fn dtype_name(value: &Value) -> Option<String> {
-    match value {
-        Value::Call { func, args, state }
-            if func
-                .global()
-                .is_some_and(|(m, n)| m.starts_with("numpy") && n == "dtype") =>
-        {
-            let code = args
-                .items()
-                .first()
-                .and_then(|v| v.as_str().map(str::to_owned))?;
-            let order = state
-                .as_ref()
-                .and_then(|s| s.items().get(1).and_then(|v| v.as_str().map(str::to_owned)));
-            Some(match order.as_deref() {
-                Some(o @ ("<" | ">" | "|")) => format!("{o}{code}"),
-                _ => code,
-            })
-        }
-        Value::Str(Some(s)) => Some(s.to_string()),
-        _ => None,
-    }
-}
-
-/// Size in bytes of one element of a numpy dtype string (`<f8` → 8, `<U10` → 40).
-pub fn itemsize(dtype: Option<&str>) -> Option<u64> {
-    let code = dtype?.trim_start_matches(['<', '>', '|', '=']);
-    let kind = code.chars().next()?;
-    let digits: String = code
-        .chars()
-        .skip(1)
-        .take_while(char::is_ascii_digit)
-        .collect();
-    let n: u64 = if digits.is_empty() {
-        match kind {
-            'b' | '?' => 1,
-            _ => return None,
-        }
-    } else {
-        digits.parse().ok()?
-    };
-    match kind {
-        'U' => Some(4 * n),
-        'b' | 'i' | 'u' | 'f' | 'c' | 'S' | 'V' | 'M' | 'm' | '?' => Some(n),
-        _ => None,
-    }
-}
-
-fn shape_of(value: &Value) -> Option<Vec<u64>> {
-    match value {
-        Value::Tuple(items) => items
-            .iter()
-            .map(|v| v.int().and_then(|i| u64::try_from(i).ok()))
-            .collect(),
-        Value::Int(i) => u64::try_from(*i).ok().map(|d| vec![d]),
-        _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::source::SliceSource;
-
-    fn run(bytes: &[u8]) -> Result<Scan, InspectError> {
-        scan(
-            &mut SliceSource::new(bytes),
-            0,
-            &Limits::default(),
-            Flavor::Plain,
-        )
-    }
-
-    #[test]
-    fn globals_and_reduce_are_seen_without_running_them() {
-        // pickle.dumps of a class that reduces to os.system('echo hi'), protocol 0
-        let bytes = b"cos\nsystem\n(S'echo hi'\ntR.";
-        let s = run(bytes).expect("scans");
-        assert_eq!(
-            s.imports,
-            [Import {
-                module: "os".into(),
-                name: "system".into(),
-                offset: 0
-            }]
-        );
-    }
-
-    #[test]
-    fn stack_global_from_memo_strings_is_resolved() {
-        // protocol 4: SHORT_BINUNICODE 'os', MEMOIZE, SHORT_BINUNICODE 'system', MEMOIZE, STACK_GLOBAL
-        let mut bytes = vec![0x80, 4, 0x8c, 2];
-        bytes.extend(b"os");
-        bytes.extend([0x94, 0x8c, 6]);
-        bytes.extend(b"system");
-        bytes.extend([0x94, 0x93, 0x94, b'h', 0, b'0', b'0', b'.']);
-        let s = run(&bytes).expect("scans");
-        assert_eq!(s.imports[0].module, "os");
-        assert_eq!(s.imports[0].name, "system");
-        assert!(s.findings.is_empty());
-    }
-
-    #[test]
-    fn stack_global_from_a_computed_string_is_flagged() {
-        // the module name comes from a call result, not a literal
-        let mut bytes = vec![0x80, 4, 0x8c, 8];
-        bytes.extend(b"builtins");
-        bytes.extend([0x8c, 3]);
-        bytes.extend(b"str");
-        bytes.extend([0x93, 0x8c, 2]);
-        bytes.extend(b"os");
-        bytes.extend([0x85, b'R', 0x8c, 6]);
-        bytes.extend(b"system");
-        bytes.extend([0x93, b'.']);
-        let s = run(&bytes).expect("scans");
-        assert!(
-            s.findings
-                .iter()
-                .any(|f| f.severity == Severity::Critical && f.message.contains("STACK_GLOBAL")),
-            "{:?}",
-            s.findings
-        );
-    }
-
-    #[test]
-    fn malformed_input_is_an_error_with_an_offset_never_a_panic() {
-        assert!(matches!(run(b""), Err(InspectError::Truncated { .. })));
-        assert!(matches!(
-            run(b"\x80\x04\xff"),
-            Err(InspectError::Malformed { offset: 2, .. })
-        ));
-        assert!(matches!(run(b"0."), Err(InspectError::Malformed { .. })));
-        assert!(matches!(
-            run(b"h\x05."),
-            Err(InspectError::Malformed { .. })
-        ));
-        assert!(matches!(
-            run(b"B\xff\xff\xff\x7f"),
-            Err(InspectError::Truncated { .. })
-        ));
-        assert!(run(b"\x8e\xff\xff\xff\xff\xff\xff\xff\xff").is_err());
-    }
-
-    #[test]
-    fn limits_bound_hostile_streams() {
-        let limits = Limits {
-            max_opcodes: 1000,
-            ..Limits::default()
-        };
-        let bytes: Vec<u8> = std::iter::repeat_n(b'N', 5000).chain([b'.']).collect();
-        let err =
-            scan(&mut SliceSource::new(&bytes), 0, &limits, Flavor::Plain).expect_err("limited");
-        assert!(matches!(
-            err,
-            InspectError::LimitExceeded {
-                what: "pickle opcodes",
-                ..
-            }
-        ));
-        // A self-referencing list doubled through the memo stays cheap (shared, not copied).
-        let mut bytes = vec![b']', b'q', 0];
-        for _ in 0..10_000 {
-            bytes.extend([b'h', 0, b'a']);
-        }
-        bytes.push(b'.');
-        assert!(run(&bytes).is_ok());
-    }
-
-    #[test]
-    fn self_referencing_containers_are_freed() {
-        // ] q0 h0 a . : a list appended to itself through the memo.
-        let scan = run(b"]q\x00h\x00a.").expect("scans");
-        let Some(Value::List(list)) = &scan.root else {
-            panic!("a list")
-        };
-        let weak = Rc::downgrade(list);
-        drop(scan);
-        assert!(
-            weak.upgrade().is_none(),
-            "the cycle was broken and the list freed"
-        );
-    }
-
-    #[test]
-    fn kept_strings_are_bounded_in_total() {
-        let limits = Limits {
-            max_kept_text_bytes: 100,
-            ..Limits::default()
-        };
-        // Three 60-byte strings: only the first fits the budget; the others are skipped, so
-        // a STACK_GLOBAL built from them is flagged rather than resolved.
-        let mut bytes = vec![0x80, 4];
-        for _ in 0..3 {
-            bytes.extend([0x8c, 60]);
-            bytes.extend([b'a'; 60]);
-        }
-        bytes.extend([0x93, b'.']);
-        let scan = scan(&mut SliceSource::new(&bytes), 0, &limits, Flavor::Plain).expect("scans");
-        assert!(
-            scan.findings
-                .iter()
-                .any(|f| f.message.contains("STACK_GLOBAL")),
-            "{:?}",
-            scan.findings
-        );
-        assert_eq!(scan.payload_bytes, 120);
-    }
-
-    #[test]
-    fn itemsizes() {
-        assert_eq!(itemsize(Some("<f8")), Some(8));
-        assert_eq!(itemsize(Some("|b1")), Some(1));
-        assert_eq!(itemsize(Some("<U10")), Some(40));
-        assert_eq!(itemsize(Some("|O")), None);
+        Value::Global(module, name) => format!("`{module}.{name}`"),
+        Value::Call { func, .. } => format!("the result of {}(...)", describe(func)),
+        Value::Persistent(_) => "an object the loader's persistent_load returns".to_owned(),
+        Value::Str(_) => "a string".to_owned(),
+        Value::Bytes { .. } => "bytes".to_owned(),
+        Value::Tuple(_) => "a tuple".to_owned(),
+        Value::List(_) => "a list".to_owned(),
+        Value::Dict(_) => "a dict".to_owned(),
+        Value::None => "None".to_owned(),
+        Value::Bool(_) | Value::Int(_) | Value::Float(_) => "a number".to_owned(),
+        Value::Set => "a set".to_owned(),
+        Value::Buffer => "an out-of-band buffer".to_owned(),
+        Value::Unknown => "a value built at load time".to_owned(),
     }
 }

@@ -1,0 +1,206 @@
+//! Zip archives as their loaders read them: PyTorch checkpoints (miniz, through
+//! `torch.load`), `.npz` (`np.load`, through Python's `zipfile`), Keras `.keras` files, and
+//! plain zip bundles of other model files.
+//!
+//! Every member is read from the central directory's entry and its local header's data
+//! offset, as miniz does, whatever the local name says, whatever the CRC, and whatever the
+//! general-purpose flags claim. Then, by content and not by name:
+//! - the `data.pkl` record `torch.load` finds (the prefix is the first entry's directory,
+//!   matched case-insensitively, every duplicate), every `.pkl` member, and every member
+//!   that starts like a pickle, are scanned as pickles;
+//! - every member that starts with the npy magic is read as `np.load` reads an npz member;
+//! - a member that is itself a model file (a zip, a compressed stream...) is extracted
+//!   within the decompression limit and inspected like a file.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::Path;
+
+use super::{apply_scan, cannot_verify, inspect_file, numpy, torch};
+use crate::archive::zip::{self, ZipEntry};
+use crate::pickle::{self, Extent, Flavor};
+use crate::{FileReport, Finding, InspectError, Options, Severity};
+
+/// A zip file; `None` when it holds nothing a model loader reads.
+pub(crate) fn inspect(
+    path: &Path,
+    len: u64,
+    options: &Options,
+) -> Result<Option<FileReport>, InspectError> {
+    let mut file = File::open(path).map_err(|e| InspectError::io(0, e))?;
+    let archive = zip::read_directory(&mut file, len, &options.limits)?;
+    let mut report = FileReport::new(path, "zip", len);
+    for note in &archive.findings {
+        report.findings.push(Finding {
+            severity: Severity::Info,
+            offset: None,
+            message: format!("zip: {note}"),
+        });
+    }
+    let data_pkls: Vec<usize> = zip::lookup_like_torch(&archive, "data.pkl")
+        .iter()
+        .map(|e| e.index)
+        .collect();
+    let mut analysed = false;
+    let mut npy_members = 0usize;
+    let mut checkpoint = None;
+    for entry in archive.entries.iter().filter(|e| !e.is_dir()) {
+        let name = entry.name_lossy();
+        let lower = name.to_ascii_lowercase();
+        let head = match member_head(&mut file, entry, options) {
+            Ok(head) => head,
+            Err(error) => {
+                if lower.ends_with(".pkl") || data_pkls.contains(&entry.index) {
+                    cannot_verify(&mut report, &name, &error);
+                }
+                continue;
+            }
+        };
+        let torch_record = data_pkls.contains(&entry.index);
+        if torch_record || lower.ends_with(".pkl") || starts_like_pickle(&head) {
+            analysed = true;
+            let mut source = zip::open_entry(&mut file, entry, &options.limits)?;
+            let mut scan = pickle::scan(&mut source, 0, options, Flavor::Plain, Extent::All);
+            apply_scan(&mut report, &scan, options, &name);
+            if torch_record && checkpoint.is_none() && scan.broken.take().is_none() {
+                checkpoint = Some((scan, entry.uncompressed_size));
+            }
+        } else if head.starts_with(numpy::MAGIC) {
+            analysed = true;
+            npy_members += 1;
+            let mut source = zip::open_entry(&mut file, entry, &options.limits)?;
+            let array_name = name.strip_suffix(".npy").unwrap_or(&name).to_owned();
+            match numpy::read_npy(&mut source, 0, Some(array_name), options, &mut report) {
+                Ok(array) => report.arrays.push(array),
+                Err(error) => cannot_verify(&mut report, &name, &error),
+            }
+        } else if lower == "config.json" || lower.ends_with("/config.json") {
+            analysed = true;
+            keras_config(&mut file, entry, options, &mut report)?;
+        } else if is_nested_model(&head) {
+            analysed = true;
+            nested(&mut file, entry, &name, options, &mut report)?;
+        }
+    }
+    if let Some((scan, pickle_bytes)) = checkpoint {
+        let sizes = |key: &str| {
+            zip::lookup_like_torch(&archive, &format!("data/{key}"))
+                .first()
+                .map(|e| (e.uncompressed_size, e.method == 0))
+        };
+        torch::describe_checkpoint(&mut report, &scan, pickle_bytes, &sizes);
+    } else if npy_members > 0 {
+        report.format = "npz".to_owned();
+        numpy::finish(&mut report, true);
+    }
+    if !analysed {
+        return Ok(None);
+    }
+    Ok(Some(report))
+}
+
+/// The first bytes of a member, decompressed.
+fn member_head(
+    file: &mut File,
+    entry: &ZipEntry,
+    options: &Options,
+) -> Result<Vec<u8>, InspectError> {
+    let source = zip::open_entry(file, entry, &options.limits)?;
+    let mut head = Vec::with_capacity(16);
+    source
+        .take(16)
+        .read_to_end(&mut head)
+        .map_err(|e| InspectError::io(entry.data_offset, e))?;
+    Ok(head)
+}
+
+fn starts_like_pickle(head: &[u8]) -> bool {
+    matches!(head, [0x80, 0..=5, ..])
+}
+
+fn is_nested_model(head: &[u8]) -> bool {
+    head.starts_with(b"PK\x03\x04")
+        || super::pickled::compression_of(head).is_some()
+        || super::safetensors::looks_like(head, u64::MAX).is_some()
+        || head.starts_with(b"\x89HDF")
+}
+
+/// A Keras `config.json`: judged for code it would run.
+fn keras_config(
+    file: &mut File,
+    entry: &ZipEntry,
+    options: &Options,
+    report: &mut FileReport,
+) -> Result<(), InspectError> {
+    let mut text = Vec::new();
+    zip::open_entry(file, entry, &options.limits)?
+        .take(options.limits.max_header_bytes)
+        .read_to_end(&mut text)
+        .map_err(|e| InspectError::io(entry.data_offset, e))?;
+    report.format = "keras".to_owned();
+    super::keras::judge_config(&String::from_utf8_lossy(&text), None, report);
+    Ok(())
+}
+
+/// A member that is a model file itself: extracted (within the limits) and inspected.
+fn nested(
+    file: &mut File,
+    entry: &ZipEntry,
+    name: &str,
+    options: &Options,
+    report: &mut FileReport,
+) -> Result<(), InspectError> {
+    if options.limits.max_nesting == 0 {
+        cannot_verify(
+            report,
+            name,
+            &InspectError::LimitExceeded {
+                what: "nested archives",
+                limit: 0,
+            },
+        );
+        return Ok(());
+    }
+    let mut temp = tempfile::NamedTempFile::new().map_err(|e| InspectError::io(0, e))?;
+    let mut source = zip::open_entry(file, entry, &options.limits)?;
+    io::copy(&mut source, temp.as_file_mut())
+        .map_err(|e| InspectError::io(entry.data_offset, e))?;
+    let inner_options = Options {
+        limits: crate::Limits {
+            max_nesting: options.limits.max_nesting - 1,
+            ..options.limits.clone()
+        },
+        allowlist: options.allowlist.clone(),
+    };
+    match inspect_file(temp.path(), &inner_options) {
+        Ok(inner) => {
+            report.verdict = report.verdict.max(inner.verdict);
+            report.payload_bytes = report.payload_bytes.saturating_add(inner.payload_bytes);
+            for import in inner.imports {
+                if !report
+                    .imports
+                    .iter()
+                    .any(|i| i.module == import.module && i.name == import.name)
+                {
+                    report.imports.push(import);
+                }
+            }
+            report
+                .findings
+                .extend(inner.findings.into_iter().map(|mut f| {
+                    f.message = format!("{name}: {}", f.message);
+                    f
+                }));
+            report.arrays.extend(inner.arrays.into_iter().map(|mut a| {
+                a.name = Some(format!("{name}:{}", a.name.unwrap_or_default()));
+                a
+            }));
+        }
+        Err(error) => report.findings.push(Finding {
+            severity: Severity::Info,
+            offset: None,
+            message: format!("{name}: not analysed ({error})"),
+        }),
+    }
+    Ok(())
+}
