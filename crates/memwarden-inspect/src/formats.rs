@@ -172,10 +172,10 @@ fn recognise(path: &Path, file: &mut File, head: &[u8], len: u64) -> Vec<Reader>
     readers
 }
 
-/// Whether `byte` is an opcode that an unpickler accepts as the first of a stream.
+/// Whether `byte` is one of the pickle opcodes (protocols 0 to 5), any of which an
+/// unpickler executes as the first of a stream.
 fn is_pickle_opcode(byte: u8) -> bool {
-    matches!(byte, 0x80 | 0x8a..=0x8f | 0x93 | 0x95 | 0x96)
-        || b"(.0125789GFIJKLMNPQRSTUVXabcdeghijlopqrstu}])".contains(&byte)
+    matches!(byte, 0x80..=0x98) || b"(.012BCFGIJKLMNPQRSTUVXabcdeghijlopqrstu}])".contains(&byte)
 }
 
 /// Whether an end-of-central-directory record lies in the last 64 KiB + 22 bytes.

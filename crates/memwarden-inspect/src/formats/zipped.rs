@@ -37,26 +37,34 @@ pub(crate) fn inspect(
             message: format!("zip: {note}"),
         });
     }
-    let data_pkls: Vec<usize> = zip::lookup_like_torch(&archive, "data.pkl")
+    let data_pkls: Vec<u64> = zip::lookup_like_torch(&archive, "data.pkl")
         .iter()
-        .map(|e| e.index)
+        .map(|e| e.data_offset)
         .collect();
     let mut analysed = false;
     let mut npy_members = 0usize;
     let mut checkpoint = None;
-    for entry in archive.entries.iter().filter(|e| !e.is_dir()) {
+    // What torch reads, then whatever Python's zipfile (np.load, Keras) would read instead.
+    let mut seen = std::collections::HashSet::new();
+    let members: Vec<&ZipEntry> = archive
+        .entries
+        .iter()
+        .chain(archive.zipfile_entries.iter().flatten())
+        .filter(|e| !e.is_dir() && seen.insert((e.data_offset, e.name.clone())))
+        .collect();
+    for entry in members {
         let name = entry.name_lossy();
         let lower = name.to_ascii_lowercase();
         let head = match member_head(&mut file, entry, options) {
             Ok(head) => head,
             Err(error) => {
-                if lower.ends_with(".pkl") || data_pkls.contains(&entry.index) {
+                if lower.ends_with(".pkl") || data_pkls.contains(&entry.data_offset) {
                     cannot_verify(&mut report, &name, &error);
                 }
                 continue;
             }
         };
-        let torch_record = data_pkls.contains(&entry.index);
+        let torch_record = data_pkls.contains(&entry.data_offset);
         if torch_record || lower.ends_with(".pkl") || starts_like_pickle(&head) {
             analysed = true;
             let mut source = zip::open_entry(&mut file, entry, &options.limits)?;

@@ -61,8 +61,22 @@ pub fn scan<R: Skip>(
         kept_text_bytes: 0,
     };
     loop {
+        let start = machine.offset;
         if let Err(error) = machine.run() {
-            machine.scan.broken = Some(error);
+            // Bytes after a complete pickle that are not one: a further `load` fails on its
+            // first opcode, having run nothing.
+            if machine.scan.pickles > 0
+                && machine.offset <= start + 1
+                && matches!(error, InspectError::Malformed { .. })
+            {
+                machine.scan.findings.push(Finding {
+                    severity: Severity::Info,
+                    offset: Some(start),
+                    message: format!("the bytes after the last STOP are not a pickle ({error}): an unpickler fails on them at once"),
+                });
+            } else {
+                machine.scan.broken = Some(error);
+            }
             break;
         }
         machine.scan.pickles += 1;
