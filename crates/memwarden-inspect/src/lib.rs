@@ -1,14 +1,18 @@
 //! Static analysis of model files: what they hold, how much memory loading them takes, and
 //! whether loading them would run code — without executing anything.
 //!
-//! [`inspect_file`] recognises the format by its signature, then reads only what it needs:
-//! headers, zip directories, pickle opcode streams (payloads are skipped by seeking).
+//! [`inspect_file`] recognises a file by its content, reads it with every reader whose
+//! loader would accept it, and reads only what it needs: headers, zip directories, pickle
+//! opcode streams (payloads are skipped by seeking). What cannot be verified is unsafe.
 //!
 //! - [`pickle`]: the opcode walker (protocols 0–5, joblib's inline arrays, PyTorch's
 //!   persistent storages);
-//! - [`formats`]: safetensors, `.npy`/`.npz`, PyTorch zip, joblib (plain or compressed),
-//!   ONNX, HDF5;
-//! - [`safety`]: every import a pickle performs, judged against an allowlist;
+//! - [`formats`]: one reader per format (pickle files, PyTorch, numpy, safetensors, zip
+//!   bundles, Keras, HDF5, ONNX), chosen by content, several for a polyglot;
+//! - [`archive`]: zip and tar read as the loaders read them;
+//! - [`gate`]: paths walked, the policy applied, the `memwarden.inspect/1` document;
+//! - [`safety`]: every import a pickle performs, judged against a generated allowlist of
+//!   exact names;
 //! - [`source`]: readers that skip by seeking, or by discarding within a decompression cap.
 
 pub mod archive;
