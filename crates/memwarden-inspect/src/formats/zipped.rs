@@ -65,10 +65,22 @@ pub(crate) fn inspect(
             }
         };
         let torch_record = data_pkls.contains(&entry.data_offset);
-        if torch_record || lower.ends_with(".pkl") || starts_like_pickle(&head) {
-            analysed = true;
+        // A checkpoint's storages (`<prefix>/data/<key>`) are raw tensor bytes that torch
+        // never unpickles, even when they happen to start like a pickle.
+        let storage = !data_pkls.is_empty()
+            && lower
+                .split_once('/')
+                .is_some_and(|(_, rest)| rest.starts_with("data/") || rest.starts_with(".data/"))
+            && !lower.ends_with(".pkl");
+        let named_pickle = torch_record || lower.ends_with(".pkl");
+        if named_pickle || (!storage && starts_like_pickle(&head)) {
             let mut source = zip::open_entry(&mut file, entry, &options.limits)?;
             let mut scan = pickle::scan(&mut source, 0, options, Flavor::Plain, Extent::All);
+            // A member found by its first bytes alone counts when it is a pickle indeed.
+            if !named_pickle && scan.pickles == 0 && scan.imports.is_empty() {
+                continue;
+            }
+            analysed = true;
             apply_scan(&mut report, &scan, options, &name);
             if torch_record && checkpoint.is_none() && scan.broken.take().is_none() {
                 checkpoint = Some((scan, entry.uncompressed_size));
@@ -211,4 +223,45 @@ fn nested(
         }),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+    use std::io::Write;
+
+    use crate::{inspect_file, Options, Verdict};
+
+    fn write_zip(path: &std::path::Path, members: &[(&str, &[u8])]) {
+        let mut zip = ::zip::ZipWriter::new(File::create(path).expect("create"));
+        let stored = ::zip::write::SimpleFileOptions::default()
+            .compression_method(::zip::CompressionMethod::Stored);
+        for (name, bytes) in members {
+            zip.start_file(*name, stored).expect("entry");
+            zip.write_all(bytes).expect("write");
+        }
+        zip.finish().expect("finish");
+    }
+
+    #[test]
+    fn storages_that_start_like_a_pickle_are_data() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("model.pt");
+        // data.pkl: {} ; a storage whose first bytes read as PROTO 2 then garbage.
+        write_zip(
+            &path,
+            &[
+                ("archive/data.pkl", b"\x80\x02}q\x00."),
+                ("archive/data/0", b"\x80\x02\xff\xff\xff\xff\xff\xff"),
+            ],
+        );
+        let report = inspect_file(&path, &Options::default()).expect("read");
+        assert_eq!(report.format, "pytorch");
+        assert_eq!(report.verdict, Verdict::Safe, "{:?}", report.findings);
+        // The same bytes in a bundle that is not a checkpoint, under a .pkl name: scanned.
+        let bundle = dir.path().join("bundle.zip");
+        write_zip(&bundle, &[("extra.pkl", b"\x80\x02\xff\xff")]);
+        let report = inspect_file(&bundle, &Options::default()).expect("read");
+        assert_eq!(report.verdict, Verdict::Unsafe, "{:?}", report.findings);
+    }
 }
