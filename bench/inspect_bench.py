@@ -21,7 +21,7 @@ Usage: bench/inspect_bench.py [--memwarden target/release/memwarden] [--python .
        [--picklescan PATH] [--repeat 3]
 
 picklescan is found next to --python, in bench/.venv-peers/bin or on PATH; install it pinned:
-  python3 -m venv bench/.venv-peers && bench/.venv-peers/bin/pip install picklescan==1.0.5
+  python3 -m venv bench/.venv-peers && bench/.venv-peers/bin/pip install picklescan==1.0.5 numpy   # numpy: its npy scanner
 """
 
 from __future__ import annotations

@@ -3,6 +3,11 @@
 //! directory and must leave the payload's `CANARY` file there. Then `memwarden inspect` must
 //! flag every one of them (exit 3, never 0, never 6), and pass every benign artifact that
 //! `make_fixtures.py` writes (exit 0).
+//!
+//! torch is not in the test venv: files whose loader is torch are proved live by a stand-in
+//! that reads them as torch's source does (`check` in the manifest), and the test says their
+//! torch claim rests on torch's source. With `MEMWARDEN_TEST_PYTHON` set to an interpreter
+//! that has torch (and numpy, joblib, scikit-learn, h5py), `torch.load` itself runs on them.
 
 mod util;
 
