@@ -13,6 +13,11 @@ use crate::pickle::{self, Extent, Flavor, Scan};
 use crate::source::{FileSource, StreamSource};
 use crate::{FileReport, InspectError, Options};
 
+/// Memory a `.xz` or `.lzma` decoder may take: the dictionary is the header's to ask for
+/// (up to 4 GiB, allocated before any data is read); every xz preset needs at most 65 MiB.
+/// The zip reader bounds LZMA members the same way.
+const DECODER_MEMLIMIT: u64 = 256 << 20;
+
 /// A compressor joblib writes (and `joblib.load` recognises by these first bytes).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Compression {
@@ -91,12 +96,17 @@ pub(crate) fn inspect_compressed(
         )),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(input)),
         Compression::Bz2 => Box::new(bzip2::bufread::MultiBzDecoder::new(input)),
-        Compression::Xz => Box::new(xz2::bufread::XzDecoder::new_multi_decoder(input)),
+        Compression::Xz => {
+            let stream =
+                xz2::stream::Stream::new_auto_decoder(DECODER_MEMLIMIT, xz2::stream::CONCATENATED)
+                    .map_err(|e| InspectError::Unsupported(format!("xz decoder: {e}")))?;
+            Box::new(xz2::bufread::XzDecoder::new_stream(input, stream))
+        }
         Compression::Lzma => Box::new(Concatenated::new(
             input,
             |r| {
-                let stream =
-                    xz2::stream::Stream::new_lzma_decoder(u64::MAX).map_err(io::Error::other)?;
+                let stream = xz2::stream::Stream::new_lzma_decoder(DECODER_MEMLIMIT)
+                    .map_err(io::Error::other)?;
                 Ok(xz2::bufread::XzDecoder::new_stream(r, stream))
             },
             xz2::bufread::XzDecoder::into_inner,
@@ -253,4 +263,55 @@ fn report(
         report.mmap_note = "pickle cannot memory-map: save arrays with numpy (np.save + mmap_mode) or safetensors to load without copies".to_owned();
     }
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{inspect_file, Options, Verdict};
+
+    /// Inspects `bytes` as a file named `name`: the report must fail closed on the
+    /// decoder's memory limit.
+    fn refused_for_memory(name: &str, bytes: &[u8]) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).expect("write");
+        let report = inspect_file(&path, &Options::default()).expect("inspected");
+        assert_eq!(report.verdict, Verdict::Unsafe, "{:?}", report.findings);
+        assert!(
+            report
+                .findings
+                .iter()
+                .any(|f| f.message.contains("memory limit")),
+            "{:?}",
+            report.findings
+        );
+    }
+
+    #[test]
+    fn an_lzma_header_asking_for_a_4_gib_dictionary_is_refused_not_allocated() {
+        // Found by `cargo fuzz run file` (minimised): an `.lzma` header whose dictionary
+        // size is 0xFF800000, followed by nothing liblzma gets to decode.
+        refused_for_memory(
+            "model.joblib",
+            &[93, 0, 0, 128, 255, 15, 196, 93, 199, 160, 255, 0, 0],
+        );
+    }
+
+    #[test]
+    fn an_xz_block_asking_for_a_4_gib_dictionary_is_refused_not_allocated() {
+        let crc = |bytes: &[u8]| {
+            let mut crc = flate2::Crc::new();
+            crc.update(bytes);
+            crc.sum().to_le_bytes()
+        };
+        // Stream header (CRC32 check), then a block header: one LZMA2 filter whose
+        // dictionary property 40 means 4 GiB - 1.
+        let mut xz = b"\xfd7zXZ\x00\x00\x01".to_vec();
+        xz.extend_from_slice(&crc(&[0x00, 0x01]));
+        let block = [0x02, 0x00, 0x21, 0x01, 40, 0x00, 0x00, 0x00];
+        xz.extend_from_slice(&block);
+        xz.extend_from_slice(&crc(&block));
+        xz.extend_from_slice(&[0x00; 16]);
+        refused_for_memory("model.joblib", &xz);
+    }
 }
