@@ -34,151 +34,9 @@ const FAMILIES: [&str; 7] = [
     "broken-stream",
 ];
 
-/// Runs one manifest entry's loader on its file, in the current directory:
-/// `load_fixture.py LOADER PATH VIA CHECK`. Exit 77: nothing here can run it. A stand-in
-/// `check` runs where the loader is torch and torch is not installed, or where no library
-/// reads the file as it is (a bare zip, a 7z); it prints `RAN check ...` first.
-const HARNESS: &str = r##"import io, lzma, pickle, struct, sys, zipfile, zlib
-
-loader, path, via, check = sys.argv[1:5]
-
-
-class Stub:  # torch is not installed here: its names resolve to an inert stand-in
-    def __init__(self, *args, **kwargs):
-        pass
-
-
-class Lenient(pickle.Unpickler):
-    def persistent_load(self, pid):  # storages are not the point: every pickle in the stream is
-        return None
-
-    def find_class(self, module, name):
-        if module == "torch" or module.startswith("torch."):
-            return Stub
-        return super().find_class(module, name)
-
-
-def load_all(f):
-    while True:
-        try:
-            Lenient(f).load()
-        except EOFError:
-            return
-
-
-def central_directory(blob):
-    eocd = blob.rindex(b"PK\x05\x06")
-    count, _, offset = struct.unpack_from("<HII", blob, eocd + 10)
-    entries = []
-    for _ in range(count):
-        flags, method = struct.unpack_from("<HH", blob, offset + 8)
-        csize, usize, nlen, xlen, clen = struct.unpack_from("<IIHHH", blob, offset + 20)
-        local = struct.unpack_from("<I", blob, offset + 42)[0]
-        entries.append((blob[offset + 46 : offset + 46 + nlen].decode(), flags, method, csize, local))
-        offset += 46 + nlen + xlen + clen
-    return entries
-
-
-def miniz_locate(names, wanted):
-    # mz_zip_reader_locate_file(name, flags=0): heap sort by lower-cased name, binary search
-    keys = [n.lower().encode() for n in names]
-    idx = list(range(len(names)))
-
-    def sift(root, end):
-        while (child := 2 * root + 1) < end:
-            if child + 1 < end and keys[idx[child]] < keys[idx[child + 1]]:
-                child += 1
-            if not keys[idx[root]] < keys[idx[child]]:
-                return
-            idx[root], idx[child] = idx[child], idx[root]
-            root = child
-
-    for start in range((len(idx) - 2) // 2, -1, -1):
-        sift(start, len(idx))
-    for end in range(len(idx) - 1, 0, -1):
-        idx[0], idx[end] = idx[end], idx[0]
-        sift(0, end)
-    target, lo, hi = wanted.lower().encode(), 0, len(idx) - 1
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        if keys[idx[mid]] == target:
-            return idx[mid]
-        lo, hi = (mid + 1, hi) if keys[idx[mid]] < target else (lo, mid - 1)
-    raise KeyError(wanted)
-
-
-def torch_zip_record(blob, record):
-    # caffe2/serialize/inline_container.cc: the folder of the zip's first entry; miniz's lookup
-    # on central-directory names; no CRC check (PyTorch builds miniz with
-    # MINIZ_DISABLE_ZIP_READER_CRC32_CHECKS); encrypted or patch entries refused; the local
-    # header read only for its name and extra lengths.
-    entries = central_directory(blob)
-    prefix = entries[0][0].split("/")[0]
-    name, flags, method, csize, local = entries[miniz_locate([e[0] for e in entries], f"{prefix}/{record}")]
-    if flags & 0x61:
-        raise RuntimeError("miniz: unsupported encryption")
-    nlen, xlen = struct.unpack_from("<HH", blob, local + 26)
-    raw = blob[local + 30 + nlen + xlen : local + 30 + nlen + xlen + csize]
-    return raw if method == 0 else zlib.decompress(raw, -15)
-
-
-def seven_zip_members(blob):
-    # enough of 7z for the corpus's layout: one folder, one LZMA coder, packed at offset 32
-    offset, size = struct.unpack_from("<QQ", blob, 12)
-    header = blob[32 + offset : 32 + offset + size]
-    at = header.index(b"\x03\x01\x01") + 4
-    d, dict_size = header[at], struct.unpack_from("<I", header, at + 1)[0]
-    filters = [{"id": lzma.FILTER_LZMA1, "dict_size": dict_size, "lc": d % 9, "lp": d // 9 % 5, "pb": d // 45}]
-    return [lzma.decompress(blob[32 : 32 + offset], format=lzma.FORMAT_RAW, filters=filters)]
-
-
-def run_check():
-    print(f"RAN check {check}", flush=True)
-    blob = open(path, "rb").read()
-    if check == "pickle-all":
-        load_all(io.BytesIO(blob))
-    elif check == "torch-zip":
-        Lenient(io.BytesIO(torch_zip_record(blob, "data.pkl"))).load()
-    elif check == "zip-members":
-        with zipfile.ZipFile(path) as z:
-            for name in z.namelist():
-                if name.endswith(".pkl"):
-                    pickle.loads(z.read(name))
-    elif check == "7z-members":
-        for data in seven_zip_members(blob):
-            pickle.loads(data)
-    else:
-        sys.exit(77)
-
-
-if loader == "pickle":
-    f = __import__("gzip").open(path, "rb") if via == "gzip" else open(path, "rb")
-    pickle.load(f)
-elif loader == "pickle-all":
-    load_all(open(path, "rb"))
-elif loader == "joblib":
-    import joblib
-
-    joblib.load(path)
-elif loader == "numpy":
-    import numpy as np
-
-    loaded = np.load(path, allow_pickle=True)
-    for key in getattr(loaded, "files", []):
-        loaded[key]
-elif loader == "torch":
-    try:
-        import torch
-    except ImportError:
-        run_check()
-    else:
-        print("RAN torch", torch.__version__, flush=True)
-        torch.load(path, weights_only=False)
-elif loader == "none":
-    run_check()
-else:
-    sys.exit(77)
-"##;
+/// Runs one manifest entry's loader on its file, in the current directory (its own
+/// docstring says how).
+const HARNESS: &str = "load_fixture.py";
 
 struct Fixture {
     file: String,
@@ -376,8 +234,7 @@ fn the_manifest_covers_every_family_and_cites_its_sources() {
 #[test]
 fn hostile_fixtures_are_live() {
     let (dir, fixtures) = hostile();
-    let harness = dir.path().join("load_fixture.py");
-    std::fs::write(&harness, HARNESS).expect("write the harness");
+    let harness = util::workspace_root().join(FIXTURES).join(HARNESS);
     let python = util::python();
     let outcomes = parallel(&fixtures, |f| run_loader(&python, &harness, dir.path(), f));
     let mut table = String::from("fixture | loader | result\n");

@@ -206,13 +206,7 @@ fn merge(primary: &mut FileReport, other: FileReport) {
     primary.read_as.push(other.format.clone());
     primary.verdict = primary.verdict.max(other.verdict);
     for import in other.imports {
-        if !primary
-            .imports
-            .iter()
-            .any(|i| i.module == import.module && i.name == import.name)
-        {
-            primary.imports.push(import);
-        }
+        primary.add_import(import);
     }
     let format = other.format;
     primary
@@ -250,13 +244,7 @@ pub(crate) fn apply_scan(report: &mut FileReport, scan: &Scan, options: &Options
         )
         .next();
     for import in judged {
-        if !report
-            .imports
-            .iter()
-            .any(|i| i.module == import.module && i.name == import.name)
-        {
-            report.imports.push(import);
-        }
+        report.add_import(import);
     }
     report.findings.extend(scan.findings.iter().cloned());
     if let Some(error) = &scan.broken {

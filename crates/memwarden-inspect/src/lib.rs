@@ -244,6 +244,17 @@ pub struct FileReport {
 }
 
 impl FileReport {
+    /// Records an import once, however many readers or pickles perform it.
+    pub(crate) fn add_import(&mut self, import: safety::JudgedImport) {
+        if !self
+            .imports
+            .iter()
+            .any(|i| i.module == import.module && i.name == import.name)
+        {
+            self.imports.push(import);
+        }
+    }
+
     pub(crate) fn new(path: &Path, format: &str, file_bytes: u64) -> Self {
         FileReport {
             path: path.display().to_string(),

@@ -197,13 +197,7 @@ fn nested(
             report.verdict = report.verdict.max(inner.verdict);
             report.payload_bytes = report.payload_bytes.saturating_add(inner.payload_bytes);
             for import in inner.imports {
-                if !report
-                    .imports
-                    .iter()
-                    .any(|i| i.module == import.module && i.name == import.name)
-                {
-                    report.imports.push(import);
-                }
+                report.add_import(import);
             }
             report
                 .findings

@@ -33,15 +33,8 @@ pub(crate) fn array_bytes(value: &Value) -> Option<u64> {
 /// numpy's dtype string from `numpy.dtype('f8', ...)` + `BUILD` (endianness from the state).
 pub fn dtype_name(value: &Value) -> Option<String> {
     match value {
-        Value::Call { func, args, state }
-            if func
-                .global()
-                .is_some_and(|(m, n)| m.starts_with("numpy") && n == "dtype") =>
-        {
-            let code = args
-                .items()
-                .first()
-                .and_then(|v| v.as_str().map(str::to_owned))?;
+        Value::Call { state, .. } if numpy_dtype_code(value).is_some() => {
+            let code = numpy_dtype_code(value)?;
             let order = state
                 .as_ref()
                 .and_then(|s| s.items().get(1).and_then(|v| v.as_str().map(str::to_owned)));
@@ -108,15 +101,8 @@ pub fn dtype_has_object(value: &Value) -> Option<bool> {
             code.trim_start_matches(['<', '>', '|', '='])
                 .starts_with('O'),
         ),
-        Value::Call { func, args, state }
-            if func
-                .global()
-                .is_some_and(|(m, n)| m.starts_with("numpy") && n == "dtype") =>
-        {
-            let code = args
-                .items()
-                .first()
-                .and_then(|v| v.as_str().map(str::to_owned))?;
+        Value::Call { state, .. } if numpy_dtype_code(value).is_some() => {
+            let code = numpy_dtype_code(value)?;
             if code
                 .trim_start_matches(['<', '>', '|', '='])
                 .starts_with('O')
@@ -148,6 +134,22 @@ pub fn dtype_has_object(value: &Value) -> Option<bool> {
                 }
             }
             Some(false)
+        }
+        _ => None,
+    }
+}
+
+/// The type code of `numpy.dtype('f8', ...)`, when `value` is such a call.
+fn numpy_dtype_code(value: &Value) -> Option<String> {
+    match value {
+        Value::Call { func, args, .. }
+            if func
+                .global()
+                .is_some_and(|(m, n)| m.starts_with("numpy") && n == "dtype") =>
+        {
+            args.items()
+                .first()
+                .and_then(|v| v.as_str().map(str::to_owned))
         }
         _ => None,
     }
