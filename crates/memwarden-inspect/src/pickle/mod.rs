@@ -366,6 +366,18 @@ mod tests {
     }
 
     #[test]
+    fn absurd_shapes_do_not_overflow() {
+        // numpy's _frombuffer of a (2**40, 2**40) float64 array: its size overflows 64 bits.
+        let bytes = b"cnumpy.core.numeric\n_frombuffer\n(S'x'\nS'<f8'\n(I1099511627776\nI1099511627776\ntS'C'\ntR.";
+        let scan = run(bytes).expect("scans");
+        assert_eq!(scan.arrays.len(), 1);
+        assert_eq!(
+            scan.arrays[0].bytes, 0,
+            "an unknowable size is not a wrapped one"
+        );
+    }
+
+    #[test]
     fn itemsizes() {
         assert_eq!(itemsize(Some("<f8")), Some(8));
         assert_eq!(itemsize(Some("|b1")), Some(1));
