@@ -74,18 +74,22 @@ pub enum Command {
         json: bool,
     },
     /// Inspect model files without loading them: inventory, predicted load peak, and
-    /// whether loading would run code. Exit 0 when all are safe and within policy, 3 when any
-    /// is flagged, 6 when any cannot be read.
+    /// whether loading would run code. Files are read the way their loaders read them, by
+    /// content; a file that cannot be verified is unsafe. Exit 0 when all are safe and within
+    /// policy, 3 when any is flagged or cannot be verified, 6 when a file is no model any
+    /// loader could read.
     #[command(after_help = INSPECT_EXAMPLES)]
     Inspect {
-        /// Files or directories (walked for model files by extension).
+        /// Files or directories (walked following links; every file is classified by its
+        /// content, not its name).
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
         /// Write the findings as JSON to PATH (`-` for stdout, instead of the text).
         #[arg(long, value_name = "PATH")]
         json: Option<PathBuf>,
         /// The policy file (default: ./memwarden.toml when present): its [inspect] table sets
-        /// the least safe verdict accepted and the largest predicted load peak.
+        /// the least safe verdict accepted, the largest predicted load peak, and a team's
+        /// own exact names a pickle may call (`allow = ["module:Class"]`).
         #[arg(long, value_name = "PATH")]
         policy: Option<PathBuf>,
         /// Load the model (only when judged safe, or with --trust) in child Python processes,

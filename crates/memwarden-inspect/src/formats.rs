@@ -87,7 +87,8 @@ pub fn inspect_file(path: &Path, options: &Options) -> Result<FileReport, Inspec
             }
             Reader::JoblibZf => pickled::inspect_joblib_zf(path, len, head, options).map(Some),
             Reader::SevenZip => Err(InspectError::Unsupported(
-                "a 7z archive: memwarden does not read 7z, so what it holds is not known".into(),
+                "a 7z archive, which memwarden does not read: extract it and inspect what it holds"
+                    .into(),
             )),
             Reader::Tar => torch::inspect_tar(path, len, options),
             Reader::Pickle => pickled::inspect_plain(path, len, head, options),
