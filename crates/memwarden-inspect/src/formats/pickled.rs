@@ -76,7 +76,37 @@ pub(crate) fn inspect_plain(
     if scan.pickles == 0 && !proto && scan.imports.is_empty() && scan.findings.is_empty() {
         return Ok(None);
     }
-    Ok(Some(report(path, len, scan, false, options)))
+    let joblib_arrays = scan.arrays.iter().any(|a| a.kind == "joblib");
+    let mut report = report(path, len, scan, false, options);
+    if joblib_arrays {
+        plain_reading_of_joblib(path, options, &mut report)?;
+    }
+    Ok(Some(report))
+}
+
+/// `pickle.load` on a joblib file reads the bytes joblib keeps as array data as opcodes.
+/// Random array data breaks at once; bytes that form a whole pickle with flagged calls are
+/// a payload hidden from joblib's reading, and are reported.
+fn plain_reading_of_joblib(
+    path: &Path,
+    options: &Options,
+    report: &mut FileReport,
+) -> Result<(), InspectError> {
+    let mut source = FileSource::open(path, 0)?;
+    let plain = pickle::scan(&mut source, 0, options, Flavor::Plain, Extent::One);
+    if plain.broken.is_some() {
+        return Ok(());
+    }
+    let (verdict, _) = crate::safety::assess(&options.allowlist, &plain.imports, &plain.findings);
+    if verdict > crate::Verdict::Safe {
+        apply_scan(
+            report,
+            &plain,
+            options,
+            "the file as pickle.load reads it (joblib's array bytes read as opcodes)",
+        );
+    }
+    Ok(())
 }
 
 /// A compressed pickle (what `joblib.load` reads).
@@ -313,5 +343,42 @@ mod tests {
         xz.extend_from_slice(&crc(&block));
         xz.extend_from_slice(&[0x00; 16]);
         refused_for_memory("model.joblib", &xz);
+    }
+}
+
+#[cfg(test)]
+mod plain_reading_tests {
+    use crate::{inspect_file, Options, Verdict};
+
+    #[test]
+    fn a_payload_in_joblib_array_bytes_that_pickle_load_would_run_is_found() {
+        // A joblib wrapper of `len(payload)` uint8 values (no alignment padding, as joblib
+        // before 1.2 wrote it) whose bytes are themselves a pickle: joblib.load skips them,
+        // pickle.load runs them.
+        let payload: &[u8] = b"cos\nsystem\n(S'echo'\ntR.";
+        let mut bytes =
+            b"\x80\x02cjoblib.numpy_pickle\nNumpyArrayWrapper\n)\x81}(X\x05\x00\x00\x00shape"
+                .to_vec();
+        bytes.extend([b'K', u8::try_from(payload.len()).expect("short"), 0x85]);
+        bytes.extend(b"X\x05\x00\x00\x00dtypeX\x03\x00\x00\x00|u1ub");
+        bytes.extend(payload);
+        bytes.push(b'.');
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("model.joblib");
+        std::fs::write(&path, &bytes).expect("write");
+        let report = inspect_file(&path, &Options::default()).expect("read");
+        assert_eq!(report.format, "joblib");
+        assert_eq!(report.verdict, Verdict::Unsafe, "{:?}", report.imports);
+        assert!(report
+            .imports
+            .iter()
+            .any(|i| i.module == "os" && i.name == "system"));
+        // The same wrapper over ordinary data stays safe.
+        let mut benign = bytes.clone();
+        let start = benign.len() - 1 - payload.len();
+        benign[start..start + payload.len()].fill(0x3f);
+        std::fs::write(&path, &benign).expect("write");
+        let report = inspect_file(&path, &Options::default()).expect("read");
+        assert_eq!(report.verdict, Verdict::Safe, "{:?}", report.findings);
     }
 }
