@@ -85,8 +85,10 @@ pub(crate) fn inspect_plain(
 }
 
 /// `pickle.load` on a joblib file reads the bytes joblib keeps as array data as opcodes.
-/// Random array data breaks at once; bytes that form a whole pickle with flagged calls are
-/// a payload hidden from joblib's reading, and are reported.
+/// Random array data breaks at once; bytes that form a whole pickle importing flagged names
+/// that joblib's reading never met are a payload hidden from it, and are reported. (Only
+/// imports count: the memo and stack of this reading are not the loader's, so findings
+/// about computed names would be noise.)
 fn plain_reading_of_joblib(
     path: &Path,
     options: &Options,
@@ -97,14 +99,21 @@ fn plain_reading_of_joblib(
     if plain.broken.is_some() {
         return Ok(());
     }
-    let (verdict, _) = crate::safety::assess(&options.allowlist, &plain.imports, &plain.findings);
-    if verdict > crate::Verdict::Safe {
-        apply_scan(
-            report,
-            &plain,
-            options,
-            "the file as pickle.load reads it (joblib's array bytes read as opcodes)",
-        );
+    let (_, judged) = crate::safety::assess(&options.allowlist, &plain.imports, &[]);
+    for import in judged {
+        let new = !report
+            .imports
+            .iter()
+            .any(|i| i.module == import.module && i.name == import.name);
+        if new && import.severity.is_some() {
+            report.verdict = report.verdict.max(crate::Verdict::Unsafe);
+            report.findings.push(crate::Finding {
+                severity: crate::Severity::Critical,
+                offset: None,
+                message: format!("`{}.{}` is imported when pickle.load reads the file: joblib's array bytes hide a pickle", import.module, import.name),
+            });
+            report.add_import(import);
+        }
     }
     Ok(())
 }
