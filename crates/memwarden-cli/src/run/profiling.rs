@@ -201,9 +201,17 @@ impl Profiling {
             report.warnings.push(format!("profile: {error}"));
         }
         if captures.is_empty() {
-            report.warnings.push(
-                "profile: no process recorded an allocation (a static executable, or LD_PRELOAD removed from the environment?)".to_owned(),
-            );
+            let loaded = profile::capture_files(self.dir()).is_ok_and(|files| !files.is_empty());
+            report.warnings.push(if !loaded {
+                "profile: no process loaded the profiler (a static executable, or LD_PRELOAD removed from the environment?)".to_owned()
+            } else if self.mode == ProfileMode::Sampled {
+                format!(
+                    "profile: no allocation was sampled: the command allocated less than the sampling interval ({} on average); --profile=exact records every allocation",
+                    memwarden_format::units::format_size(self.sample_bytes)
+                )
+            } else {
+                "profile: the command made no allocation the profiler could record".to_owned()
+            });
             return;
         }
         for capture in &captures {
