@@ -310,6 +310,20 @@ impl TreeSampler {
         self.live.keys().copied().collect()
     }
 
+    /// The tracked processes still running now, read afresh: a process whose memory stayed
+    /// flat is read only every few ticks, so one that exited since its last read (a pool
+    /// worker joined by its parent) is still tracked, but not running.
+    pub fn surviving_pids(&mut self) -> Vec<i32> {
+        let mut pids: Vec<i32> = self.live.keys().copied().collect();
+        pids.sort_unstable();
+        pids.retain(|pid| {
+            procfs::read_file(&format!("/proc/{pid}/stat"), &mut self.buf)
+                .and_then(|text| procfs::parse_stat(&String::from_utf8_lossy(text)))
+                .is_some_and(|stat| stat.state != 'Z' && stat.state != 'X')
+        });
+        pids
+    }
+
     /// The NVML session, when GPU memory is available.
     pub fn gpu(&self) -> Option<&GpuMonitor> {
         self.gpu.as_ref()
@@ -775,6 +789,29 @@ mod tests {
         assert_eq!(records.len(), 1, "{records:#?}");
         assert_eq!(records[0].exit, Some(ExitStatus::Code(3)));
         assert_eq!(records[0].cmdline.first().map(String::as_str), Some("sh"));
+    }
+
+    #[test]
+    #[allow(unsafe_code)]
+    fn a_process_that_exited_between_reads_is_not_a_survivor() {
+        // SAFETY: getpid has no preconditions.
+        let me = unsafe { libc::getpid() };
+        let mut sampler = TreeSampler::new(me, Instant::now(), SamplerOptions::default(), None);
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id() as i32;
+        sampler.adopt(pid, me, &["sleep".to_owned(), "30".to_owned()]);
+        for _ in 0..20 {
+            sampler.sample(); // flat memory: reads become every few ticks
+        }
+        // Its parent (here the test) reaps it, as a pool reaps its workers: memwarden is not
+        // told, and no tick has read it since.
+        child.kill().expect("kill");
+        child.wait().expect("reap");
+        assert!(sampler.live_pids().contains(&pid), "still tracked");
+        assert!(!sampler.surviving_pids().contains(&pid), "but not running");
     }
 
     #[test]

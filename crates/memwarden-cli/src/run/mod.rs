@@ -205,7 +205,7 @@ fn execute(mut config: RunConfig) -> Result<Status, (Status, String)> {
         enclosing_oom_kills_before,
         forwarded_signals,
         self_cpu_s: supervise::self_cpu_s(),
-        survivors: sampler.live_pids(),
+        survivors: sampler.surviving_pids(),
         gpu_unavailable_reason,
         meminfo,
         enclosing_usage_at_start,
