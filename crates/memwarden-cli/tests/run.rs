@@ -157,6 +157,46 @@ fn a_command_that_exits_at_once_still_has_a_complete_report() {
 }
 
 #[test]
+fn what_was_not_measured_is_null_with_a_reason_never_zero() {
+    // `true` often ends before the first reading of its memory maps; whether a given run
+    // was read or not, a figure is either measured (above zero: a live process always has
+    // resident pages) or null with a warning saying why.
+    for attempt in 0..10 {
+        let run = run(&["--cgroup", "off"], &["true"]);
+        let report = run.report();
+        let peak = &report["peak"];
+        let pss = &peak["pss_bytes"];
+        assert!(
+            pss.is_null() || pss.as_u64().is_some_and(|b| b > 0),
+            "attempt {attempt}: peak.pss_bytes = {pss}"
+        );
+        assert_eq!(peak["uss_bytes"].is_null(), pss.is_null(), "{peak:#}");
+        let (anon, file) = (&peak["anon_bytes"], &peak["file_bytes"]);
+        assert_eq!(anon.is_null(), file.is_null(), "{peak:#}");
+        if !anon.is_null() {
+            assert!(
+                anon.as_u64().unwrap_or(0) + file.as_u64().unwrap_or(0) > 0,
+                "{peak:#}"
+            );
+        }
+        for field in ["pss_bytes", "uss_bytes", "anon_bytes", "file_bytes"] {
+            assert_eq!(
+                peak[field].is_null(),
+                peak["sources"][field].is_null(),
+                "attempt {attempt}: a source only for what was measured: {peak:#}"
+            );
+        }
+        if report["peak"]["pss_bytes"].is_null() {
+            assert!(
+                report["warnings"].to_string().contains("were not measured"),
+                "{:#}",
+                report["warnings"]
+            );
+        }
+    }
+}
+
+#[test]
 fn two_hundred_short_lived_processes_leave_no_hole_in_the_figures() {
     let script = "for i in $(seq 200); do (echo $i > /dev/null) & done; wait";
     let run = run(&["--interval", "5ms"], &["sh", "-c", script]);

@@ -61,6 +61,14 @@ pub fn build(
         .map(process_report)
         .collect();
     let peak = build_peak(recorder, sampler, own_cgroup_peak);
+    if peak.pss_bytes.is_none() {
+        warnings.push(
+            "peak.pss_bytes and uss_bytes were not measured: the command ended before the \
+             first reading of its memory maps (rss_bytes comes from the kernel's own \
+             high-water mark)"
+                .to_owned(),
+        );
+    }
     if peak.source == PeakSource::Sampled && sampler.processes().len() > 1 {
         warnings.push(
             "peak.rss_bytes is the largest sampled sum over the tree: processes that peaked \
@@ -196,17 +204,21 @@ fn build_peak(recorder: &Recorder, sampler: &TreeSampler, own_cgroup_peak: Optio
         }
         _ => (at_peak.rss_bytes, PeakSource::Sampled),
     };
-    let sampled = recorder.samples > 0;
+    // A live process always has resident pages, so all-zero figures mean the tree was gone
+    // before any tick could read them (`run -- true`): not measured, not zero.
+    let rollup_read = recorder.samples > 0 && recorder.max.pss_bytes > 0;
+    let status_read =
+        recorder.samples > 0 && (recorder.max.anon_bytes > 0 || recorder.max.file_bytes > 0);
     let mut sources = BTreeMap::new();
     sources.insert("rss_bytes".to_owned(), source);
-    for field in [
-        "pss_bytes",
-        "uss_bytes",
-        "anon_bytes",
-        "file_bytes",
-        "shmem_bytes",
+    for (field, read) in [
+        ("pss_bytes", rollup_read),
+        ("uss_bytes", rollup_read),
+        ("anon_bytes", status_read),
+        ("file_bytes", status_read),
+        ("shmem_bytes", status_read),
     ] {
-        if sampled {
+        if read {
             sources.insert(field.to_owned(), PeakSource::Sampled);
         }
     }
@@ -225,11 +237,11 @@ fn build_peak(recorder: &Recorder, sampler: &TreeSampler, own_cgroup_peak: Optio
     Peak {
         rss_bytes,
         source,
-        pss_bytes: sampled.then_some(recorder.max.pss_bytes),
-        uss_bytes: sampled.then_some(recorder.max.uss_bytes),
-        anon_bytes: sampled.then_some(at_peak.anon_bytes),
-        file_bytes: sampled.then_some(at_peak.file_bytes),
-        shmem_bytes: sampled.then_some(at_peak.shmem_bytes),
+        pss_bytes: rollup_read.then_some(recorder.max.pss_bytes),
+        uss_bytes: rollup_read.then_some(recorder.max.uss_bytes),
+        anon_bytes: status_read.then_some(at_peak.anon_bytes),
+        file_bytes: status_read.then_some(at_peak.file_bytes),
+        shmem_bytes: status_read.then_some(at_peak.shmem_bytes),
         cgroup_bytes,
         heap_bytes: None,
         gpu_bytes: recorder.max.gpu_bytes,
