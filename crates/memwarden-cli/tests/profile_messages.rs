@@ -5,6 +5,10 @@ mod util;
 
 use serde_json::Value;
 
+fn python() -> String {
+    util::python().to_string_lossy().into_owned()
+}
+
 fn warnings_of(args: &[&str]) -> Vec<String> {
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("report.json");
@@ -69,4 +73,53 @@ fn a_static_program_is_named_as_out_of_the_profilers_reach() {
             .any(|w| w.contains("no process loaded the profiler")),
         "{warnings:?}"
     );
+}
+
+fn unseen(warnings: &[String]) -> Vec<&String> {
+    warnings
+        .iter()
+        .filter(|w| w.contains("was not seen by the profiler"))
+        .collect()
+}
+
+#[test]
+fn a_child_started_without_the_profiler_is_named_with_its_unseen_memory() {
+    let script = "import os, subprocess, sys\n\
+env = {k: v for k, v in os.environ.items() if k != 'LD_PRELOAD'}\n\
+subprocess.run([sys.executable, '-c', 'import time; x = bytearray(200 << 20); time.sleep(0.6)'], env=env, check=True)\n";
+    let python = python();
+    let warnings = warnings_of(&["--profile", "--", &python, "-c", script]);
+    let named = unseen(&warnings);
+    assert_eq!(named.len(), 1, "{warnings:#?}");
+    assert!(named[0].contains("not profiled at all"), "{named:?}");
+    assert!(
+        named[0].contains("bytearray"),
+        "the child is named by its command: {named:?}"
+    );
+}
+
+#[test]
+fn malloc_through_a_dlsymd_libc_is_named_as_unseen() {
+    // ctypes looks malloc up in libc itself, past the preloaded hooks.
+    let script = "import ctypes, time\n\
+libc = ctypes.CDLL('libc.so.6')\n\
+libc.malloc.restype = ctypes.c_void_p\n\
+p = libc.malloc(150 << 20)\n\
+ctypes.memset(p, 1, 150 << 20)\n\
+time.sleep(0.6)\n";
+    let python = python();
+    let warnings = warnings_of(&["--profile", "--", &python, "-c", script]);
+    let named = unseen(&warnings);
+    assert_eq!(named.len(), 1, "{warnings:#?}");
+    assert!(named[0].contains("outside the hooked malloc"), "{named:?}");
+}
+
+#[test]
+fn memory_the_profiler_saw_raises_no_unseen_warning() {
+    let script = "import time\nimport numpy as np\nx = np.ones(200 << 17)\ntime.sleep(0.6)\n";
+    let python = python();
+    for mode in ["--profile", "--profile=exact"] {
+        let warnings = warnings_of(&[mode, "--", &python, "-c", script]);
+        assert!(unseen(&warnings).is_empty(), "{mode}: {warnings:#?}");
+    }
 }

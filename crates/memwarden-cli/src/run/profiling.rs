@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use memwarden_format::report::{ProcessReport, ProfileMode, Report};
-use memwarden_format::units::parse_size;
+use memwarden_format::units::{format_size, parse_size};
 use memwarden_report::profile;
 
 use crate::cli::ProfileArg;
@@ -207,7 +207,7 @@ impl Profiling {
             } else if self.mode == ProfileMode::Sampled {
                 format!(
                     "profile: no allocation was sampled: the command allocated less than the sampling interval ({} on average); --profile=exact records every allocation",
-                    memwarden_format::units::format_size(self.sample_bytes)
+                    format_size(self.sample_bytes)
                 )
             } else {
                 "profile: the command made no allocation the profiler could record".to_owned()
@@ -248,6 +248,7 @@ impl Profiling {
                 }
             }
         }
+        warn_of_unseen_memory(report);
         report.peak.heap_bytes = Some(analysis.profile.peak_bytes);
         if let Some((path, mut file)) = self.folded.take() {
             use std::io::Write;
@@ -260,4 +261,43 @@ impl Profiling {
         }
         report.profile = Some(analysis.profile);
     }
+}
+
+/// Anonymous memory a process held beyond everything the profiler saw it allocate, above
+/// which the report says so: the larger of 32 MiB and a fifth of the process's anonymous
+/// memory (interpreters, libraries' writable data and thread stacks are anonymous too, and
+/// never pass through malloc).
+fn unseen_threshold(anon_bytes: u64) -> u64 {
+    (32 << 20).max(anon_bytes / 5)
+}
+
+/// Names each process whose anonymous resident memory (the kernel's `RssAnon`, at its
+/// peak) exceeds its profiled heap peak by more than [`unseen_threshold`]: a child whose
+/// environment lost `LD_PRELOAD`, a static binary, or allocations that bypass the hooked
+/// malloc (a `dlsym`'d libc, a custom allocator over `brk`).
+fn warn_of_unseen_memory(report: &mut Report) {
+    let mut warnings = Vec::new();
+    for process in &report.processes {
+        let Some(anon) = process.peak_anon_bytes else {
+            continue;
+        };
+        let heap = process.profile.as_ref().map_or(0, |p| p.peak_bytes);
+        let unseen = anon.saturating_sub(heap);
+        if unseen > unseen_threshold(anon) {
+            let command = process.cmdline.join(" ");
+            let why = if process.profile.is_some() {
+                "allocated outside the hooked malloc and mmap (a dlsym'd libc, a custom allocator?)"
+            } else {
+                "not profiled at all (LD_PRELOAD removed from its environment, or a static binary?)"
+            };
+            warnings.push(format!(
+                "profile: pid {} ({}): {} of its {} anonymous resident memory was not seen by the profiler: {why}",
+                process.pid,
+                command.chars().take(80).collect::<String>(),
+                format_size(unseen),
+                format_size(anon)
+            ));
+        }
+    }
+    report.warnings.extend(warnings);
 }
