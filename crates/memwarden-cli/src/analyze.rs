@@ -22,7 +22,12 @@ fn capture_files(paths: &[PathBuf]) -> Vec<PathBuf> {
 }
 
 /// Runs `memwarden analyze`.
-pub fn main(paths: &[PathBuf], json: Option<&Path>, folded: Option<&Path>) -> Status {
+pub fn main(
+    paths: &[PathBuf],
+    json: Option<&Path>,
+    folded: Option<&Path>,
+    raw_frames: bool,
+) -> Status {
     let (captures, errors) = profile::read_captures(&capture_files(paths));
     for error in &errors {
         eprintln!("memwarden: error: {error}");
@@ -40,7 +45,12 @@ pub fn main(paths: &[PathBuf], json: Option<&Path>, folded: Option<&Path>) -> St
         ProfileMode::Sampled
     };
     let start_ns = captures.iter().map(|c| c.start_ns).min().unwrap_or(0);
-    let analysis = profile::analyze(&captures, mode, captures[0].sample_bytes, start_ns);
+    let frames = if raw_frames {
+        profile::Frames::Raw
+    } else {
+        profile::Frames::Folded
+    };
+    let analysis = profile::analyze(&captures, mode, captures[0].sample_bytes, start_ns, frames);
     if let Some(path) = folded {
         if let Err(e) = std::fs::write(path, profile::folded(&analysis.all_at_peak)) {
             eprintln!("memwarden: error: --folded {}: {e}", path.display());
@@ -62,7 +72,7 @@ pub fn main(paths: &[PathBuf], json: Option<&Path>, folded: Option<&Path>) -> St
         }
         None => {
             let cwd = std::env::current_dir()
-                .map(|p| p.display().to_string())
+                .map(|p| memwarden_format::names::escape_path(&p).into_owned())
                 .unwrap_or_default();
             let mut out = String::new();
             memwarden_report::text::profile_section(&mut out, &analysis.profile, &cwd);

@@ -1,5 +1,6 @@
 //! Command-line arguments (clap derive). Raw arguments only: `run::config` validates them.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -40,6 +41,10 @@ pub enum Command {
         /// Write the stacks at the peak as folded stacks.
         #[arg(long, value_name = "PATH")]
         folded: Option<PathBuf>,
+        /// Show every frame as recorded, import machinery included (by default memory
+        /// allocated by an import is charged to the line that imported, `[import NAME]`).
+        #[arg(long)]
+        raw_frames: bool,
     },
     /// Show a model's versions over time, per stage.
     History {
@@ -291,14 +296,63 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR", requires = "profile")]
     pub capture_dir: Option<PathBuf>,
 
-    /// The command to run, after `--`.
+    /// Show every frame as recorded, import machinery included (by default memory
+    /// allocated by an import is charged to the line that imported, `[import NAME]`).
+    #[arg(long, requires = "profile")]
+    pub raw_frames: bool,
+
+    /// The command to run, after `--` (any bytes: it is passed on as given).
     #[arg(
         required = true,
         trailing_var_arg = true,
         allow_hyphen_values = true,
         value_name = "CMD"
     )]
-    pub command: Vec<String>,
+    pub command: Vec<OsString>,
+}
+
+/// Parses the process's arguments; on an error, prints it and exits with status 2, as
+/// clap does, naming the argument when one is not valid UTF-8 where text is expected.
+pub fn parse() -> Cli {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(error) if error.kind() == clap::error::ErrorKind::InvalidUtf8 => {
+            eprintln!("memwarden: error: {}", refused_argument(&args));
+            std::process::exit(2);
+        }
+        Err(error) => error.exit(),
+    }
+}
+
+/// Which argument clap refused as not UTF-8, as a sentence: the first one whose repair
+/// (a lossy copy) makes the refusal go away. Only options that take text refuse; paths
+/// and the command after `--` take any bytes.
+fn refused_argument(args: &[OsString]) -> String {
+    let suspects: Vec<usize> = (1..args.len())
+        .filter(|&i| args[i].to_str().is_none())
+        .collect();
+    let mut repaired = args.to_vec();
+    for &index in &suspects {
+        repaired[index] = args[index].to_string_lossy().into_owned().into();
+        let still_refused = matches!(
+            Cli::try_parse_from(&repaired),
+            Err(e) if e.kind() == clap::error::ErrorKind::InvalidUtf8
+        );
+        if !still_refused {
+            return format!(
+                "argument {index} is not valid UTF-8: '{}' (bytes that are not UTF-8 shown as \\xNN); only paths and the command after `--` may hold any bytes",
+                memwarden_format::names::escape_os(&args[index])
+            );
+        }
+    }
+    match std::env::var_os("MEMWARDEN_LEDGER").filter(|v| v.to_str().is_none()) {
+        Some(value) => format!(
+            "MEMWARDEN_LEDGER is not valid UTF-8: '{}'",
+            memwarden_format::names::escape_os(&value)
+        ),
+        None => "an argument is not valid UTF-8".to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -340,6 +394,35 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_refused_argument_names_itself() {
+        use std::os::unix::ffi::OsStringExt;
+        let args: Vec<OsString> = vec![
+            "memwarden".into(),
+            "run".into(),
+            "--json".into(),
+            OsString::from_vec(b"r\xff.json".to_vec()),
+            "--budget".into(),
+            OsString::from_vec(b"1\xffGiB".to_vec()),
+            "--".into(),
+            OsString::from_vec(b"python\xfe".to_vec()),
+        ];
+        let err = Cli::try_parse_from(&args).expect_err("refused");
+        assert_eq!(err.kind(), clap::error::ErrorKind::InvalidUtf8);
+        let sentence = refused_argument(&args);
+        assert!(
+            sentence.starts_with(r"argument 5 is not valid UTF-8: '1\xffGiB'"),
+            "{sentence}"
+        );
+        let mut fine = args.clone();
+        fine[5] = "1GiB".into();
+        let cli = Cli::try_parse_from(&fine).expect("paths and the command take any bytes");
+        let Command::Run(run) = cli.command else {
+            panic!("run expected")
+        };
+        assert_eq!(run.command, [OsString::from_vec(b"python\xfe".to_vec())]);
     }
 
     #[test]

@@ -13,8 +13,6 @@ mod run;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
     // Like other Unix filters: `memwarden inspect ... | head` ends quietly on a closed pipe
     // instead of panicking on the write. (Rust starts programs with SIGPIPE ignored.)
@@ -23,7 +21,7 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = cli::Cli::parse();
+    let cli = cli::parse();
     let ledger = cli.ledger.as_deref();
     let status = match cli.command {
         cli::Command::Run(args) => run::main(args, ledger),
@@ -31,7 +29,8 @@ fn main() -> ExitCode {
             paths,
             json,
             folded,
-        } => analyze::main(&paths, json.as_deref(), folded.as_deref()),
+            raw_frames,
+        } => analyze::main(&paths, json.as_deref(), folded.as_deref(), raw_frames),
         cli::Command::History { model, json } => govern::history(ledger, &model, json),
         cli::Command::Diff { a, b, json } => govern::diff(ledger, &a, &b, json),
         cli::Command::Check { spec, policy, json } => {

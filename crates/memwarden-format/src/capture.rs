@@ -12,7 +12,7 @@
 //! | region   | offset               | content                                             |
 //! |----------|----------------------|-----------------------------------------------------|
 //! | header   | 0                    | [`field`] offsets, all little-endian `u64`           |
-//! | strings  | [`STRINGS_OFFSET`]   | `u16` length + UTF-8 bytes, referenced by offset     |
+//! | strings  | [`STRINGS_OFFSET`]   | `u16` length + the name's bytes, referenced by offset |
 //! | frames   | [`FRAMES_OFFSET`]    | [`FRAME_SIZE`]-byte records: file, function, line    |
 //! | nodes    | [`NODES_OFFSET`]     | calling-context tree: `u32` parent node, `u32` frame |
 //! | counters | [`COUNTERS_OFFSET`]  | per node: live, at peak, at exit, allocated, count   |
@@ -20,10 +20,18 @@
 //! A stack is a node: its frames are found by following parents to the root (node 0). Only
 //! records below the header's `*_used` counts are valid; the writer publishes a record
 //! before it raises the count, so a process killed mid-update leaves a readable file.
+//!
+//! Strings are a name's bytes as the system knows it, which need not be UTF-8: a file name
+//! as `os.fsencode` gives it (a Python `str` with surrogate escapes U+DC80–U+DCFF back to
+//! the bytes they stand for; any other lone surrogate as its three `surrogatepass` bytes).
+//! The reader turns them into text with [`crate::names::escape_bytes`], so [`Frame`] names
+//! are always valid UTF-8 and two different names stay two frames.
 //! Documented for users in `docs/capture-format.md`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+
+use crate::names::escape_bytes;
 
 /// First eight bytes of every capture.
 pub const MAGIC: [u8; 8] = *b"MWCAP\0\0\x01";
@@ -36,7 +44,8 @@ pub const SUFFIX: &str = "mwcap";
 pub const HEADER_SIZE: u64 = 4096;
 /// Capacity of the string region in bytes.
 pub const STRINGS_CAPACITY: u64 = 8 << 20;
-/// Longest string kept (longer ones are cut at a character boundary).
+/// Longest string kept in bytes (longer ones are cut, at a UTF-8 character boundary when
+/// the name is UTF-8 there).
 pub const MAX_STRING: usize = 1024;
 /// Most distinct frames.
 pub const MAX_FRAMES: u64 = 1 << 18;
@@ -200,7 +209,7 @@ impl fmt::Display for Warning {
     }
 }
 
-/// A frame as the analysis sees it.
+/// A frame as the analysis sees it. Names are text in the [`crate::names`] scheme.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Frame {
     /// File (Python), executable (native), or `<thread>`.
@@ -263,7 +272,7 @@ pub struct Capture {
     pub peak_ns: u64,
     /// Close time; `None` if the process died without closing.
     pub end_ns: Option<u64>,
-    /// Executable path.
+    /// Executable path (text in the [`crate::names`] scheme).
     pub exe: Option<String>,
     /// Why Python frames are missing, if they are.
     pub warning: Warning,
@@ -373,7 +382,7 @@ impl Capture {
             if offset + 2 + len > strings_used {
                 return Err(bad());
             }
-            Ok(String::from_utf8_lossy(&bytes[start + 2..start + 2 + len as usize]).into_owned())
+            Ok(escape_bytes(&bytes[start + 2..start + 2 + len as usize]).into_owned())
         };
         let mut frames = Vec::with_capacity(frames_used as usize);
         for i in 0..frames_used {
@@ -479,6 +488,34 @@ mod tests {
     fn empty_capture_parses() {
         let capture = Capture::parse(Path::new("x"), &header_only()).unwrap();
         assert!(capture.frames.is_empty() && capture.nodes.is_empty());
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_stay_apart_and_escaped() {
+        let mut bytes = header_only();
+        let mut strings = Vec::new();
+        let mut offsets = Vec::new();
+        for name in [&b"/w/a\xff.py"[..], b"/w/a\xfe.py", b"f\xed\xa0\x80"] {
+            offsets.push(strings.len() as u32);
+            strings.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            strings.extend_from_slice(name);
+        }
+        let at = STRINGS_OFFSET as usize;
+        bytes[at..at + strings.len()].copy_from_slice(&strings);
+        let put = |bytes: &mut Vec<u8>, field: usize, value: u64| {
+            bytes[field..field + 8].copy_from_slice(&value.to_le_bytes());
+        };
+        put(&mut bytes, field::STRINGS_USED, strings.len() as u64);
+        put(&mut bytes, field::FRAMES_USED, 2);
+        for (i, file) in offsets[..2].iter().enumerate() {
+            let at = FRAMES_OFFSET as usize + i * FRAME_SIZE as usize;
+            bytes[at..at + 4].copy_from_slice(&file.to_le_bytes());
+            bytes[at + 4..at + 8].copy_from_slice(&offsets[2].to_le_bytes());
+        }
+        let capture = Capture::parse(Path::new("x"), &bytes).unwrap();
+        let files: Vec<&str> = capture.frames.iter().map(|f| f.file.as_str()).collect();
+        assert_eq!(files, [r"/w/a\xff.py", r"/w/a\xfe.py"]);
+        assert_eq!(capture.frames[0].function, r"f\xed\xa0\x80");
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! - [`capture`]: what the preload library leaves per profiled process (`memwarden-capture/1`);
 //! - [`report`]: the versioned run report (`memwarden.report/1`), written as JSON by
 //!   `memwarden run --json` and documented in `docs/report-schema.md`;
+//! - [`names`]: file and function names, arguments and paths as text, whatever their bytes
+//!   (one escaping scheme for bytes that are not UTF-8);
 //! - [`units`]: byte sizes as users write them (`512MiB`, `2GB`, `1.5GiB`, `1048576`) and
 //!   as memwarden prints them.
 //!
@@ -17,5 +19,6 @@
 //! ```
 
 pub mod capture;
+pub mod names;
 pub mod report;
 pub mod units;

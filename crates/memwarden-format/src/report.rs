@@ -18,7 +18,8 @@ pub struct Report {
     pub schema: String,
     /// Version of memwarden that wrote the report.
     pub memwarden_version: String,
-    /// The command as given, program first.
+    /// The command as given, program first (text in the [`crate::names`] scheme, as every
+    /// name, path and argument of the report).
     pub command: Vec<String>,
     /// Working directory of the command.
     pub cwd: String,
@@ -59,7 +60,8 @@ pub enum ProfileMode {
     Exact,
 }
 
-/// One frame of a stack.
+/// One frame of a stack. `file` and `function` are text in the `memwarden-escape` scheme
+/// ([`crate::names`]): a byte that is not UTF-8 is `\xNN`, a backslash `\\`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct StackFrame {
     /// Source file (Python), or the executable for memory with no Python frame.
@@ -69,6 +71,12 @@ pub struct StackFrame {
     /// Function (qualified name), a thread's name, or a bracketed note such as
     /// `[before Python started]`.
     pub function: String,
+    /// Set when the memory was allocated while this line imported a module: the module's
+    /// name (`numpy`), or `?` when no frame of it was seen (a compiled extension). The
+    /// import machinery's frames are folded into this frame, and so are the module's own
+    /// when it is a library (see docs/profiling.md); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imports: Option<String>,
 }
 
 /// Bytes held by one stack.

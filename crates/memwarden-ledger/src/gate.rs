@@ -487,8 +487,13 @@ fn latest_stacks(runs: &[&RunRecord], version: &str) -> Option<BTreeMap<String, 
     let mut by_site = BTreeMap::new();
     for entry in &run.top_stacks_at_peak {
         let leaf = &entry["stack"][0];
+        // An import's memory is its own site: `<module> [import numpy] (train.py)`.
+        let imports = leaf["imports"]
+            .as_str()
+            .map(|module| format!(" [import {module}]"))
+            .unwrap_or_default();
         let site = format!(
-            "{} ({})",
+            "{}{imports} ({})",
             leaf["function"].as_str().unwrap_or("?"),
             leaf["file"].as_str().unwrap_or("?")
         );
@@ -862,6 +867,26 @@ mod tests {
         assert_eq!(report.stacks[0]["change_bytes"], 500 << 20);
         let text = render_diff(&report);
         assert!(text.contains("+500.00 MiB  fit (train.py)"), "{text}");
+    }
+
+    #[test]
+    fn imports_are_sites_of_their_own() {
+        let import = |module: &str, bytes: u64| {
+            serde_json::json!({
+                "stack": [{"file": "train.py", "line": 1, "function": "<module>", "imports": module}],
+                "bytes": bytes
+            })
+        };
+        let mut records = runs("1", 1 << 30, 1, 0);
+        records.extend(runs("2", 1 << 30, 1, 1));
+        records[0].top_stacks_at_peak = vec![import("numpy", 70 << 20)];
+        records[1].top_stacks_at_peak = vec![import("numpy", 70 << 20), import("torch", 300 << 20)];
+        let report = diff(&records, "fraud", "1", "2").expect("diff");
+        assert_eq!(report.stacks.len(), 1, "{:?}", report.stacks);
+        assert_eq!(
+            report.stacks[0]["site"],
+            "<module> [import torch] (train.py)"
+        );
     }
 
     #[test]

@@ -181,12 +181,13 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
     Some(Stat { ppid, state })
 }
 
-/// Splits `cmdline` (NUL-separated) into arguments.
+/// Splits `cmdline` (NUL-separated) into arguments, as text in the `memwarden-escape`
+/// scheme ([`memwarden_format::names`]): an argument that is not UTF-8 stays itself.
 pub fn parse_cmdline(bytes: &[u8]) -> Vec<String> {
     bytes
         .split(|&b| b == 0)
         .filter(|arg| !arg.is_empty())
-        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .map(|arg| memwarden_format::names::escape_bytes(arg).into_owned())
         .collect()
 }
 

@@ -281,7 +281,10 @@ impl Writer {
     /// Interns a string; call with `intern` held. `None` when the region is full.
     fn string(&self, text: &[u8]) -> Option<u32> {
         let mut len = text.len().min(fmt::MAX_STRING);
-        while len > 0 && len < text.len() && (text[len] & 0xC0) == 0x80 {
+        // A long name is cut before a UTF-8 character it would split; names need not be
+        // UTF-8, so this backs up over three continuation bytes at most.
+        let least = len.saturating_sub(3);
+        while len > least && len < text.len() && (text[len] & 0xC0) == 0x80 {
             len -= 1;
         }
         let text = &text[..len];

@@ -5,9 +5,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use memwarden_format::capture::{kind, Capture, CaptureError, Frame, SUFFIX};
+use memwarden_format::names::escape_also;
 use memwarden_format::report::{
     LineAllocations, ProcessProfile, Profile, ProfileMode, StackBytes, StackFrame,
 };
+
+pub use crate::imports::Frames;
+use crate::imports::{report_stack, ImportNames};
 
 /// Stacks and lines kept in each list of the report.
 pub const TOP: usize = 25;
@@ -43,7 +47,8 @@ pub fn read_dir(dir: &Path) -> std::io::Result<(Vec<Capture>, Vec<CaptureError>)
     Ok(read_captures(&capture_files(dir)?))
 }
 
-fn stack_frame(frame: &Frame) -> StackFrame {
+/// A capture frame as the report shows it.
+pub(crate) fn stack_frame(frame: &Frame) -> StackFrame {
     let function = match frame.kind {
         kind::THREAD => format!("[thread {}]", frame.function),
         _ => frame.function.clone(),
@@ -52,11 +57,18 @@ fn stack_frame(frame: &Frame) -> StackFrame {
         file: frame.file.clone(),
         line: frame.line,
         function,
+        imports: None,
     }
 }
 
-fn stack_of(capture: &Capture, node: u32) -> Vec<StackFrame> {
-    capture.stack(node).into_iter().map(stack_frame).collect()
+/// How stacks are turned into report frames.
+struct Stacks {
+    frames: Frames,
+    names: ImportNames,
+}
+
+fn stack_of(capture: &Capture, node: u32, stacks: &Stacks) -> Vec<StackFrame> {
+    report_stack(&capture.stack(node), stacks.frames, &stacks.names)
 }
 
 /// Bytes per stack, largest first, the `top` largest kept.
@@ -77,13 +89,16 @@ fn ranked(totals: HashMap<Vec<StackFrame>, i64>, top: usize) -> Vec<StackBytes> 
 /// Live bytes per stack in one column of a capture, added into `into`.
 fn add_column(
     capture: &Capture,
+    stacks: &Stacks,
     column: impl Fn(usize) -> i64,
     into: &mut HashMap<Vec<StackFrame>, i64>,
 ) {
     for node in 0..capture.nodes.len() {
         let bytes = column(node);
         if bytes > 0 {
-            *into.entry(stack_of(capture, node as u32)).or_default() += bytes;
+            *into
+                .entry(stack_of(capture, node as u32, stacks))
+                .or_default() += bytes;
         }
     }
 }
@@ -132,13 +147,25 @@ pub struct Analysis {
 }
 
 /// Analyses the captures of one run. `run_start_ns` (wall clock, ns since the epoch) turns
-/// capture times into seconds after the start.
+/// capture times into seconds after the start; `frames` says whether import machinery is
+/// folded into the importing line ([`Frames::Folded`], see [`crate::imports`]).
 pub fn analyze(
     captures: &[Capture],
     mode: ProfileMode,
     sample_bytes: u64,
     run_start_ns: u64,
+    frames: Frames,
 ) -> Analysis {
+    let mut stacks = Stacks {
+        frames,
+        names: ImportNames::default(),
+    };
+    if frames == Frames::Folded {
+        for capture in captures {
+            stacks.names.learn(capture);
+        }
+    }
+    let stacks = &stacks;
     let mut lines: HashMap<StackFrame, (u64, u64)> = HashMap::new();
     let mut by_pid: Vec<(u32, Vec<&Capture>)> = Vec::new();
     for capture in captures {
@@ -150,8 +177,8 @@ pub fn analyze(
             if counters.allocated == 0 || node == 0 {
                 continue;
             }
-            if let Some(leaf) = capture.stack(node as u32).first() {
-                let entry = lines.entry(stack_frame(leaf)).or_default();
+            if let Some(leaf) = stack_of(capture, node as u32, stacks).into_iter().next() {
+                let entry = lines.entry(leaf).or_default();
                 entry.0 += counters.allocated;
                 entry.1 += counters.count;
             }
@@ -165,8 +192,13 @@ pub fn analyze(
         let mut at_peak = HashMap::new();
         let mut leaked = HashMap::new();
         for capture in list {
-            add_column(capture, |n| capture.counters[n].at_peak, &mut at_peak);
-            add_column(capture, leaked_column(capture), &mut leaked);
+            add_column(
+                capture,
+                stacks,
+                |n| capture.counters[n].at_peak,
+                &mut at_peak,
+            );
+            add_column(capture, stacks, leaked_column(capture), &mut leaked);
         }
         merge(&at_peak, &mut tree_peak);
         merge(&leaked, &mut tree_leaked);
@@ -242,17 +274,29 @@ pub fn analyze(
 }
 
 fn folded_frame(frame: &StackFrame) -> String {
+    let imports = frame
+        .imports
+        .as_ref()
+        .map(|module| format!(" [import {module}]"))
+        .unwrap_or_default();
     let label = if frame.line > 0 {
-        format!("{} ({}:{})", frame.function, frame.file, frame.line)
+        format!(
+            "{}{imports} ({}:{})",
+            frame.function, frame.file, frame.line
+        )
     } else {
-        format!("{} ({})", frame.function, frame.file)
+        format!("{}{imports} ({})", frame.function, frame.file)
     };
-    // `;` separates frames and the last space the count, in the folded format.
-    label.replace(';', ",")
+    // `;` separates frames and a line ends a stack, in the folded format: names keep them
+    // as `\x3b` and `\x0a` (the names' own escaping, so the bytes can be had back). The
+    // count follows the last space, so spaces in names need nothing.
+    escape_also(&label, |c| c == ';' || c.is_control()).into_owned()
 }
 
 /// Folded stacks (`outer;...;inner bytes`, one per line), the input of flamegraph.pl,
-/// inferno and speedscope.
+/// inferno and speedscope. Names are text in the `memwarden-escape` scheme
+/// (`memwarden_format::names`), with `;` and control characters escaped too, so a line is
+/// always one stack and a `;` always separates two frames.
 pub fn folded(entries: &[StackBytes]) -> String {
     let mut out = String::new();
     for entry in entries {
@@ -263,4 +307,49 @@ pub fn folded(entries: &[StackBytes]) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use memwarden_format::names::unescape;
+
+    fn frame(file: &str, line: u32, function: &str) -> StackFrame {
+        StackFrame {
+            file: file.to_owned(),
+            line,
+            function: function.to_owned(),
+            imports: None,
+        }
+    }
+
+    #[test]
+    fn folded_stacks_are_one_line_each_with_one_frame_per_semicolon() {
+        let mut import = frame("/p/train.py", 1, "<module>");
+        import.imports = Some("numpy".to_owned());
+        let entries = [
+            StackBytes {
+                stack: vec![frame(r"/p/a\xff.py", 3, "f;g\nh"), import],
+                bytes: 7,
+            },
+            StackBytes {
+                stack: vec![frame("/usr/bin/python3", 0, "[before Python started]")],
+                bytes: 5,
+            },
+        ];
+        let text = folded(&entries);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                r"<module> [import numpy] (/p/train.py:1);f\x3bg\x0ah (/p/a\xff.py:3) 7",
+                "[before Python started] (/usr/bin/python3) 5",
+            ]
+        );
+        let inner = lines[0].split(';').nth(1).expect("two frames");
+        assert_eq!(
+            unescape(inner).expect("escaped"),
+            b"f;g\nh (/p/a\xff.py:3) 7"
+        );
+    }
 }

@@ -2,6 +2,7 @@
 
 use std::fmt::Write;
 
+use memwarden_format::names::{escape_also, is_control};
 use memwarden_format::report::{
     BudgetStatus, Enforcement, PeakSource, Profile, ProfileMode, Report, StackBytes, StackFrame,
 };
@@ -151,11 +152,19 @@ fn frame_label(frame: &StackFrame, cwd: &str) -> String {
         .strip_prefix(cwd)
         .and_then(|rest| rest.strip_prefix('/'))
         .unwrap_or(&frame.file);
-    if frame.line > 0 {
-        format!("{file}:{}  {}", frame.line, frame.function)
+    let imports = frame
+        .imports
+        .as_ref()
+        .map(|module| format!(" [import {module}]"))
+        .unwrap_or_default();
+    let label = if frame.line > 0 {
+        format!("{file}:{}  {}{imports}", frame.line, frame.function)
     } else {
-        format!("{file}  {}", frame.function)
-    }
+        format!("{file}  {}{imports}", frame.function)
+    };
+    // One frame, one line: a name's line breaks and other control characters are escaped
+    // as its other bytes are (`memwarden_format::names`).
+    escape_also(&label, is_control).into_owned()
 }
 
 fn stack_table(out: &mut String, title: &str, entries: &[StackBytes], total: u64, cwd: &str) {

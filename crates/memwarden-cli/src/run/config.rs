@@ -1,5 +1,6 @@
 //! `memwarden run` arguments, validated before anything starts.
 
+use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -32,7 +33,9 @@ pub struct Governance {
 /// A validated `memwarden run`.
 #[derive(Debug)]
 pub struct RunConfig {
-    /// The command, program first.
+    /// The command, program first, as given (any bytes): what is executed.
+    pub argv: Vec<OsString>,
+    /// The same as text ([`memwarden_format::names`]), for messages and reports.
     pub command: Vec<String>,
     /// Sampling interval.
     pub interval: Duration,
@@ -98,6 +101,7 @@ impl RunConfig {
                     args.sample_bytes.as_deref(),
                     args.capture_dir,
                     args.folded,
+                    args.raw_frames,
                 )
             })
             .transpose()?;
@@ -105,8 +109,14 @@ impl RunConfig {
             .json
             .map(|path| open_output(&path).map(|file| (path, file)))
             .transpose()?;
+        let command = args
+            .command
+            .iter()
+            .map(|arg| memwarden_format::names::escape_os(arg).into_owned())
+            .collect();
         Ok(RunConfig {
-            command: args.command,
+            argv: args.command,
+            command,
             interval,
             budget_bytes,
             hard_limit_bytes,

@@ -97,7 +97,7 @@ fn execute(mut config: RunConfig) -> Result<Status, (Status, String)> {
         .as_ref()
         .map(|p| p.environment())
         .unwrap_or_default();
-    let pid = match supervisor.spawn(&config.command, &environment, isolation.join_fd()) {
+    let pid = match supervisor.spawn(&config.argv, &environment, isolation.join_fd()) {
         Ok(pid) => pid,
         Err(e) => {
             let _ = isolation.cleanup();

@@ -31,6 +31,8 @@ pub struct Profiling {
     dir: CaptureDir,
     /// `--folded`, opened before the command starts.
     folded: Option<(PathBuf, File)>,
+    /// `--raw-frames`.
+    frames: profile::Frames,
 }
 
 /// Finds the preload library: `MEMWARDEN_PRELOAD`, else next to this executable, else in
@@ -88,6 +90,7 @@ impl Profiling {
         sample_bytes: Option<&str>,
         capture_dir: Option<PathBuf>,
         folded: Option<PathBuf>,
+        raw_frames: bool,
     ) -> Result<Profiling, String> {
         let mode = match mode {
             ProfileArg::Sampled => ProfileMode::Sampled,
@@ -151,6 +154,11 @@ impl Profiling {
             preload,
             dir,
             folded,
+            frames: if raw_frames {
+                profile::Frames::Raw
+            } else {
+                profile::Frames::Folded
+            },
         })
     }
 
@@ -224,7 +232,13 @@ impl Profiling {
         let start_ns = started_at
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        let analysis = profile::analyze(&captures, self.mode, self.sample_bytes, start_ns);
+        let analysis = profile::analyze(
+            &captures,
+            self.mode,
+            self.sample_bytes,
+            start_ns,
+            self.frames,
+        );
         if analysis.profile.dropped_allocations > 0 {
             report.warnings.push(format!(
                 "profile: {} allocations could not be tracked (tables full); figures are low by that much",

@@ -132,7 +132,7 @@ pub fn build(
         memwarden_version: env!("CARGO_PKG_VERSION").to_owned(),
         command: config.command.clone(),
         cwd: std::env::current_dir()
-            .map(|p| p.display().to_string())
+            .map(|p| memwarden_format::names::escape_path(&p).into_owned())
             .unwrap_or_default(),
         started_at_unix_s: observed
             .started_at

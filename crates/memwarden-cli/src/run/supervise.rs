@@ -102,7 +102,7 @@ impl Supervisor {
     #[allow(unsafe_code)]
     pub fn spawn(
         &self,
-        command: &[String],
+        command: &[OsString],
         environment: &[(OsString, OsString)],
         join_cgroup: Option<RawFd>,
     ) -> io::Result<i32> {

@@ -324,8 +324,11 @@ pub fn walk(state: usize, frames: &mut [RawFrame; MAX_DEPTH]) -> usize {
 /// An empty frame array for [`walk`].
 pub const NO_FRAMES: [RawFrame; MAX_DEPTH] = [RawFrame { code: 0, unit: 0 }; MAX_DEPTH];
 
-/// Copies a `str` object as UTF-8 into `out`; returns the length (0 if it is not a string
-/// we can read).
+/// Copies a `str` object's bytes into `out` as `os.fsencode` would give them: UTF-8, with
+/// surrogate escapes (U+DC80–U+DCFF, how Python holds a file name's undecodable bytes) back
+/// to the bytes they stand for, and any other lone surrogate (code can make those) as its
+/// three `surrogatepass` bytes, so no name is cut. The reader escapes what is not UTF-8
+/// (`memwarden_format::names`). Returns the length (0 if it is not a string we can read).
 fn read_str(object: usize, layout: &Layout, out: &mut [u8; 1024]) -> usize {
     if !object_of_type(object, layout, &PYTHON.str_type) {
         return 0;
@@ -358,15 +361,39 @@ fn read_str(object: usize, layout: &Layout, out: &mut [u8; 1024]) -> usize {
             4 => read::<u32>(at(data, 4 * i)),
             _ => None,
         };
-        let Some(c) = character.and_then(char::from_u32) else {
+        let Some(code) = character else {
             return written;
         };
-        if written + c.len_utf8() > out.len() {
+        let mut bytes = [0u8; 4];
+        let encoded = encode_code_point(code, &mut bytes);
+        if encoded == 0 {
+            return written;
+        }
+        if written + encoded > out.len() {
             break;
         }
-        written += c.encode_utf8(&mut out[written..]).len();
+        out[written..written + encoded].copy_from_slice(&bytes[..encoded]);
+        written += encoded;
     }
     written
+}
+
+/// The bytes of one code point of a name (see [`read_str`]); returns how many, 0 for a
+/// value that is no code point.
+fn encode_code_point(code: u32, out: &mut [u8; 4]) -> usize {
+    match code {
+        0xDC80..=0xDCFF => {
+            out[0] = (code - 0xDC00) as u8;
+            1
+        }
+        0xD800..=0xDFFF => {
+            out[0] = 0xE0 | (code >> 12) as u8;
+            out[1] = 0x80 | ((code >> 6) & 0x3F) as u8;
+            out[2] = 0x80 | (code & 0x3F) as u8;
+            3
+        }
+        _ => char::from_u32(code).map_or(0, |c| c.encode_utf8(out).len()),
+    }
 }
 
 /// The line of `raw` from its code object's table.
@@ -393,13 +420,26 @@ fn line(raw: RawFrame, layout: &Layout) -> u32 {
     found.unwrap_or(first.max(0) as u32)
 }
 
+/// The addresses of a code object's file and function names, mixed. Code objects die and
+/// their addresses are reused (code made by `exec`, `code.replace`): this joins the code's
+/// address wherever a frame is looked up by it, so a new function at an old address is not
+/// taken for the old one.
+fn names_tag(code: usize, layout: &Layout) -> u64 {
+    let filename = read::<usize>(at(code, layout.code_filename)).unwrap_or(0);
+    let name = read::<usize>(at(code, layout.code_name)).unwrap_or(0);
+    mix_names(filename, name)
+}
+
+fn mix_names(filename: usize, name: usize) -> u64 {
+    (filename as u64) ^ (name as u64).rotate_left(17)
+}
+
 /// The capture's frame id for `raw`, resolved once per (code object, instruction).
 pub fn frame_id(raw: RawFrame) -> Option<u32> {
     let layout = layout()?;
     let filename = read::<usize>(at(raw.code, layout.code_filename)).unwrap_or(0);
     let name = read::<usize>(at(raw.code, layout.code_name)).unwrap_or(0);
-    // Code objects die and their addresses are reused: the names' addresses join the key.
-    let tag = (filename as u64) ^ (name as u64).rotate_left(17);
+    let tag = mix_names(filename, name);
     if let Some(id) = CAPTURE.cached_frame(raw.code as u64, raw.unit, tag) {
         return Some(id);
     }
@@ -429,7 +469,10 @@ pub fn current_node(last: &LastStack) -> Option<u32> {
     if count == 0 {
         return None;
     }
-    let mut hash = count as u64;
+    // The innermost frame's names join the hash: when a function ended and another one's
+    // code took its address (the innermost frame is the one most often new), the last
+    // answer must not be reused. Two loads, on a line the walk already read.
+    let mut hash = count as u64 ^ layout().map_or(0, |l| names_tag(frames[0].code, l));
     for raw in &frames[..count] {
         hash = (hash ^ raw.code as u64 ^ (u64::from(raw.unit) << 48))
             .wrapping_mul(0x9E37_79B9_7F4A_7C15)
@@ -452,4 +495,31 @@ pub fn current_node(last: &LastStack) -> Option<u32> {
     last.hash.set(hash);
     last.node.set(node);
     Some(node)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::encode_code_point;
+
+    fn encode(text: &[u32]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for &code in text {
+            let mut bytes = [0u8; 4];
+            let n = encode_code_point(code, &mut bytes);
+            out.extend_from_slice(&bytes[..n]);
+        }
+        out
+    }
+
+    #[test]
+    fn names_are_encoded_as_python_would_give_their_bytes() {
+        let utf8: Vec<u32> = "aé€😀".chars().map(u32::from).collect();
+        assert_eq!(encode(&utf8), "aé€😀".as_bytes());
+        // 'a\udcff.py': a file name whose byte 0xff was not UTF-8.
+        assert_eq!(encode(&[0x61, 0xDCFF, 0x2E]), b"a\xff.");
+        // A lone surrogate outside the escapes: surrogatepass's bytes, not a cut.
+        assert_eq!(encode(&[0x66, 0xD800, 0x67]), b"f\xed\xa0\x80g");
+        assert_eq!(encode(&[0xDFFF]), b"\xed\xbf\xbf");
+        assert_eq!(encode(&[0x11_0000]), b"");
+    }
 }
