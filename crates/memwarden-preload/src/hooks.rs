@@ -4,7 +4,7 @@
 
 use libc::{c_int, c_void, size_t};
 
-use crate::{apply_free, on_alloc, on_free, restore};
+use crate::{apply_free, mappings, on_alloc, on_free, restore};
 
 extern "C" {
     fn __libc_malloc(size: size_t) -> *mut c_void;
@@ -129,7 +129,7 @@ pub extern "C" fn pvalloc(size: size_t) -> *mut c_void {
 }
 
 /// `mmap`: anonymous mappings that can hold data are allocations (Python's object arenas
-/// come this way).
+/// come this way), followed by range in [`crate::mappings`].
 #[no_mangle]
 pub extern "C" fn mmap(
     address: *mut c_void,
@@ -139,22 +139,9 @@ pub extern "C" fn mmap(
     fd: c_int,
     offset: libc::off_t,
 ) -> *mut c_void {
-    let mapped = crate::sys::mmap(address, length, protection, flags, fd, offset);
-    if mapped == libc::MAP_FAILED {
-        return mapped;
-    }
-    if flags & libc::MAP_FIXED != 0 {
-        // A fixed mapping of any kind replaces whatever was mapped there.
-        if let Some(entry) = on_free(mapped as usize) {
-            apply_free(entry);
-        }
-    }
-    // PROT_NONE mappings only reserve address space (CUDA reserves many GiB this way);
-    // they hold no memory until remapped, which is then seen as a mapping of its own.
-    if flags & libc::MAP_ANONYMOUS != 0 && protection != libc::PROT_NONE {
-        on_alloc(mapped as usize, length);
-    }
-    mapped
+    mappings::mmap(address, length, protection, flags, || {
+        crate::sys::mmap(address, length, protection, flags, fd, offset)
+    })
 }
 
 /// `mmap64`, the same function on 64-bit Linux.
@@ -170,19 +157,14 @@ pub extern "C" fn mmap64(
     mmap(address, length, protection, flags, fd, offset)
 }
 
-/// `munmap`. Only a mapping released from its start is seen; a partial release in the
-/// middle of a tracked mapping leaves it charged until it is unmapped from its start.
+/// `munmap`: releases exactly the tracked bytes in the range, whichever mappings they
+/// belong to.
 #[no_mangle]
 pub extern "C" fn munmap(address: *mut c_void, length: size_t) -> c_int {
-    let old = on_free(address as usize);
-    // SAFETY: the munmap system call with the caller's own arguments.
-    let result = unsafe { libc::syscall(libc::SYS_munmap, address, length) } as c_int;
-    match (result, old) {
-        (0, Some(entry)) => apply_free(entry),
-        (_, Some(entry)) => restore(address as usize, entry),
-        _ => {}
-    }
-    result
+    mappings::munmap(address, length, || {
+        // SAFETY: the munmap system call with the caller's own arguments.
+        unsafe { libc::syscall(libc::SYS_munmap, address, length) as c_int }
+    })
 }
 
 /// `mremap`. The fifth argument (`new_address`) is variadic in C; on x86-64 a variadic
@@ -196,25 +178,17 @@ pub extern "C" fn mremap(
     flags: c_int,
     new_address: *mut c_void,
 ) -> *mut c_void {
-    let entry = on_free(old as usize);
-    // SAFETY: the mremap system call with the caller's own arguments.
-    let moved = unsafe {
-        libc::syscall(
-            libc::SYS_mremap,
-            old,
-            old_size,
-            new_size,
-            flags,
-            new_address,
-        )
-    } as *mut c_void;
-    match entry {
-        Some(entry) if moved == libc::MAP_FAILED => restore(old as usize, entry),
-        Some(entry) => {
-            apply_free(entry);
-            on_alloc(moved as usize, new_size);
+    mappings::mremap(old, old_size, new_size, flags, new_address, || {
+        // SAFETY: the mremap system call with the caller's own arguments.
+        unsafe {
+            libc::syscall(
+                libc::SYS_mremap,
+                old,
+                old_size,
+                new_size,
+                flags,
+                new_address,
+            ) as *mut c_void
         }
-        None => {}
-    }
-    moved
+    })
 }

@@ -7,7 +7,9 @@
 //!
 //! - **Sampled mode** (default): each allocated byte is a sample point with probability
 //!   1/R (`MEMWARDEN_SAMPLE_BYTES`, R = 512 KiB by default), drawn as geometric intervals
-//!   from a per-thread countdown, so the fast path touches only thread-local state. A
+//!   from a per-thread countdown, so the fast path touches only thread-local state. Each
+//!   thread draws from a random stream of its own, seeded from the kernel's random source
+//!   (see [`seed_thread`]), so threads started together are sampled independently. A
 //!   sampled allocation of `s` bytes is attributed `s / (1 - e^(-s/R))` bytes, which keeps
 //!   totals unbiased and attributes buffers larger than R almost exactly.
 //! - **Exact mode** (`MEMWARDEN_PROFILE_MODE=exact`): every allocation is recorded.
@@ -26,6 +28,7 @@
 #![allow(unsafe_code)] // An allocator interposer is unsafe by nature; each block says why it holds.
 
 mod hooks;
+mod mappings;
 pub mod python;
 mod sys;
 mod table;
@@ -49,6 +52,13 @@ static SAMPLE_BYTES: AtomicU64 = AtomicU64::new(512 << 10);
 static IS_PYTHON: AtomicBool = AtomicBool::new(false);
 /// Bumped in every forked child, so threads' cached node ids from the parent are dropped.
 static GENERATION: AtomicU32 = AtomicU32::new(0);
+/// This process's seed for its threads' random streams, from `getrandom`: drawn at start,
+/// before ACTIVE is published, and drawn again in a forked child (see [`seed_process`]).
+static PROCESS_SEED: AtomicU64 = AtomicU64::new(0);
+/// Threads given a stream so far: each thread's number, mixed with the process seed, seeds
+/// its stream. Touched once per thread, on its first sampled-mode record, never on the
+/// fast path.
+static THREADS_SEEDED: AtomicU64 = AtomicU64::new(0);
 
 /// The capture directory, copied at start (the program may change its environment).
 struct Directory {
@@ -86,7 +96,7 @@ fn tracked() -> Option<&'static AddressTable> {
 struct ThreadState {
     /// Bytes left until the next sample point.
     countdown: Cell<i64>,
-    /// xorshift state; 0 until the thread's first allocation.
+    /// splitmix64 state (see [`next_random`]); 0 until the thread's first sampled-mode record.
     rng: Cell<u64>,
     /// Inside our own code: a nested call (a signal handler, our own allocation) forwards.
     busy: Cell<bool>,
@@ -112,13 +122,64 @@ fn thread() -> &'static ThreadState {
     unsafe { &*memwarden_thread_state() }
 }
 
+/// splitmix64's increment: 2^64 / φ, odd, so the state visits every u64 once per period.
+const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// splitmix64's output function (Stafford's "variant 13" of MurmurHash3's finaliser): a
+/// bijection on u64 in which every input bit flips every output bit with probability close
+/// to 1/2, so inputs that differ by little give unrelated outputs.
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Draws this process's seed: `getrandom` when the kernel gives it, else the bytes the
+/// kernel gave the program at exec mixed with the process id and the clock (a forked child
+/// shares its parent's exec bytes, never its process id). Called single-threaded, before
+/// ACTIVE is published: at start and in a forked child.
+fn seed_process() {
+    let seed = sys::getrandom_u64().unwrap_or_else(|| {
+        mix64(sys::exec_random() ^ sys::now_ns() ^ u64::from(std::process::id()).rotate_left(32))
+    });
+    PROCESS_SEED.store(seed, Ordering::Relaxed);
+}
+
+/// Gives the calling thread a stream of its own, starting at the mix of the process seed
+/// and the thread's number (the seed's own splitmix64 sequence), so that two threads'
+/// streams start at unrelated points whatever their addresses, start times or order. It
+/// replaces a seed of (thread-state address XOR wall clock XOR a constant), which threads
+/// started close together shared in most bits: they drew nearly the same first interval
+/// and were sampled together (all or none of 1,000 threads each allocating 1 MB).
+fn seed_thread(thread: &ThreadState) {
+    let number = THREADS_SEEDED.fetch_add(1, Ordering::Relaxed);
+    let state = mix64(
+        PROCESS_SEED
+            .load(Ordering::Relaxed)
+            .wrapping_add(number.wrapping_add(1).wrapping_mul(GOLDEN_GAMMA)),
+    );
+    // 0 marks a thread not yet seeded (mix64 gives it for one input in 2^64).
+    thread
+        .rng
+        .set(if state == 0 { GOLDEN_GAMMA } else { state });
+}
+
+/// The thread's next 64 random bits. The stream is splitmix64 (Steele, Lea & Flood,
+/// "Fast splittable pseudorandom number generators", 2014): its whole state is one u64,
+/// all the room the thread state has (xoshiro256** needs four), and it passes BigCrush,
+/// where the xorshift64 used before fails some tests and, worse here, makes each output a
+/// linear (over GF(2)) function of the seed, so related seeds gave related intervals.
+/// Threads' streams are stretches of one sequence of period 2^64 starting at independent
+/// random points: two of T threads drawing D values each overlap with probability about
+/// T²·D / 2^64, nil in practice.
 fn next_random(thread: &ThreadState) -> u64 {
-    let mut x = thread.rng.get();
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    thread.rng.set(x);
-    x
+    let mut state = thread.rng.get().wrapping_add(GOLDEN_GAMMA);
+    if state == 0 {
+        // 0 marks a thread not yet seeded: step over it (once per 2^64 draws).
+        state = GOLDEN_GAMMA;
+    }
+    thread.rng.set(state);
+    mix64(state)
 }
 
 /// A geometric interval with mean `SAMPLE_BYTES`.
@@ -157,10 +218,10 @@ fn record_alloc(thread: &ThreadState, address: usize, size: usize, exact: bool) 
         size as u64
     } else {
         if thread.rng.get() == 0 {
-            // A thread's first allocation: seed, draw, and only then decide.
-            let seed =
-                (thread as *const ThreadState as u64) ^ sys::now_ns() ^ 0x2545_F491_4F6C_DD1D;
-            thread.rng.set(seed | 1);
+            // A thread's first sampled-mode record (its countdown started at 0, so this is
+            // its first allocation): seed, draw the first interval from the start of this
+            // allocation, and only then decide.
+            seed_thread(thread);
             let left = next_interval(thread) - size as i64;
             thread.countdown.set(left);
             if left > 0 {
@@ -342,6 +403,7 @@ extern "C" fn start() {
     }
     // An interpreter whose frames cannot be read is profiled like a native process.
     IS_PYTHON.store(python::detect() && python::readable(), Ordering::Relaxed);
+    seed_process();
     threads::install(true);
     STATE.store(ACTIVE, Ordering::Release);
 }
@@ -362,6 +424,17 @@ extern "C" fn forked_child() {
     if let Some(table) = tracked() {
         table.reset_locks();
         table.clear();
+    }
+    mappings::forget_all();
+    // The forking thread's stream and countdown are copies of its parent's: without fresh
+    // ones both processes would sample the same allocations from here on. A fresh interval
+    // drawn at the fork, a moment that does not depend on the allocations to come, keeps
+    // the sampling unbiased.
+    seed_process();
+    if !EXACT.load(Ordering::Relaxed) {
+        let thread = thread();
+        seed_thread(thread);
+        thread.countdown.set(next_interval(thread));
     }
     if CAPTURE.reopen_in_child(directory(), &settings()) {
         python::write_header();

@@ -113,6 +113,50 @@ pub fn now_ns() -> u64 {
     (ts.tv_sec as u64).wrapping_mul(1_000_000_000) + ts.tv_nsec as u64
 }
 
+/// Eight bytes from the kernel's random source, through the `getrandom` system call itself
+/// (glibc's wrapper is a cancellation point, and a program may interpose it); the call
+/// neither allocates nor locks. `GRND_NONBLOCK`, so it never waits (only possible early in
+/// boot, before the entropy pool is ready). `None` when the kernel refuses: too old, a
+/// seccomp filter, the pool not ready.
+pub fn getrandom_u64() -> Option<u64> {
+    let mut bytes = [0u8; 8];
+    loop {
+        // SAFETY: the kernel writes at most `bytes.len()` bytes into our buffer.
+        let got = unsafe {
+            libc::syscall(
+                libc::SYS_getrandom,
+                bytes.as_mut_ptr(),
+                bytes.len(),
+                libc::GRND_NONBLOCK,
+            )
+        };
+        if got == bytes.len() as libc::c_long {
+            return Some(u64::from_ne_bytes(bytes));
+        }
+        // Requests of up to 256 bytes are never cut short, but a signal may interrupt one.
+        let interrupted =
+            got < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR);
+        if !interrupted {
+            return None;
+        }
+    }
+}
+
+/// The 16 random bytes the kernel gives every program it executes (`AT_RANDOM`), folded
+/// into eight; 0 when absent. A forked child has its parent's.
+pub fn exec_random() -> u64 {
+    // SAFETY: getauxval has no preconditions and neither allocates nor locks.
+    let address = unsafe { libc::getauxval(libc::AT_RANDOM) } as *const [u64; 2];
+    if address.is_null() {
+        return 0;
+    }
+    // SAFETY: AT_RANDOM, when present, is the address of 16 bytes on the initial stack that
+    // live as long as the process and are never written after start-up (read unaligned:
+    // the kernel promises no alignment).
+    let [low, high] = unsafe { address.read_unaligned() };
+    low ^ high.rotate_left(32)
+}
+
 /// A test-and-test-and-set spin lock, used only around rare table inserts.
 pub struct SpinLock(AtomicBool);
 
