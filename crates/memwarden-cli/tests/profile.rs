@@ -8,19 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
-use util::{memwarden, python, run, run_script, within, Run};
+use util::{line_of, memwarden, python, run, run_script, within, Run};
 
 const MIB: u64 = 1 << 20;
-
-/// The line of `script` carrying the marker `# @name`.
-fn line_of(script: &str, name: &str) -> u64 {
-    let marker = format!("# @{name}");
-    script
-        .lines()
-        .position(|l| l.trim_end().ends_with(&marker))
-        .map(|i| i as u64 + 1)
-        .unwrap_or_else(|| panic!("no marker {marker}"))
-}
 
 /// Whether `frame` is workload.py:line.
 fn is_line(frame: &Value, line: u64) -> bool {

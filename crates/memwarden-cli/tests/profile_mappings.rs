@@ -11,7 +11,7 @@
 mod util;
 
 use serde_json::Value;
-use util::{memwarden, python, within, Run};
+use util::{line_of, memwarden, python, within, Run};
 
 const MIB: u64 = 1 << 20;
 /// What a marked line may hold besides its mappings: the Python objects it keeps.
@@ -52,16 +52,6 @@ def unmap(address, mib):
 /// The script: the prelude, then `body`.
 fn script(body: &str) -> String {
     format!("{PRELUDE}{body}")
-}
-
-/// The line of `script` carrying the marker `# @name`.
-fn line_of(script: &str, name: &str) -> u64 {
-    let marker = format!("# @{name}");
-    script
-        .lines()
-        .position(|l| l.trim_end().ends_with(&marker))
-        .map(|i| i as u64 + 1)
-        .unwrap_or_else(|| panic!("no marker {marker}"))
 }
 
 /// Runs `script` as workload.py under `memwarden run --profile[=MODE]`.

@@ -10,7 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use serde_json::Value;
-use util::{memwarden, python};
+use util::{line_of, memwarden, python};
 
 const MIB: u64 = 1 << 20;
 
@@ -229,14 +229,6 @@ const MYMOD: &str = "\
 import json
 DATA = bytearray(24 * 1024 * 1024)
 ";
-
-fn line_of(script: &str, marker: &str) -> u64 {
-    script
-        .lines()
-        .position(|l| l.ends_with(&format!("# @{marker}")))
-        .map(|i| i as u64 + 1)
-        .expect("marker")
-}
 
 #[test]
 fn imports_are_charged_to_the_import_line_unless_raw_frames_are_asked_for() {

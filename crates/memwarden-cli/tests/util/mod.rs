@@ -143,3 +143,13 @@ pub fn numpy_hold(mib: u64, hold_s: f64) -> String {
          print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n"
     )
 }
+
+/// The line of `script` carrying the marker `# @name` (1-based).
+pub fn line_of(script: &str, name: &str) -> u64 {
+    let marker = format!("# @{name}");
+    script
+        .lines()
+        .position(|l| l.trim_end().ends_with(&marker))
+        .map(|i| i as u64 + 1)
+        .unwrap_or_else(|| panic!("no marker {marker}"))
+}
