@@ -79,6 +79,17 @@ pub struct StackFrame {
     pub imports: Option<String>,
 }
 
+impl StackFrame {
+    /// ` [import numpy]` when the frame imported a module, else nothing: how every renderer
+    /// marks an import line.
+    pub fn import_note(&self) -> String {
+        self.imports
+            .as_ref()
+            .map(|module| format!(" [import {module}]"))
+            .unwrap_or_default()
+    }
+}
+
 /// Bytes held by one stack.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StackBytes {

@@ -274,11 +274,7 @@ pub fn analyze(
 }
 
 fn folded_frame(frame: &StackFrame) -> String {
-    let imports = frame
-        .imports
-        .as_ref()
-        .map(|module| format!(" [import {module}]"))
-        .unwrap_or_default();
+    let imports = frame.import_note();
     let label = if frame.line > 0 {
         format!(
             "{}{imports} ({}:{})",

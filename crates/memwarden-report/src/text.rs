@@ -152,11 +152,7 @@ fn frame_label(frame: &StackFrame, cwd: &str) -> String {
         .strip_prefix(cwd)
         .and_then(|rest| rest.strip_prefix('/'))
         .unwrap_or(&frame.file);
-    let imports = frame
-        .imports
-        .as_ref()
-        .map(|module| format!(" [import {module}]"))
-        .unwrap_or_default();
+    let imports = frame.import_note();
     let label = if frame.line > 0 {
         format!("{file}:{}  {}{imports}", frame.line, frame.function)
     } else {
