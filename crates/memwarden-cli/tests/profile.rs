@@ -618,7 +618,8 @@ def shared_buffer():
 def reservation():
     return mmap.mmap(-1, 1 << 30, prot=mmap.PROT_READ & 0)  # @reserved
 buffer = shared_buffer()
-buffer.write(b'x' * 4096)
+for page in range(0, len(buffer), 4096):
+    buffer[page] = 1
 space = reservation()
 buffer.close()
 space.close()

@@ -6,7 +6,10 @@
 //!
 //! Runs use `PYTHONMALLOC=malloc`, so that no pymalloc arena (1 MiB, charged to whichever
 //! line needed it) lands on a marked line: a line's figure is then its mappings plus the few
-//! small objects it keeps, which [`SLACK`] allows for.
+//! small objects it keeps, which [`SLACK`] allows for. Every mapping is written whole
+//! (`mapped` does it, and a grown one is written again), so that its committed bytes, which
+//! the report gives, are the bytes mapped (untouched pages are reserved, not committed:
+//! `tests/profile_committed.rs`).
 
 mod util;
 
@@ -237,6 +240,7 @@ unmap(target, 30)
 grown = mapped(100)  # @grown_and_moved
 further = reserved(150)
 assert check(libc.mremap(grown, 100 * MIB, 150 * MIB, MAYMOVE | REMAP_FIXED, further)) == further  # @move_grow
+ctypes.memset(further, 2, 150 * MIB)
 part = mapped(100)  # @part_moved
 elsewhere = reserved(40)
 assert check(libc.mremap(part + 60 * MIB, 40 * MIB, 40 * MIB, MAYMOVE | REMAP_FIXED, elsewhere)) == elsewhere  # @move_part

@@ -1,4 +1,4 @@
-//! The capture file: what one profiled process leaves behind (`memwarden-capture/1`).
+//! The capture file: what one profiled process leaves behind (`memwarden-capture/2`).
 //!
 //! The preload library (`memwarden-preload`) maps this file shared into the process it
 //! profiles and updates it in place: no write system call, no buffer to flush, no I/O on the
@@ -15,7 +15,7 @@
 //! | strings  | [`STRINGS_OFFSET`]   | `u16` length + the name's bytes, referenced by offset |
 //! | frames   | [`FRAMES_OFFSET`]    | [`FRAME_SIZE`]-byte records: file, function, line    |
 //! | nodes    | [`NODES_OFFSET`]     | calling-context tree: `u32` parent node, `u32` frame |
-//! | counters | [`COUNTERS_OFFSET`]  | per node: live, at peak, at exit, allocated, count   |
+//! | counters | [`COUNTERS_OFFSET`]  | per node: live, at peak, at exit, allocated, count, reserved, committed at peak and at exit |
 //!
 //! A stack is a node: its frames are found by following parents to the root (node 0). Only
 //! records below the header's `*_used` counts are valid; the writer publishes a record
@@ -35,8 +35,8 @@ use crate::names::escape_bytes;
 
 /// First eight bytes of every capture.
 pub const MAGIC: [u8; 8] = *b"MWCAP\0\0\x01";
-/// Format version, in [`field::VERSION`].
-pub const VERSION: u64 = 1;
+/// Format version, in [`field::VERSION`] (2: committed and reserved bytes, [`counter`]).
+pub const VERSION: u64 = 2;
 /// File name suffix of captures.
 pub const SUFFIX: &str = "mwcap";
 
@@ -55,8 +55,8 @@ pub const FRAME_SIZE: u64 = 16;
 pub const MAX_NODES: u64 = 1 << 18;
 /// Size of one node record: `u32` parent, `u32` frame.
 pub const NODE_SIZE: u64 = 8;
-/// Size of one node's counters: five `u64`/`i64` ([`counter`]).
-pub const COUNTER_SIZE: u64 = 40;
+/// Size of one node's counters: eight `u64`/`i64` ([`counter`]).
+pub const COUNTER_SIZE: u64 = 64;
 
 /// Offset of the string region.
 pub const STRINGS_OFFSET: u64 = HEADER_SIZE;
@@ -93,13 +93,13 @@ pub mod field {
     pub const FRAMES_USED: usize = 72;
     /// Node records in use.
     pub const NODES_USED: usize = 80;
-    /// Bytes live now (estimated in sampled mode).
+    /// Bytes requested and live now (estimated in sampled mode).
     pub const LIVE_BYTES: usize = 88;
-    /// Highest live bytes seen.
+    /// Highest requested live bytes seen (the peak as tracemalloc or memray count it).
     pub const PEAK_BYTES: usize = 96;
-    /// Live bytes when the peak snapshot (counter `AT_PEAK`) was last taken.
+    /// Requested live bytes when the peak snapshot (counter `AT_PEAK`) was last taken.
     pub const PEAK_SNAPSHOT_BYTES: usize = 104;
-    /// Live bytes when the exit snapshot (counter `AT_EXIT`) was taken.
+    /// Requested live bytes when the exit snapshot (counter `AT_EXIT`) was taken.
     pub const EXIT_SNAPSHOT_BYTES: usize = 112;
     // 120 and 128 are unused: totals of allocations are summed from the node counters.
     /// Allocations that could not be tracked because a table was full.
@@ -114,6 +114,41 @@ pub mod field {
     pub const EXE: usize = 168;
     /// [`super::Warning`] code.
     pub const WARNING: usize = 176;
+    /// Committed bytes at the peak snapshot: the process's heap peak. The peak snapshot is
+    /// the moment the committed heap (requested bytes less the untouched pages of large
+    /// tracked ranges, counter `RESERVED`) was highest among those measured.
+    pub const COMMITTED_PEAK_BYTES: usize = 184;
+    /// Committed bytes at the exit snapshot.
+    pub const COMMITTED_EXIT_BYTES: usize = 192;
+    /// Bytes of large tracked ranges whose pages were untouched when last measured
+    /// (requested but not committed), now: the sum of counter `RESERVED`.
+    pub const RESERVED_BYTES: usize = 200;
+    /// Residency passes made (`mincore` over the large tracked ranges, at snapshots).
+    pub const RESIDENCY_PASSES: usize = 208;
+    /// Nanoseconds spent in residency passes and the snapshots they led to.
+    pub const RESIDENCY_NS: usize = 216;
+    /// Whether this image's live bytes are counted in the run's tree counter
+    /// ([`crate::tree`]): one of [`super::tree_state`]. Offsets 1024 to 1087 are kept for
+    /// the tree.
+    pub const TREE_STATE: usize = 1024;
+    /// Reserved bytes (`i64`) this image has added to the tree counter's own
+    /// (`tree::field::RESERVED_BYTES`), taken out with its share.
+    pub const TREE_RESERVED_BYTES: usize = 1032;
+}
+
+/// Values of [`field::TREE_STATE`]. An image's share of the tree counter is its
+/// [`field::LIVE_BYTES`] and [`field::TREE_RESERVED_BYTES`] while
+/// [`COUNTED`](tree_state::COUNTED); whoever moves it out of that state (with a
+/// compare-and-swap) takes the share out of the counter, exactly once.
+pub mod tree_state {
+    /// No tree counter (none in the capture directory, or an older runner).
+    pub const NONE: u64 = 0;
+    /// Every recorded allocation and release is added to the tree counter.
+    pub const COUNTED: u64 = 1;
+    /// The process took its share back as it exited (`exit`, `_exit`).
+    pub const WITHDRAWN: u64 = 2;
+    /// The runner took it back, after the process ended without doing so (a signal, `exec`).
+    pub const WITHDRAWN_BY_RUNNER: u64 = 3;
 }
 
 /// Bits of [`field::FLAGS`].
@@ -138,6 +173,13 @@ pub mod counter {
     pub const ALLOCATED: u64 = 24;
     /// Allocations recorded.
     pub const COUNT: u64 = 32;
+    /// Of `LIVE`, bytes in large ranges (anonymous mappings, malloc blocks of 1 MiB or
+    /// more) whose pages were untouched when last measured: requested, not committed.
+    pub const RESERVED: u64 = 40;
+    /// Committed bytes (`LIVE` less `RESERVED`) at the peak snapshot.
+    pub const COMMITTED_AT_PEAK: u64 = 48;
+    /// Committed bytes at the exit snapshot.
+    pub const COMMITTED_AT_EXIT: u64 = 56;
 }
 
 /// Frame kinds (the `kind` word of a frame record).
@@ -222,7 +264,8 @@ pub struct Frame {
     pub kind: u32,
 }
 
-/// One stack's counters.
+/// One stack's counters. `live`, `at_peak` and `at_exit` are requested bytes; the
+/// committed ones leave out the untouched pages of large ranges.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
     /// Live now (or at death).
@@ -231,6 +274,12 @@ pub struct Counters {
     pub at_peak: i64,
     /// Live at the exit snapshot.
     pub at_exit: i64,
+    /// Of `live`, bytes untouched when last measured.
+    pub reserved: i64,
+    /// Committed at the peak snapshot.
+    pub committed_at_peak: i64,
+    /// Committed at the exit snapshot.
+    pub committed_at_exit: i64,
     /// Allocated over the run.
     pub allocated: u64,
     /// Allocations recorded.
@@ -260,6 +309,16 @@ pub struct Capture {
     pub peak_bytes: i64,
     /// Header [`field::PEAK_SNAPSHOT_BYTES`].
     pub peak_snapshot_bytes: i64,
+    /// Header [`field::COMMITTED_PEAK_BYTES`].
+    pub committed_peak_bytes: i64,
+    /// Header [`field::COMMITTED_EXIT_BYTES`].
+    pub committed_exit_bytes: i64,
+    /// Header [`field::RESERVED_BYTES`].
+    pub reserved_bytes: i64,
+    /// Header [`field::RESIDENCY_PASSES`].
+    pub residency_passes: u64,
+    /// Header [`field::RESIDENCY_NS`].
+    pub residency_ns: u64,
     /// Bytes allocated over the run (estimated in sampled mode), summed over stacks.
     pub allocated_bytes: u64,
     /// Allocations recorded (sampled ones in sampled mode), summed over stacks.
@@ -415,6 +474,9 @@ impl Capture {
                 at_exit: value(counter::AT_EXIT) as i64,
                 allocated: value(counter::ALLOCATED),
                 count: value(counter::COUNT),
+                reserved: value(counter::RESERVED) as i64,
+                committed_at_peak: value(counter::COMMITTED_AT_PEAK) as i64,
+                committed_at_exit: value(counter::COMMITTED_AT_EXIT) as i64,
             });
         }
         let exe = match header(field::EXE) {
@@ -436,6 +498,11 @@ impl Capture {
             live_bytes: header(field::LIVE_BYTES) as i64,
             peak_bytes: header(field::PEAK_BYTES) as i64,
             peak_snapshot_bytes: header(field::PEAK_SNAPSHOT_BYTES) as i64,
+            committed_peak_bytes: header(field::COMMITTED_PEAK_BYTES) as i64,
+            committed_exit_bytes: header(field::COMMITTED_EXIT_BYTES) as i64,
+            reserved_bytes: header(field::RESERVED_BYTES) as i64,
+            residency_passes: header(field::RESIDENCY_PASSES),
+            residency_ns: header(field::RESIDENCY_NS),
             allocated_bytes: counters.iter().map(|c| c.allocated).sum(),
             samples: counters.iter().map(|c| c.count).sum(),
             dropped: header(field::DROPPED),

@@ -4,7 +4,8 @@
 //! producer (the runner, later the preload library) and the consumers (renderers, the
 //! ledger) agree on one definition:
 //!
-//! - [`capture`]: what the preload library leaves per profiled process (`memwarden-capture/1`);
+//! - [`capture`]: what the preload library leaves per profiled process (`memwarden-capture/2`);
+//! - [`tree`]: the counter of the whole tree's heap, shared by every profiled process;
 //! - [`report`]: the versioned run report (`memwarden.report/1`), written as JSON by
 //!   `memwarden run --json` and documented in `docs/report-schema.md`;
 //! - [`names`]: file and function names, arguments and paths as text, whatever their bytes
@@ -21,4 +22,5 @@
 pub mod capture;
 pub mod names;
 pub mod report;
+pub mod tree;
 pub mod units;

@@ -95,8 +95,19 @@ impl StackFrame {
 pub struct StackBytes {
     /// Innermost frame first: the line that allocated, then its callers.
     pub stack: Vec<StackFrame>,
-    /// Bytes (an unbiased estimate in sampled mode).
+    /// Committed bytes (an unbiased estimate in sampled mode): what the stack requested,
+    /// less the pages of its large mappings and malloc blocks never touched
+    /// (`reserved_bytes`). Lists are ranked by this figure.
     pub bytes: u64,
+    /// Bytes requested and live, as tracemalloc and memray count them: `bytes` plus
+    /// `reserved_bytes`. Absent where not known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_bytes: Option<u64>,
+    /// Of `requested_bytes`, bytes in large ranges (anonymous mappings, malloc blocks of
+    /// 1 MiB or more) whose pages had not been touched: reserved, not committed. Absent
+    /// where not known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved_bytes: Option<u64>,
 }
 
 /// Bytes allocated over the run by one line (churn).
@@ -117,12 +128,25 @@ pub struct Profile {
     pub mode: ProfileMode,
     /// Mean sampling interval in bytes (`null` in exact mode).
     pub sample_bytes: Option<u64>,
-    /// Heap at the peak: the sum over processes of each one's live bytes at its own peak
-    /// (an upper bound for the tree when processes peak at different moments).
+    /// The tree's heap peak: the highest the profiled processes' heap ever was together,
+    /// measured by a counter all of them share (`peak_method: measured`); for captures
+    /// without that counter, the sum of each process's own peak (`summed`), an upper bound
+    /// when processes peak at different moments.
     pub peak_bytes: u64,
     /// Heap still held when the programs finished (before interpreter teardown), or when
     /// the process died.
     pub leaked_bytes: u64,
+    /// The requested heap's peak (bytes asked for and live, as tracemalloc and memray
+    /// count them, untouched pages included), which may come at another moment than
+    /// `peak_bytes`: measured by the tree's counter as `peak_bytes` is (`summed`: the sum
+    /// over processes of each one's own highest).
+    #[serde(default)]
+    pub requested_peak_bytes: u64,
+    /// Bytes requested but never touched at the peak (large mappings and malloc blocks
+    /// whose pages were not written: reserved, not committed), left out of `peak_bytes`:
+    /// the sum of `reserved_bytes` over the stacks at the peak.
+    #[serde(default)]
+    pub reserved_bytes: u64,
     /// Bytes allocated over the run.
     pub allocated_bytes: u64,
     /// In sampled mode, a bound on the standard error of `peak_bytes`: sqrt(peak × sample
@@ -139,6 +163,59 @@ pub struct Profile {
     pub processes_profiled: u32,
     /// Allocations that could not be tracked because a table was full.
     pub dropped_allocations: u64,
+    /// How `peak_bytes` was had.
+    #[serde(default)]
+    pub peak_method: PeakMethod,
+    /// When the tree's heap peaked, seconds after the start (`null` when summed).
+    #[serde(default)]
+    pub peak_at_s: Option<f64>,
+    /// Bytes held by every stack of the view `at_peak` ranks (it lists the largest): when
+    /// measured, each process's stacks as read nearest the tree's peak; compare with
+    /// `peak_bytes`.
+    #[serde(default)]
+    pub at_peak_bytes: u64,
+    /// How far in time from the tree's peak the furthest process's stacks in `at_peak` were
+    /// read, in seconds (0 when each was read at that instant); `null` when summed.
+    #[serde(default)]
+    pub at_peak_gap_s: Option<f64>,
+    /// The tree's heap at each monitor tick and its heaviest stacks (bounded in length as
+    /// the run's `timeline` is: neighbouring ticks merged by keeping the heavier).
+    #[serde(default)]
+    pub timeline: Vec<HeapTimelinePoint>,
+    /// The stacks `timeline` refers to, by `stack_id` (an index into this list).
+    #[serde(default)]
+    pub timeline_stacks: Vec<Vec<StackFrame>>,
+}
+
+/// How the tree's heap peak was had.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeakMethod {
+    /// Each process's own peak, added (captures written without the tree counter).
+    #[default]
+    Summed,
+    /// The high-water mark of the counter every profiled process of the run adds to.
+    Measured,
+}
+
+/// The tree's heap at one monitor tick.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeapTimelinePoint {
+    /// Seconds after the start.
+    pub t_s: f64,
+    /// Live bytes of every profiled process running then, together.
+    pub heap_bytes: u64,
+    /// The stacks holding the most then (at most five), largest first.
+    pub top: Vec<TimelineStackBytes>,
+}
+
+/// Bytes one stack held at a timeline point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelineStackBytes {
+    /// Index into the profile's `timeline_stacks`.
+    pub stack_id: u32,
+    /// Bytes held, over all processes.
+    pub bytes: u64,
 }
 
 /// One process's allocation profile.
@@ -147,10 +224,17 @@ pub struct ProcessProfile {
     /// The interpreter whose frames were read, e.g. `3.11.7`; `null` for a process without
     /// readable Python frames.
     pub python: Option<String>,
-    /// Heap at this process's peak.
+    /// Heap at this process's peak: committed bytes (requested, less the pages of large
+    /// ranges never touched), at the moment they were highest.
     pub peak_bytes: u64,
     /// When that peak was reached, seconds after the run's start.
     pub peak_at_s: Option<f64>,
+    /// The highest its requested heap was (untouched pages included).
+    #[serde(default)]
+    pub requested_peak_bytes: u64,
+    /// Bytes requested but never touched at its peak, left out of `peak_bytes`.
+    #[serde(default)]
+    pub reserved_bytes: u64,
     /// Heap still held at exit (or death).
     pub leaked_bytes: u64,
     /// Whether the process closed its capture itself (false: killed, or `os._exit`).

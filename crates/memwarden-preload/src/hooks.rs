@@ -4,7 +4,7 @@
 
 use libc::{c_int, c_void, size_t};
 
-use crate::{apply_free, mappings, on_alloc, on_free, restore};
+use crate::{apply_free, mappings, on_alloc, on_free, restore, Kind};
 
 extern "C" {
     fn __libc_malloc(size: size_t) -> *mut c_void;
@@ -23,7 +23,11 @@ fn set_errno(value: c_int) {
 
 fn track(pointer: *mut c_void, size: usize) -> *mut c_void {
     if !pointer.is_null() {
-        on_alloc(pointer as usize, size);
+        let kind = match size >= mappings::LARGE_BYTES {
+            true => Kind::LargeBlock,
+            false => Kind::Block,
+        };
+        on_alloc(pointer as usize, size, kind);
     }
     pointer
 }
@@ -47,7 +51,7 @@ pub extern "C" fn calloc(count: size_t, size: size_t) -> *mut c_void {
 #[no_mangle]
 pub extern "C" fn free(pointer: *mut c_void) {
     if let Some(entry) = on_free(pointer as usize) {
-        apply_free(entry);
+        apply_free(pointer as usize, entry);
     }
     // SAFETY: glibc's free, same contract.
     unsafe { __libc_free(pointer) }
@@ -67,7 +71,7 @@ pub extern "C" fn realloc(pointer: *mut c_void, size: size_t) -> *mut c_void {
         return moved;
     }
     if let Some(entry) = old {
-        apply_free(entry);
+        apply_free(pointer as usize, entry);
     }
     track(moved, size)
 }
@@ -190,5 +194,15 @@ pub extern "C" fn mremap(
                 new_address,
             ) as *mut c_void
         }
+    })
+}
+
+/// `madvise`: advice that takes pages away makes the tracked ranges it covers be measured
+/// again ([`crate::mappings::madvise`]).
+#[no_mangle]
+pub extern "C" fn madvise(address: *mut c_void, length: size_t, advice: c_int) -> c_int {
+    mappings::madvise(address, length, advice, || {
+        // SAFETY: the madvise system call with the caller's own arguments.
+        unsafe { libc::syscall(libc::SYS_madvise, address, length, advice) as c_int }
     })
 }

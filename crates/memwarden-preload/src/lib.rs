@@ -33,6 +33,7 @@ pub mod python;
 mod sys;
 mod table;
 mod threads;
+mod tree;
 mod writer;
 
 use std::cell::Cell;
@@ -189,9 +190,21 @@ fn next_interval(thread: &ThreadState) -> i64 {
     (-uniform.ln() * mean).max(1.0) as i64
 }
 
+/// What an allocation is, which says where its charge is filed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A malloc block: in the address table.
+    Block,
+    /// A malloc block of [`mappings::LARGE_BYTES`] or more: in the address table, and in
+    /// the table of ranges, which measures how much of it was touched.
+    LargeBlock,
+    /// An anonymous mapping (or the pages an `mremap` added): in the table of ranges.
+    Mapping,
+}
+
 /// Called after every successful allocation of `size` bytes at `address`.
 #[inline]
-fn on_alloc(address: usize, size: usize) {
+fn on_alloc(address: usize, size: usize, kind: Kind) {
     if STATE.load(Ordering::Relaxed) != ACTIVE || size == 0 {
         return;
     }
@@ -208,12 +221,12 @@ fn on_alloc(address: usize, size: usize) {
         }
     }
     thread.busy.set(true);
-    record_alloc(thread, address, size, exact);
+    record_alloc(thread, address, size, exact, kind);
     thread.busy.set(false);
 }
 
 #[cold]
-fn record_alloc(thread: &ThreadState, address: usize, size: usize, exact: bool) {
+fn record_alloc(thread: &ThreadState, address: usize, size: usize, exact: bool, kind: Kind) {
     let weight = if exact {
         size as u64
     } else {
@@ -239,9 +252,32 @@ fn record_alloc(thread: &ThreadState, address: usize, size: usize, exact: bool) 
     };
     let node = current_node(thread);
     let Some(table) = tracked() else { return };
-    if table.insert(address as u64, Entry { node, weight }) {
+    // A range goes into the table of ranges before it is counted, so that a snapshot taken
+    // as it is counted finds its pages untouched.
+    if kind == Kind::Mapping {
+        if mappings::track_mapping(address, size, node, weight) {
+            CAPTURE.allocated(node, weight);
+        } else {
+            CAPTURE
+                .header(memwarden_format::capture::field::DROPPED)
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        return;
+    }
+    let ranged = kind == Kind::LargeBlock && mappings::track_block(address, size, node, weight);
+    if table.insert(
+        address as u64,
+        Entry {
+            node,
+            weight,
+            ranged,
+        },
+    ) {
         CAPTURE.allocated(node, weight);
     } else {
+        if ranged {
+            mappings::forget_block(address);
+        }
         CAPTURE
             .header(memwarden_format::capture::field::DROPPED)
             .fetch_add(1, Ordering::Relaxed);
@@ -340,21 +376,47 @@ fn on_free(address: usize) -> Option<Entry> {
     Some(entry)
 }
 
+/// Whether the interpreter has begun to shut down.
+fn finalizing() -> bool {
+    IS_PYTHON.load(Ordering::Relaxed) && python::finalizing()
+}
+
 /// Whether the interpreter has begun to shut down; the first time it is seen, the exit
 /// snapshot is taken, before anything the program still held is released. Checked on
 /// every recorded allocation and every release of a tracked block.
 fn shutting_down() -> bool {
-    let finalizing = IS_PYTHON.load(Ordering::Relaxed) && python::finalizing();
+    let finalizing = finalizing();
     if finalizing {
         CAPTURE.exit_snapshot();
     }
     finalizing
 }
 
-/// Applies a release found by [`on_free`].
-fn apply_free(entry: Entry) {
-    shutting_down();
+/// Before tracked memory is released: the exit snapshot if the interpreter began to shut
+/// down, else a peak snapshot if the committed heap may have passed the last one (it is at
+/// a local high now), as it may when what is released held pages found untouched before
+/// (`written_since`: they may have been written since, unseen). `held`: the table of
+/// ranges, when the caller holds its lock.
+fn before_release(held: Option<&mut mappings::Ranges>, written_since: bool) {
+    if finalizing() {
+        CAPTURE.exit_snapshot_in(held);
+        return;
+    }
+    let live = CAPTURE
+        .header(memwarden_format::capture::field::LIVE_BYTES)
+        .load(Ordering::Relaxed);
+    if CAPTURE.peak_due(live) || (written_since && CAPTURE.peak_possible(live)) {
+        mappings::with_ranges(held, |ranges| CAPTURE.peak_snapshot(ranges));
+    }
+}
+
+/// Applies a release, found by [`on_free`], of the block at `address`.
+fn apply_free(address: usize, entry: Entry) {
+    before_release(None, entry.ranged && mappings::block_has_untouched(address));
     CAPTURE.freed(entry.node, entry.weight);
+    if entry.ranged {
+        mappings::forget_block(address);
+    }
 }
 
 /// Puts back an entry whose release failed (a `realloc` or `mremap` that returned an error).
@@ -398,9 +460,11 @@ extern "C" fn start() {
     };
     // SAFETY: single-threaded constructor, before ACTIVE is published.
     unsafe { *TRACKED.0.get() = Some(table) };
+    tree::attach(directory());
     if !CAPTURE.open(directory(), &settings()) {
         return;
     }
+    tree::begin_capture();
     // An interpreter whose frames cannot be read is profiled like a native process.
     IS_PYTHON.store(python::detect() && python::readable(), Ordering::Relaxed);
     seed_process();
@@ -411,6 +475,7 @@ extern "C" fn start() {
 extern "C" fn stop() {
     if STATE.load(Ordering::Acquire) == ACTIVE {
         CAPTURE.close();
+        tree::withdraw();
     }
 }
 
@@ -420,6 +485,7 @@ extern "C" fn forked_child() {
         return;
     }
     STATE.store(INACTIVE, Ordering::Release);
+    tree::forked();
     GENERATION.fetch_add(1, Ordering::Relaxed);
     if let Some(table) = tracked() {
         table.reset_locks();
@@ -438,6 +504,7 @@ extern "C" fn forked_child() {
     }
     if CAPTURE.reopen_in_child(directory(), &settings()) {
         python::write_header();
+        tree::begin_capture();
         STATE.store(ACTIVE, Ordering::Release);
     }
 }

@@ -1,4 +1,5 @@
-//! Anonymous mappings, followed by address range.
+//! Anonymous mappings and large malloc blocks, followed by address range, and how much of
+//! each the kernel has committed.
 //!
 //! The kernel releases a mapping a piece at a time: `munmap` of its head, its tail or its
 //! middle, one `munmap` across several adjacent mappings, `mremap` (shrink, grow, move), or
@@ -9,8 +10,24 @@
 //! of the bytes it covered. A release in the middle splits a mapping in two.
 //!
 //! Which mappings are tracked, and with what weight, is decided by the same sampler as
-//! `malloc`'s (`crate::on_alloc`, which files the charge in the address table under the
-//! mapping's start); [`track`] moves it from there into this table at once.
+//! `malloc`'s (`crate::on_alloc`, called by [`track`]), which files the charge here
+//! ([`track_mapping`]) before counting it.
+//!
+//! **Requested, committed, reserved.** A mapping's pages cost memory only once touched: a
+//! library that maps 64 MiB of buffers and touches 100 KiB of them (OpenBLAS, once per
+//! thread) has requested 64 MiB and committed 100 KiB. So the table also holds, as ranges,
+//! the malloc blocks of [`LARGE_BYTES`] or more (glibc maps them itself, out of the hooks'
+//! sight; `np.empty` is one, untouched until written), charged through the address table
+//! as any block is and only measured here. At each snapshot, [`measure`] asks the kernel
+//! which pages of each range of [`LARGE_BYTES`] or more are resident (`mincore`, into a
+//! buffer of our own, 256 MiB of range per call) and keeps the share of the range's weight
+//! whose pages are not, its *untouched* bytes, per stack in the capture's `RESERVED`
+//! counter. A range found whole is not measured again (pages only come, unless `madvise`
+//! takes them back, which clears the mark) except at exit. Smaller ranges count as touched.
+//! A new range is *pending* for [`PENDING_CYCLES`]: taken as written (a program writes what
+//! it allocates, just after the snapshot taken as it is counted, and a process killed then
+//! must still show it), then measured; untouched pages found in a range the peak snapshot
+//! took as written are taken off it ([`IN_PEAK`]).
 //!
 //! Mappings are few (pymalloc's arenas, `mmap` objects, libraries' own pools: thousands,
 //! not millions) and every operation here comes with a system call that costs more, so the
@@ -23,9 +40,12 @@
 //! lock across its system call: otherwise another thread could map a new range at a freed
 //! address between the call and the table's update, and have its new mapping taken for the
 //! old one. A call over untracked memory, the common case in sampled mode, only looks.
+//! Snapshots (`crate::writer`) hold the lock while they measure and copy, so no range is
+//! released under them; a thread holding the lock is marked busy, so nothing it calls, nor
+//! a signal handler on it, comes back here.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use libc::{c_int, c_void};
 use memwarden_format::capture::field;
@@ -37,34 +57,117 @@ use crate::ThreadState;
 /// Page size on x86-64 Linux, the only target of this crate: the kernel rounds the lengths
 /// of `munmap` and `mremap` up to it.
 const PAGE_BYTES: u64 = 4096;
-/// Most mappings tracked at once (32 bytes each; pages of the array count only once used).
+/// Most mappings tracked at once (40 bytes each; pages of the array count only once used).
 const CAPACITY: usize = 1 << 16;
+/// Ranges this long or longer are measured, and malloc blocks this large are followed by
+/// range.
+pub const LARGE_BYTES: usize = 1 << 20;
+/// Bytes of `mincore`'s answer per call: one byte per page, so 256 MiB of range a call.
+const RESIDENCY_BUFFER: usize = 64 << 10;
 
-/// One tracked mapping, or what is left of it.
+/// [`Mapping::flags`]: a malloc block, charged and released through the address table; a
+/// release here only stops measuring it.
+const BLOCK: u32 = 1;
+/// Measured at least once. A large range is *pending* until then: taken as written.
+const MEASURED: u32 = 1 << 1;
+/// Pending, and taken as written by the peak snapshot now kept: when measured, the pages
+/// found untouched are taken off that snapshot.
+const IN_PEAK: u32 = 1 << 2;
+/// Every page was resident at the last measure.
+const WHOLE: u32 = 1 << 3;
+/// Cycles (`sys::cycles`) a large range stays pending after it is tracked, about 10 ms at
+/// 3.3 GHz (15 at 2.3): a program writes a buffer soon after it allocates it, and a
+/// snapshot taken in between (often as the block is counted) must not take it for a
+/// reservation, nor must a process killed then lose it. A range still untouched by then
+/// is measured as such at the next recorded call ([`pending_due`]); one written later is
+/// found written by a later snapshot.
+pub const PENDING_CYCLES: u64 = 1 << 25;
+
+/// One tracked range, or what is left of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Mapping {
     start: u64,
     end: u64,
     /// Bytes charged for the whole range.
     weight: u64,
+    /// Of `weight`, the share whose pages were not resident at the last measure.
+    untouched: u64,
+    /// `sys::cycles()` when it was tracked.
+    born: u64,
     /// Calling-context node charged.
     node: u32,
+    /// [`BLOCK`], [`MEASURED`], [`IN_PEAK`], [`WHOLE`].
+    flags: u32,
 }
 
 impl Mapping {
-    /// The share of this mapping's weight that falls on [from, to), a part of its range.
-    fn share(&self, from: u64, to: u64) -> u64 {
+    /// A range just tracked, not measured yet.
+    fn new(start: u64, end: u64, weight: u64, node: u32, flags: u32, born: u64) -> Mapping {
+        Mapping {
+            start,
+            end,
+            weight,
+            untouched: 0,
+            born,
+            node,
+            flags,
+        }
+    }
+
+    fn is_large(&self) -> bool {
+        self.end - self.start >= LARGE_BYTES as u64
+    }
+
+    /// Large and never measured: taken as written.
+    fn is_pending(&self) -> bool {
+        self.is_large() && self.flags & MEASURED == 0
+    }
+
+    /// The share of `value` (spread evenly over this range) that falls on [from, to).
+    fn share(&self, value: u64, from: u64, to: u64) -> u64 {
         let length = self.end - self.start;
-        (u128::from(self.weight) * u128::from(to - from) / u128::from(length)) as u64
+        (u128::from(value) * u128::from(to - from) / u128::from(length)) as u64
+    }
+
+    /// The part [from, to) of this range, with its shares of weight and untouched bytes.
+    fn part(&self, from: u64, to: u64) -> Mapping {
+        Mapping {
+            start: from,
+            end: to,
+            weight: self.share(self.weight, from, to),
+            untouched: self.share(self.untouched, from, to),
+            ..*self
+        }
+    }
+
+    /// What is left of this range once `kept` (parts of it) are kept.
+    fn less(&self, kept: &[Mapping]) -> Released {
+        Released {
+            node: self.node,
+            flags: self.flags,
+            weight: self.weight - kept.iter().map(|m| m.weight).sum::<u64>(),
+            untouched: self.untouched - kept.iter().map(|m| m.untouched).sum::<u64>(),
+        }
     }
 }
 
+/// What a release took from one range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Released {
+    node: u32,
+    flags: u32,
+    weight: u64,
+    untouched: u64,
+}
+
 /// The sorted, disjoint ranges: slots `head..tail` of an array of `capacity` slots.
-struct Ranges {
+pub(crate) struct Ranges {
     slots: *mut Mapping,
     capacity: usize,
     head: usize,
     tail: usize,
+    /// [`RESIDENCY_BUFFER`] bytes for `mincore`, mapped at the first measure.
+    residency: *mut u8,
 }
 
 impl Ranges {
@@ -73,6 +176,7 @@ impl Ranges {
         capacity: 0,
         head: 0,
         tail: 0,
+        residency: std::ptr::null_mut(),
     };
 
     /// Maps the array on first use; false if the kernel refused the memory.
@@ -159,47 +263,41 @@ impl Ranges {
         self.insert_at(at, mapping)
     }
 
-    /// Releases every tracked byte in [start, end): `freed(node, weight)` for each share
-    /// released. Returns how many pieces could not be kept because the table was full (a
-    /// release in the middle of a mapping needs one more slot; without it, the part after
-    /// the hole is released too).
-    fn release(&mut self, start: u64, end: u64, freed: &mut impl FnMut(u32, u64)) -> u64 {
+    /// Releases every tracked byte in [start, end): `freed` hears what each range lost.
+    /// Returns how many pieces could not be kept because the table was full (a release in
+    /// the middle of a mapping needs one more slot; without it, the part after the hole is
+    /// released too).
+    fn release(&mut self, start: u64, end: u64, freed: &mut impl FnMut(Released)) -> u64 {
         let mut dropped = 0;
         let mut at = self.first_ending_after(start);
         while let Some(&mapping) = self.live().get(at) {
             if mapping.start >= end {
                 break;
             }
-            let left = (mapping.start < start).then(|| Mapping {
-                end: start,
-                weight: mapping.share(mapping.start, start),
-                ..mapping
-            });
-            let right = (mapping.end > end).then(|| Mapping {
-                start: end,
-                weight: mapping.share(end, mapping.end),
-                ..mapping
-            });
-            let mut kept = 0;
-            match (left, right) {
-                (None, None) => self.remove_at(at),
+            let left = (mapping.start < start).then(|| mapping.part(mapping.start, start));
+            let right = (mapping.end > end).then(|| mapping.part(end, mapping.end));
+            let released = match (left, right) {
+                (None, None) => {
+                    self.remove_at(at);
+                    mapping.less(&[])
+                }
                 (Some(piece), None) | (None, Some(piece)) => {
                     self.live()[at] = piece;
-                    kept = piece.weight;
                     at += 1;
+                    mapping.less(&[piece])
                 }
                 (Some(left), Some(right)) => {
                     self.live()[at] = left;
-                    kept = left.weight;
-                    if self.insert_at(at + 1, right) {
-                        kept += right.weight;
+                    at += 2;
+                    if self.insert_at(at - 1, right) {
+                        mapping.less(&[left, right])
                     } else {
                         dropped += 1;
+                        mapping.less(&[left])
                     }
-                    at += 2;
                 }
-            }
-            freed(mapping.node, mapping.weight - kept);
+            };
+            freed(released);
         }
         dropped
     }
@@ -214,15 +312,12 @@ impl Ranges {
         if mapping.start >= address {
             return true;
         }
-        let left_weight = mapping.share(mapping.start, address);
-        self.live()[at] = Mapping {
-            end: address,
-            weight: left_weight,
-            ..mapping
-        };
+        let left = mapping.part(mapping.start, address);
+        self.live()[at] = left;
         let right = Mapping {
             start: address,
-            weight: mapping.weight - left_weight,
+            weight: mapping.weight - left.weight,
+            untouched: mapping.untouched - left.untouched,
             ..mapping
         };
         if self.insert_at(at + 1, right) {
@@ -235,7 +330,7 @@ impl Ranges {
     /// Moves what is tracked in [start, end) to start at `to`, where nothing is tracked (the
     /// kernel moved those pages there). Returns how many pieces were released instead
     /// because the table was full.
-    fn relocate(&mut self, start: u64, end: u64, to: u64, freed: &mut impl FnMut(u32, u64)) -> u64 {
+    fn relocate(&mut self, start: u64, end: u64, to: u64, freed: &mut impl FnMut(Released)) -> u64 {
         if start >= end || to == start {
             return 0;
         }
@@ -263,6 +358,174 @@ impl Ranges {
         }
         0
     }
+
+    /// The malloc block tracked at `start`, taken out of the table.
+    fn remove_block(&mut self, start: u64) -> Option<Mapping> {
+        let at = self.live().partition_point(|m| m.start < start);
+        let mapping = *self.live().get(at)?;
+        if mapping.start != start || mapping.flags & BLOCK == 0 {
+            return None;
+        }
+        self.remove_at(at);
+        Some(mapping)
+    }
+
+    /// Marks the ranges overlapping [start, end) as needing a new measure.
+    fn forget_residency(&mut self, start: u64, end: u64) {
+        let at = self.first_ending_after(start);
+        for mapping in &mut self.live()[at..] {
+            if mapping.start >= end {
+                break;
+            }
+            mapping.flags &= !WHOLE;
+        }
+    }
+
+    /// Asks the kernel which pages of each range of [`LARGE_BYTES`] or more are resident,
+    /// and sets each one's untouched bytes (its weight's share of the pages that are not).
+    /// Skipped unless `everything`: ranges found whole at their last measure, and pending
+    /// ones younger than [`PENDING_CYCLES`] at `now` (cycles). `changed(node, bytes)` hears
+    /// each change of a range's untouched bytes; `taken_off(node, bytes)` the untouched
+    /// bytes of a range the peak snapshot took as written ([`IN_PEAK`]).
+    fn measure(
+        &mut self,
+        everything: bool,
+        now: u64,
+        changed: &mut impl FnMut(u32, i64),
+        taken_off: &mut impl FnMut(u32, u64),
+    ) {
+        if self.residency.is_null() {
+            self.residency = sys::map_anonymous(RESIDENCY_BUFFER);
+            if self.residency.is_null() {
+                return;
+            }
+        }
+        // SAFETY: a private mapping of RESIDENCY_BUFFER bytes made just above or by an
+        // earlier call, never unmapped, reached only through `&mut self`.
+        let buffer = unsafe { std::slice::from_raw_parts_mut(self.residency, RESIDENCY_BUFFER) };
+        let (head, tail) = (self.head, self.tail);
+        if self.slots.is_null() {
+            return;
+        }
+        // SAFETY: as in `array`; `buffer` is a different mapping.
+        let live = unsafe { std::slice::from_raw_parts_mut(self.slots.add(head), tail - head) };
+        let mut oldest_pending = 0u64;
+        for mapping in live {
+            if mapping.is_pending()
+                && !everything
+                && now.wrapping_sub(mapping.born) < PENDING_CYCLES
+            {
+                if oldest_pending == 0 || mapping.born < oldest_pending {
+                    oldest_pending = mapping.born;
+                }
+                continue;
+            }
+            let skip = if !mapping.is_large() {
+                // A piece of a large range keeps being measured while it holds untouched
+                // bytes; small ranges count as written.
+                mapping.untouched == 0
+            } else if everything || mapping.flags & MEASURED == 0 {
+                false
+            } else {
+                mapping.flags & WHOLE != 0
+            };
+            if skip {
+                continue;
+            }
+            let Some((resident, pages)) = resident_pages(mapping.start, mapping.end, buffer) else {
+                // Not all mapped (unmapped behind our back): keep what was known.
+                continue;
+            };
+            let before = mapping.untouched;
+            let absent = pages - resident.min(pages);
+            mapping.untouched =
+                (u128::from(mapping.weight) * u128::from(absent) / u128::from(pages)) as u64;
+            if mapping.flags & IN_PEAK != 0 && mapping.untouched > 0 {
+                // Pages only come between measures (unless `madvise` takes them), so these
+                // were untouched at the peak snapshot too.
+                taken_off(mapping.node, mapping.untouched);
+            }
+            let was_pending = mapping.is_pending();
+            mapping.flags = (mapping.flags | MEASURED) & !IN_PEAK;
+            if absent == 0 {
+                mapping.flags |= WHOLE;
+            } else {
+                mapping.flags &= !WHOLE;
+            }
+            let untouched = mapping.untouched as i64 - before as i64;
+            if untouched != 0 {
+                changed(mapping.node, untouched);
+            }
+            if was_pending {
+                // Likewise for the tree's peak, which counted it as written too.
+                crate::tree::pending_found_untouched(mapping.born, mapping.untouched);
+            }
+        }
+        PENDING_SINCE.store(oldest_pending, Ordering::Relaxed);
+    }
+
+    /// Whether a range overlapping [start, end) holds pages found untouched at its last
+    /// measure (which may have been written since).
+    fn has_untouched(&mut self, start: u64, end: u64) -> bool {
+        let at = self.first_ending_after(start);
+        self.live()[at..]
+            .iter()
+            .take_while(|m| m.start < end)
+            .any(|m| m.untouched > 0)
+    }
+
+    /// Marks the pending ranges as taken as written by the peak snapshot just taken (and
+    /// no other range).
+    fn mark_pending_in_peak(&mut self) {
+        for mapping in self.live() {
+            if mapping.is_pending() {
+                mapping.flags |= IN_PEAK;
+            } else {
+                mapping.flags &= !IN_PEAK;
+            }
+        }
+    }
+}
+
+/// (resident pages, pages) of the pages holding [start, end); `None` when part of it is
+/// not mapped. `buffer` takes `mincore`'s answer, one byte per page, a chunk at a time.
+fn resident_pages(start: u64, end: u64, buffer: &mut [u8]) -> Option<(u64, u64)> {
+    let first = start & !(PAGE_BYTES - 1);
+    let last = end.div_ceil(PAGE_BYTES) * PAGE_BYTES;
+    let mut resident = 0;
+    let mut at = first;
+    while at < last {
+        let length = (last - at).min(buffer.len() as u64 * PAGE_BYTES);
+        let pages = (length / PAGE_BYTES) as usize;
+        // SAFETY: the mincore system call writes one byte per page of [at, at + length),
+        // `pages` bytes, into `buffer`, which holds at least that many; it reads no memory
+        // of the range itself and fails with ENOMEM where the range is not mapped.
+        let failed = unsafe {
+            libc::syscall(libc::SYS_mincore, at, length as usize, buffer.as_mut_ptr()) != 0
+        };
+        if failed {
+            return None;
+        }
+        resident += count_resident(&buffer[..pages]);
+        at += length;
+    }
+    Some((resident, (last - first) / PAGE_BYTES))
+}
+
+/// Pages marked resident (bit 0 of each byte; the kernel reserves the others).
+fn count_resident(answer: &[u8]) -> u64 {
+    let mut words = answer.chunks_exact(8);
+    let mut count = 0;
+    for word in &mut words {
+        let word = u64::from_ne_bytes(word.try_into().unwrap_or([0; 8]));
+        count += u64::from((word & 0x0101_0101_0101_0101).count_ones());
+    }
+    count
+        + words
+            .remainder()
+            .iter()
+            .map(|b| u64::from(b & 1))
+            .sum::<u64>()
 }
 
 /// The process's table of tracked mappings.
@@ -271,8 +534,8 @@ struct MappingTable {
     ranges: UnsafeCell<Ranges>,
 }
 
-// SAFETY: `ranges` is only reached through a `Held`, which holds `lock` (or in the child
-// after fork, when only one thread exists).
+// SAFETY: `ranges` is only reached through a `Held` or `with_ranges`, which hold `lock` (or
+// in the child after fork, when only one thread exists).
 unsafe impl Sync for MappingTable {}
 
 static MAPPINGS: MappingTable = MappingTable {
@@ -280,33 +543,86 @@ static MAPPINGS: MappingTable = MappingTable {
     ranges: UnsafeCell::new(Ranges::EMPTY),
 };
 
+/// The thread holding the table's lock (the address of its state), 0 when none.
+static OWNER: AtomicUsize = AtomicUsize::new(0);
+
+/// `born` of the oldest pending range (see [`PENDING_CYCLES`]), 0 when none: set as one is
+/// tracked, recomputed by each measure.
+static PENDING_SINCE: AtomicU64 = AtomicU64::new(0);
+
+/// Whether a pending range has grown old enough to be measured (a snapshot is then due):
+/// one load, and the time-stamp counter only while a range is pending.
+#[inline]
+pub fn pending_due() -> bool {
+    let since = PENDING_SINCE.load(Ordering::Relaxed);
+    since != 0 && sys::cycles().wrapping_sub(since) >= PENDING_CYCLES
+}
+
+/// Notes the birth of a pending range.
+fn pending_from(born: u64) {
+    let _ = PENDING_SINCE.compare_exchange(0, born, Ordering::Relaxed, Ordering::Relaxed);
+}
+
+/// Books a change of a range's untouched bytes into the capture's `RESERVED` counter of
+/// `node` and its total, and into the tree's heap (see `crate::tree`): pending ranges,
+/// taken as written, hold none.
+fn book_untouched(node: u32, untouched: i64) {
+    if untouched != 0 {
+        CAPTURE.add_reserved(node, untouched);
+        crate::tree::reserved_changed(untouched);
+    }
+}
+
+/// Books what a release took from a range: its charge (unless a malloc block, whose charge
+/// the address table holds) and its untouched bytes, in that order: the committed heap
+/// (requested less untouched) never rises on the way.
+fn book_release(released: Released) {
+    if released.flags & BLOCK == 0 {
+        CAPTURE.freed(released.node, released.weight);
+    }
+    book_untouched(released.node, -(released.untouched as i64));
+}
+
 /// The table, locked by the calling thread, which is marked busy meanwhile: a signal
 /// handler's `mmap` or `malloc` on this thread then only forwards, and never waits for
 /// this lock.
 struct Held {
     guard: Option<SpinGuard<'static>>,
     thread: &'static ThreadState,
+    was_busy: bool,
 }
 
 impl Held {
     /// Locks the table, unless this thread is already inside the profiler or profiling is
     /// off.
     fn take() -> Option<Held> {
-        if crate::STATE.load(Ordering::Relaxed) != crate::ACTIVE {
+        if crate::STATE.load(Ordering::Relaxed) != crate::ACTIVE || crate::thread().busy.get() {
             return None;
         }
+        Held::lock()
+    }
+
+    /// Locks the table whatever the thread's busy mark (the allocation and release paths
+    /// come here busy); `None` when this thread holds the lock already (a signal handler
+    /// that ends the process while its thread was inside the table: the exit snapshot is
+    /// then skipped rather than waiting for ever).
+    fn lock() -> Option<Held> {
         let thread = crate::thread();
-        if thread.busy.get() {
+        let me = std::ptr::from_ref(thread) as usize;
+        if OWNER.load(Ordering::Relaxed) == me {
             return None;
         }
-        thread.busy.set(true);
+        let was_busy = thread.busy.replace(true);
+        let guard = MAPPINGS.lock.lock();
+        OWNER.store(me, Ordering::Relaxed);
         let mut held = Held {
-            guard: Some(MAPPINGS.lock.lock()),
+            guard: Some(guard),
             thread,
+            was_busy,
         };
-        if !held.ranges().ensure_array(CAPACITY) {
-            return None;
-        }
+        // Without the array (the kernel refused 2.5 MiB of address space) the table stays
+        // empty: nothing is tracked, and the calls below find nothing.
+        held.ranges().ensure_array(CAPACITY);
         Some(held)
     }
 
@@ -324,26 +640,24 @@ impl Held {
         unsafe { &mut *MAPPINGS.ranges.get() }
     }
 
-    /// Releases what is tracked in [start, end) from the capture's live bytes.
+    /// Takes the snapshot the moment calls for before the tracked memory in [start, end) is
+    /// released (the heap is at a local high): called before the system call, while the
+    /// pages are still there to be measured.
+    fn before_release(&mut self, start: u64, end: u64) {
+        let written_since = self.ranges().has_untouched(start, end);
+        crate::before_release(Some(self.ranges()), written_since);
+    }
+
+    /// Releases what is tracked in [start, end) from the capture's live bytes (after the
+    /// system call, or for ranges the kernel had already unmapped behind our back).
     fn release(&mut self, start: u64, end: u64) {
-        let mut first = true;
-        let dropped = self.ranges().release(start, end, &mut |node, weight| {
-            if first {
-                // A release seen after the interpreter began to shut down takes the exit
-                // snapshot first, as `free` does.
-                crate::shutting_down();
-                first = false;
-            }
-            CAPTURE.freed(node, weight)
-        });
+        let dropped = self.ranges().release(start, end, &mut book_release);
         count_dropped(dropped);
     }
 
     /// Moves what is tracked in [start, end) to `to`.
     fn relocate(&mut self, start: u64, end: u64, to: u64) {
-        let dropped = self.ranges().relocate(start, end, to, &mut |node, weight| {
-            CAPTURE.freed(node, weight)
-        });
+        let dropped = self.ranges().relocate(start, end, to, &mut book_release);
         count_dropped(dropped);
     }
 }
@@ -351,9 +665,40 @@ impl Held {
 impl Drop for Held {
     fn drop(&mut self) {
         // Unlock first: a signal arriving in between must find the lock free.
+        OWNER.store(0, Ordering::Relaxed);
         self.guard = None;
-        self.thread.busy.set(false);
+        self.thread.busy.set(self.was_busy);
     }
+}
+
+/// Runs `f` with the table of ranges: `held`, the caller's own when it holds the lock, else
+/// locked for the call; `None` when it cannot be (see [`Held::lock`]).
+pub(crate) fn with_ranges<T>(
+    held: Option<&mut Ranges>,
+    f: impl FnOnce(&mut Ranges) -> T,
+) -> Option<T> {
+    match held {
+        Some(ranges) => Some(f(ranges)),
+        None => Some(f(Held::lock()?.ranges())),
+    }
+}
+
+/// Measures the residency of the large ranges (see [`Ranges::measure`]) and books what
+/// changed into the capture, taking the untouched bytes of ranges the peak snapshot took
+/// as written off that snapshot.
+pub(crate) fn measure(ranges: &mut Ranges, everything: bool) {
+    ranges.measure(
+        everything,
+        sys::cycles(),
+        &mut book_untouched,
+        &mut |node, bytes| CAPTURE.take_off_peak(node, bytes),
+    );
+}
+
+/// After a peak snapshot: the pending ranges it took as written are to be corrected when
+/// measured.
+pub(crate) fn mark_pending_in_peak(ranges: &mut Ranges) {
+    ranges.mark_pending_in_peak();
 }
 
 fn count_dropped(dropped: u64) {
@@ -370,30 +715,75 @@ fn page_end(start: u64, length: usize) -> u64 {
     start.saturating_add(length)
 }
 
-/// Charges a new mapping of `length` bytes at `start`, if the sampler picks it. The sampler
-/// files its charge in the address table under `start`, as for any allocation; it moves
-/// from there into this table.
+/// Charges a new mapping of `length` bytes at `start`, if the sampler picks it: the
+/// sampler then calls [`track_mapping`].
 fn track(start: usize, length: usize) {
-    crate::on_alloc(start, length);
-    let Some(entry) = crate::on_free(start) else {
-        return;
-    };
-    let mapping = Mapping {
-        start: start as u64,
-        end: start as u64 + length as u64,
-        weight: entry.weight,
-        node: entry.node,
-    };
-    let Some(mut held) = Held::take() else {
-        CAPTURE.freed(entry.node, entry.weight);
-        return;
+    crate::on_alloc(start, length, crate::Kind::Mapping);
+}
+
+/// Follows a new mapping of `length` bytes at `start`, to be charged `weight` bytes at
+/// `node`; false when the table is full (it is then not charged). Called on the recording
+/// thread, marked busy, which does not hold the lock.
+pub fn track_mapping(start: usize, length: usize, node: u32, weight: u64) -> bool {
+    let start = start as u64;
+    let end = start + length as u64;
+    let Some(mut held) = Held::lock() else {
+        return false;
     };
     // Whatever is still tracked there was unmapped behind our back (a raw system call, or
     // a signal handler's `munmap` while this thread was busy): it is gone.
-    held.release(mapping.start, mapping.end);
-    if !held.ranges().insert(mapping) {
-        CAPTURE.freed(entry.node, entry.weight);
-        count_dropped(1);
+    held.release(start, end);
+    let born = sys::cycles().max(1);
+    let tracked = held
+        .ranges()
+        .insert(Mapping::new(start, end, weight, node, 0, born));
+    if tracked && length >= LARGE_BYTES {
+        pending_from(born);
+    }
+    tracked
+}
+
+/// Follows a malloc block of `size` bytes at `address`, just charged `weight` bytes at
+/// `node` in the address table, by range, so that its untouched pages are measured. False
+/// when the table is full (the block is then counted as touched). Called on the recording
+/// thread, marked busy, which does not hold the lock.
+pub fn track_block(address: usize, size: usize, node: u32, weight: u64) -> bool {
+    let start = address as u64;
+    let Some(mut held) = Held::lock() else {
+        return false;
+    };
+    // A block freed while its thread was busy (in a signal handler) was never taken out.
+    held.release(start, start + size as u64);
+    let born = sys::cycles().max(1);
+    let tracked = held.ranges().insert(Mapping::new(
+        start,
+        start + size as u64,
+        weight,
+        node,
+        BLOCK,
+        born,
+    ));
+    if tracked {
+        pending_from(born);
+    }
+    tracked
+}
+
+/// Whether the malloc block at `address` holds pages found untouched at its last measure
+/// (which may have been written since): asked before it is freed.
+pub fn block_has_untouched(address: usize) -> bool {
+    let start = address as u64;
+    Held::lock().is_some_and(|mut held| held.ranges().has_untouched(start, start + 1))
+}
+
+/// Stops following the malloc block at `address` (being freed; its charge is released
+/// through the address table).
+pub fn forget_block(address: usize) {
+    let Some(mut held) = Held::lock() else {
+        return;
+    };
+    if let Some(block) = held.ranges().remove_block(address as u64) {
+        book_release(block.less(&[]));
     }
 }
 
@@ -410,10 +800,13 @@ pub fn mmap(
 ) -> *mut c_void {
     let start = address as u64;
     let end = page_end(start, length);
-    let replaced = match flags & libc::MAP_FIXED != 0 {
+    let mut replaced = match flags & libc::MAP_FIXED != 0 {
         true => Held::take_if_tracked(&[(start, end)]),
         false => None,
     };
+    if let Some(held) = replaced.as_mut() {
+        held.before_release(start, end);
+    }
     let mapped = map();
     if mapped == libc::MAP_FAILED {
         return mapped;
@@ -434,6 +827,7 @@ pub fn munmap(address: *mut c_void, length: usize, unmap: impl FnOnce() -> c_int
     let Some(mut held) = Held::take_if_tracked(&[(start, end)]) else {
         return unmap();
     };
+    held.before_release(start, end);
     let result = unmap();
     if result == 0 {
         held.release(start, end);
@@ -460,7 +854,10 @@ pub fn mremap(
         true => (new_address as u64, page_end(new_address as u64, new_size)),
         false => (0, 0),
     };
-    let held = Held::take_if_tracked(&[(old_start, old_end), destination]);
+    let mut held = Held::take_if_tracked(&[(old_start, old_end), destination]);
+    if let Some(held) = held.as_mut() {
+        held.before_release(old_start, old_end);
+    }
     let moved = remap();
     if moved == libc::MAP_FAILED {
         return moved;
@@ -485,10 +882,41 @@ pub fn mremap(
     moved
 }
 
+/// `madvise`: runs `advise` (the system call). Advice that can take pages away
+/// (`MADV_DONTNEED`, `MADV_FREE`, `MADV_REMOVE`, `MADV_PAGEOUT`...) makes the ranges it
+/// covers be measured again at the next snapshot.
+pub fn madvise(
+    address: *mut c_void,
+    length: usize,
+    advice: c_int,
+    advise: impl FnOnce() -> c_int,
+) -> c_int {
+    const DONTNEED_LOCKED: c_int = 24;
+    let takes_pages = matches!(
+        advice,
+        libc::MADV_DONTNEED
+            | libc::MADV_FREE
+            | libc::MADV_REMOVE
+            | libc::MADV_PAGEOUT
+            | DONTNEED_LOCKED
+    );
+    let result = advise();
+    if result == 0 && takes_pages {
+        let start = address as u64;
+        let end = page_end(start, length);
+        if let Some(mut held) = Held::take_if_tracked(&[(start, end)]) {
+            held.ranges().forget_residency(start, end);
+        }
+    }
+    result
+}
+
 /// Forgets every tracked mapping and any holder of the lock: for the child after `fork`,
 /// which starts a capture of its own and where only the forking thread exists.
 pub fn forget_all() {
     MAPPINGS.lock.reset();
+    OWNER.store(0, Ordering::Relaxed);
+    PENDING_SINCE.store(0, Ordering::Relaxed);
     // SAFETY: only the forking thread exists in the child, and it holds no `Held`: fork
     // is never called from inside the profiler.
     unsafe { (*MAPPINGS.ranges.get()).clear() };
@@ -507,12 +935,14 @@ mod tests {
     }
 
     fn mapping(start_mib: u64, end_mib: u64, node: u32) -> Mapping {
-        Mapping {
-            start: start_mib * MIB,
-            end: end_mib * MIB,
-            weight: (end_mib - start_mib) * MIB,
+        Mapping::new(
+            start_mib * MIB,
+            end_mib * MIB,
+            (end_mib - start_mib) * MIB,
             node,
-        }
+            0,
+            0,
+        )
     }
 
     /// (start MiB, end MiB, weight MiB, node) of every tracked mapping.
@@ -527,8 +957,8 @@ mod tests {
     /// Releases [start, end) MiB; (node, MiB) of each charge released.
     fn release(ranges: &mut Ranges, start_mib: u64, end_mib: u64) -> Vec<(u32, u64)> {
         let mut freed = Vec::new();
-        let dropped = ranges.release(start_mib * MIB, end_mib * MIB, &mut |node, weight| {
-            freed.push((node, weight / MIB))
+        let dropped = ranges.release(start_mib * MIB, end_mib * MIB, &mut |r: Released| {
+            freed.push((r.node, r.weight / MIB))
         });
         assert_eq!(dropped, 0);
         freed
@@ -565,14 +995,11 @@ mod tests {
     fn sampled_weights_are_shared_in_proportion_and_never_lost() {
         let mut table = ranges(64);
         let weight = 1_000_003;
-        assert!(table.insert(Mapping {
-            start: 0,
-            end: 3 * PAGE_BYTES,
-            weight,
-            node: 7,
-        }));
+        assert!(table.insert(Mapping::new(0, 3 * PAGE_BYTES, weight, 7, 0, 0)));
         let mut freed = 0;
-        table.release(PAGE_BYTES, 2 * PAGE_BYTES, &mut |_, w| freed += w);
+        table.release(PAGE_BYTES, 2 * PAGE_BYTES, &mut |r: Released| {
+            freed += r.weight
+        });
         assert!((333_333..=333_335).contains(&freed), "{freed}");
         let kept: u64 = table.live().iter().map(|m| m.weight).sum();
         assert_eq!(kept + freed, weight);
@@ -584,8 +1011,8 @@ mod tests {
         assert!(table.insert(mapping(0, 100, 1)));
         assert!(!table.insert(mapping(200, 300, 2)));
         let mut freed = Vec::new();
-        let dropped = table.release(40 * MIB, 60 * MIB, &mut |node, weight| {
-            freed.push((node, weight / MIB))
+        let dropped = table.release(40 * MIB, 60 * MIB, &mut |r: Released| {
+            freed.push((r.node, r.weight / MIB))
         });
         assert_eq!((dropped, freed), (1, vec![(1, 60)]));
         assert_eq!(contents(&mut table), [(0, 40, 40, 1)]);
@@ -622,7 +1049,7 @@ mod tests {
             assert!(table.insert(mapping(start, start + 100, node)));
         }
         // Part of mapping 2 moves below everything, then above everything.
-        let mut nothing = |_: u32, _: u64| panic!("nothing is released");
+        let mut nothing = |_: Released| panic!("nothing is released");
         assert_eq!(
             table.relocate(250 * MIB, 280 * MIB, 10 * MIB, &mut nothing),
             0
@@ -649,6 +1076,151 @@ mod tests {
                 (1100, 1150, 50, 1)
             ]
         );
+    }
+
+    /// A real anonymous mapping of `mib` MiB with its first `touched_mib` MiB written.
+    fn real_mapping(mib: u64, touched_mib: u64) -> u64 {
+        let address = sys::map_anonymous((mib * MIB) as usize);
+        assert!(!address.is_null());
+        // SAFETY: the first `touched_mib` MiB of the mapping just made.
+        unsafe { std::ptr::write_bytes(address, 1, (touched_mib * MIB) as usize) };
+        address as u64
+    }
+
+    /// (node, change of untouched bytes) and (node, bytes taken off the peak), as heard.
+    type Heard = (Vec<(u32, i64)>, Vec<(u32, u64)>);
+
+    /// Measures `table` at `now`; (node, change of untouched bytes) and (node, bytes taken
+    /// off the peak) heard.
+    fn measure(table: &mut Ranges, everything: bool, now: u64) -> Heard {
+        let (mut changes, mut taken) = (Vec::new(), Vec::new());
+        table.measure(
+            everything,
+            now,
+            &mut |node, bytes| changes.push((node, bytes)),
+            &mut |node, bytes| taken.push((node, bytes)),
+        );
+        (changes, taken)
+    }
+
+    #[test]
+    fn a_range_is_taken_as_written_until_old_enough_then_measured() {
+        let mut table = ranges(64);
+        let start = real_mapping(8, 2);
+        // Sampled: the range weighs 10 MiB, so its untouched 3/4 weigh 7.5 MiB.
+        assert!(table.insert(Mapping::new(start, start + 8 * MIB, 10 * MIB, 3, 0, 1000)));
+        let young = 1000 + PENDING_CYCLES - 1;
+        assert_eq!(
+            measure(&mut table, false, young),
+            (vec![], vec![]),
+            "pending"
+        );
+        table.mark_pending_in_peak();
+        assert_ne!(table.live()[0].flags & IN_PEAK, 0);
+        let old = young + 1;
+        let untouched = 15 * MIB / 2;
+        assert_eq!(
+            measure(&mut table, false, old),
+            (vec![(3, untouched as i64)], vec![(3, untouched)]),
+            "measured, and taken off the peak that took it as written"
+        );
+        assert_eq!(table.live()[0].flags & IN_PEAK, 0);
+        assert_eq!(
+            measure(&mut table, false, old),
+            (vec![], vec![]),
+            "nothing new"
+        );
+        // SAFETY: the whole mapping, which is ours.
+        unsafe { std::ptr::write_bytes(start as *mut u8, 1, (8 * MIB) as usize) };
+        assert_eq!(
+            measure(&mut table, false, old),
+            (vec![(3, -(untouched as i64))], vec![]),
+            "written since"
+        );
+        assert_ne!(table.live()[0].flags & WHOLE, 0);
+        // SAFETY: as above.
+        unsafe {
+            libc::madvise(
+                start as *mut c_void,
+                (8 * MIB) as usize,
+                libc::MADV_DONTNEED,
+            )
+        };
+        assert_eq!(
+            measure(&mut table, false, old),
+            (vec![], vec![]),
+            "whole: not measured"
+        );
+        table.forget_residency(start, start + MIB);
+        assert_eq!(
+            measure(&mut table, false, old),
+            (vec![(3, (10 * MIB) as i64)], vec![]),
+            "measured again after madvise"
+        );
+        sys::unmap(start as *mut u8, (8 * MIB) as usize);
+    }
+
+    #[test]
+    fn an_exit_measures_everything_and_pieces_keep_their_share() {
+        let mut table = ranges(64);
+        let small = real_mapping(1, 0);
+        let tiny = sys::map_anonymous(512 << 10) as u64;
+        assert!(table.insert(Mapping::new(tiny, tiny + (512 << 10), 512 << 10, 1, 0, 0)));
+        assert!(table.insert(Mapping::new(small, small + MIB, MIB, 2, 0, 0)));
+        // Young, but an exit measures it; the small one counts as written.
+        assert_eq!(
+            measure(&mut table, true, 0),
+            (vec![(2, MIB as i64)], vec![])
+        );
+        // Half of the untouched megabyte is unmapped: its untouched share goes with it.
+        let mut released = Vec::new();
+        table.release(small, small + MIB / 2, &mut |r: Released| released.push(r));
+        assert_eq!(
+            released,
+            [Released {
+                node: 2,
+                flags: MEASURED,
+                weight: MIB / 2,
+                untouched: MIB / 2
+            }]
+        );
+        // The half left, though small, is measured while it holds untouched bytes.
+        // SAFETY: a byte of the half still mapped.
+        unsafe { *((small + MIB / 2) as *mut u8) = 1 };
+        let (changes, _) = measure(&mut table, false, 0);
+        assert_eq!(changes, [(2, -4096)]);
+        sys::unmap(tiny as *mut u8, 512 << 10);
+        sys::unmap((small + MIB / 2) as *mut u8, (MIB / 2) as usize);
+    }
+
+    #[test]
+    fn an_unmapped_range_keeps_what_was_known() {
+        let mut table = ranges(64);
+        let start = real_mapping(4, 4);
+        sys::unmap(start as *mut u8, (4 * MIB) as usize);
+        assert!(table.insert(Mapping::new(start, start + 4 * MIB, 4 * MIB, 1, 0, 0)));
+        assert_eq!(
+            measure(&mut table, true, 0),
+            (vec![], vec![]),
+            "nothing known changes"
+        );
+        assert_eq!(table.live()[0].flags, 0);
+    }
+
+    #[test]
+    fn resident_pages_round_to_pages_and_count_in_chunks() {
+        let mut buffer = vec![0u8; 8];
+        let start = real_mapping(1, 0);
+        // SAFETY: bytes inside the mapping just made.
+        unsafe {
+            *(start as *mut u8).add(100) = 1;
+            *(start as *mut u8).add(5 * 4096 + 7) = 1;
+        }
+        // A block not aligned to a page, read 8 pages a call.
+        let answer = resident_pages(start + 16, start + 20 * 4096 + 1, &mut buffer);
+        assert_eq!(answer, Some((2, 21)));
+        assert_eq!(count_resident(&[1, 0, 1, 1, 0, 0, 0, 1, 1, 0xfe]), 5);
+        sys::unmap(start as *mut u8, MIB as usize);
     }
 
     #[test]

@@ -11,9 +11,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::sys::{self, SpinLock};
 
 const SHARDS: usize = 64;
-/// Bits of a value holding the attributed bytes; the node id sits above them.
+/// Bits of a value holding the attributed bytes; the node id (below 2^18) sits above them.
 const WEIGHT_BITS: u32 = 44;
 const WEIGHT_MASK: u64 = (1 << WEIGHT_BITS) - 1;
+/// The value's top bit: the block is also followed by range (`crate::mappings`).
+const RANGED: u64 = 1 << 63;
+const NODE_MASK: u64 = (1 << (63 - WEIGHT_BITS)) - 1;
 
 struct Slot {
     address: AtomicU64,
@@ -43,6 +46,8 @@ pub struct Entry {
     pub node: u32,
     /// Bytes attributed (the sample's weight, or the size in exact mode).
     pub weight: u64,
+    /// A large malloc block, also in the table of ranges, whose residency is measured.
+    pub ranged: bool,
 }
 
 fn hash(address: u64) -> u64 {
@@ -98,8 +103,9 @@ impl AddressTable {
             let slot = self.slot(shard, index);
             let current = slot.address.load(Ordering::Relaxed);
             if current == 0 || current == address {
+                let ranged = if entry.ranged { RANGED } else { 0 };
                 slot.value.store(
-                    (u64::from(entry.node) << WEIGHT_BITS) | entry.weight.min(WEIGHT_MASK),
+                    ranged | (u64::from(entry.node) << WEIGHT_BITS) | entry.weight.min(WEIGHT_MASK),
                     Ordering::Relaxed,
                 );
                 slot.address.store(address, Ordering::Release);
@@ -189,8 +195,9 @@ impl AddressTable {
         state.used.fetch_sub(1, Ordering::Relaxed);
         state.sequence.fetch_add(1, Ordering::AcqRel);
         Some(Entry {
-            node: (value >> WEIGHT_BITS) as u32,
+            node: ((value >> WEIGHT_BITS) & NODE_MASK) as u32,
             weight: value & WEIGHT_MASK,
+            ranged: value & RANGED != 0,
         })
     }
 

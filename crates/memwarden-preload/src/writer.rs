@@ -10,6 +10,7 @@ use std::sync::atomic::{
 
 use memwarden_format::capture::{self as fmt, counter, field, flag};
 
+use crate::mappings::Ranges;
 use crate::sys::{self, SpinLock, StackBuf};
 
 const STRING_SLOTS: usize = 1 << 14;
@@ -51,6 +52,17 @@ const REGION_OFFSETS: [u64; 4] = [
 ];
 /// Blocks are reserved this many bytes at a time.
 const RESERVE_CHUNK: u64 = 64 << 10;
+/// `sys::cycles()` at the end of the last residency pass (see [`Writer::peak_due`]).
+static LAST_PASS: AtomicU64 = AtomicU64::new(0);
+/// Cycles after a residency pass when untouched pages may have been written unseen and a
+/// new pass is due: about 20 ms at 3.3 GHz.
+const RECHECK_CYCLES: u64 = 1 << 26;
+/// How long the last residency pass took, in cycles.
+static LAST_SPAN: AtomicU64 = AtomicU64::new(0);
+/// A pass shorter than this (about 5 µs at 3.3 GHz) is not spaced out.
+const SHORT_PASS_CYCLES: u64 = 1 << 14;
+/// A longer pass is followed by at least this many times its length without one.
+const SPACING: u64 = 8;
 
 // SAFETY: every field is an atomic or the lock; the mappings they point to are only written
 // through atomics or under `intern`.
@@ -475,15 +487,12 @@ impl Writer {
             .fetch_add(weight, Ordering::Relaxed)
             + weight;
         let peak = self.header(field::PEAK_BYTES);
-        if live > peak.load(Ordering::Relaxed) && live > peak.fetch_max(live, Ordering::Relaxed) {
-            let snapshot = self
-                .header(field::PEAK_SNAPSHOT_BYTES)
-                .load(Ordering::Relaxed);
-            // Refresh the snapshot once the peak has grown by 0.25% (at least 64 KiB): the
-            // stacks at the peak are then never more than that behind the true peak.
-            if live >= snapshot + (snapshot / 400).max(64 << 10) {
-                self.snapshot(counter::AT_PEAK, field::PEAK_SNAPSHOT_BYTES, field::PEAK_NS);
-            }
+        if live > peak.load(Ordering::Relaxed) {
+            peak.fetch_max(live, Ordering::Relaxed);
+        }
+        crate::tree::add(weight);
+        if self.peak_due(live) {
+            crate::mappings::with_ranges(None, |ranges| self.peak_snapshot(ranges));
         }
     }
 
@@ -493,36 +502,189 @@ impl Writer {
             .fetch_sub(weight as i64, Ordering::Relaxed);
         self.header(field::LIVE_BYTES)
             .fetch_sub(weight, Ordering::Relaxed);
+        crate::tree::sub(weight);
     }
 
-    /// Copies every node's live bytes into column `column`.
-    fn snapshot(&self, column: u64, total_field: usize, time_field: usize) {
+    /// Adds `bytes` (negative: takes them back) to the untouched bytes of `node`'s ranges.
+    pub fn add_reserved(&self, node: u32, bytes: i64) {
+        self.counter(node, counter::RESERVED)
+            .fetch_add(bytes, Ordering::Relaxed);
+        self.header(field::RESERVED_BYTES)
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Whether a peak snapshot is due, `live` being the requested heap now: whether the
+    /// committed heap may have passed the last peak snapshot's by 0.25% (at least 64 KiB),
+    /// so that the stacks at the peak are never more than that behind the true peak.
+    /// Checked on every recorded allocation and before every release of tracked memory (the
+    /// committed heap is at a local high just before a release: pages are written between
+    /// calls, unseen), it costs two loads and a comparison unless the requested heap is
+    /// past that mark.
+    ///
+    /// The committed heap is the requested one less the untouched bytes of the large
+    /// ranges as last measured (a range is taken as written until measured, see
+    /// `crate::mappings`). Pages found untouched can still be written later with no call to
+    /// see it: while such ranges are live and the requested heap is past the mark, a
+    /// snapshot is also due every [`RECHECK_CYCLES`].
+    ///
+    /// A snapshot is due as well once a large range has been pending for
+    /// `mappings::PENDING_CYCLES`, to measure it. Whatever the reason, snapshots that take
+    /// long (many large ranges partly touched) are spaced out ([`Writer::pass_allowed`]).
+    #[inline]
+    pub fn peak_due(&self, live: u64) -> bool {
+        let due = crate::mappings::pending_due() || {
+            let mark = self.peak_mark();
+            live >= mark
+                && (live.saturating_sub(self.header(field::RESERVED_BYTES).load(Ordering::Relaxed))
+                    >= mark
+                    || sys::cycles().wrapping_sub(LAST_PASS.load(Ordering::Relaxed))
+                        >= RECHECK_CYCLES)
+        };
+        due && self.pass_allowed()
+    }
+
+    /// Whether the last snapshot ended long enough ago: at least [`SPACING`] times what it
+    /// took, so that snapshots take at most a ninth of the process's time however many
+    /// large ranges they measure. Free (no clock read) after a short snapshot.
+    #[inline]
+    fn pass_allowed(&self) -> bool {
+        let span = LAST_SPAN.load(Ordering::Relaxed);
+        span < SHORT_PASS_CYCLES
+            || sys::cycles().wrapping_sub(LAST_PASS.load(Ordering::Relaxed)) >= span * SPACING
+    }
+
+    /// The committed heap a new peak snapshot must reach: the last one's plus 0.25% (at
+    /// least 64 KiB).
+    #[inline]
+    fn peak_mark(&self) -> u64 {
+        let peak = self
+            .header(field::COMMITTED_PEAK_BYTES)
+            .load(Ordering::Relaxed);
+        peak + (peak / 400).max(64 << 10)
+    }
+
+    /// Whether the committed heap can have reached the mark, `live` being the requested
+    /// heap (the committed one is at most that), and a snapshot may be taken now.
+    #[inline]
+    pub fn peak_possible(&self, live: u64) -> bool {
+        live >= self.peak_mark() && self.pass_allowed()
+    }
+
+    /// Takes `bytes` off the peak snapshot's committed bytes of `node` (and its total):
+    /// pages of a range it took as written, found untouched since.
+    pub fn take_off_peak(&self, node: u32, bytes: u64) {
+        self.counter(node, counter::COMMITTED_AT_PEAK)
+            .fetch_sub(bytes as i64, Ordering::Relaxed);
+        let total = self.header(field::COMMITTED_PEAK_BYTES);
+        let _ = total.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |peak| {
+            Some(peak.saturating_sub(bytes))
+        });
+    }
+
+    /// Requested and committed bytes live now (committed: less the untouched bytes of the
+    /// ranges, as last measured).
+    fn heap_now(&self) -> (u64, u64) {
+        let live = self.header(field::LIVE_BYTES).load(Ordering::Relaxed);
+        let reserved = self.header(field::RESERVED_BYTES).load(Ordering::Relaxed);
+        (live, (live as i64 - reserved as i64).max(0) as u64)
+    }
+
+    /// Copies every node's requested live bytes into column `requested` and its committed
+    /// ones (requested less untouched) into column `committed`.
+    fn copy_columns(&self, requested: u64, committed: u64) {
+        let nodes = self.header(field::NODES_USED).load(Ordering::Acquire) as u32;
+        for node in 0..nodes {
+            let live = self.counter(node, counter::LIVE).load(Ordering::Relaxed);
+            let reserved = self
+                .counter(node, counter::RESERVED)
+                .load(Ordering::Relaxed);
+            self.counter(node, requested).store(live, Ordering::Relaxed);
+            self.counter(node, committed)
+                .store(live - reserved, Ordering::Relaxed);
+        }
+    }
+
+    /// Makes the heap now the peak snapshot.
+    fn take_peak(&self, ranges: &mut Ranges, live: u64, committed: u64) {
+        crate::mappings::mark_pending_in_peak(ranges);
+        self.copy_columns(counter::AT_PEAK, counter::COMMITTED_AT_PEAK);
+        self.header(field::PEAK_SNAPSHOT_BYTES)
+            .store(live, Ordering::Relaxed);
+        self.header(field::COMMITTED_PEAK_BYTES)
+            .store(committed, Ordering::Relaxed);
+        self.header(field::PEAK_NS)
+            .store(sys::now_ns(), Ordering::Relaxed);
+    }
+
+    /// Counts a residency pass that began at `started` (ns, cycles).
+    fn count_pass(&self, started: (u64, u64)) {
+        self.header(field::RESIDENCY_PASSES)
+            .fetch_add(1, Ordering::Relaxed);
+        self.header(field::RESIDENCY_NS)
+            .fetch_add(sys::now_ns().saturating_sub(started.0), Ordering::Relaxed);
+        let end = sys::cycles();
+        LAST_SPAN.store(end.wrapping_sub(started.1), Ordering::Relaxed);
+        LAST_PASS.store(end, Ordering::Relaxed);
+    }
+
+    /// Measures the residency of the large ranges and, if the committed heap is higher than
+    /// at the last peak snapshot, copies every node's figures into the peak columns.
+    /// `ranges` is the table, locked by the caller: no range is released meanwhile.
+    pub(crate) fn peak_snapshot(&self, ranges: &mut Ranges) {
         if self.snapshotting.swap(true, Ordering::Acquire) {
             return;
         }
-        let nodes = self.header(field::NODES_USED).load(Ordering::Acquire) as u32;
-        let live = self.header(field::LIVE_BYTES).load(Ordering::Relaxed);
-        for node in 0..nodes {
-            let value = self.counter(node, counter::LIVE).load(Ordering::Relaxed);
-            self.counter(node, column).store(value, Ordering::Relaxed);
+        let started = (sys::now_ns(), sys::cycles());
+        crate::mappings::measure(ranges, false);
+        let (live, committed) = self.heap_now();
+        let peak = self
+            .header(field::COMMITTED_PEAK_BYTES)
+            .load(Ordering::Relaxed);
+        if committed > peak {
+            self.take_peak(ranges, live, committed);
         }
-        self.header(total_field).store(live, Ordering::Relaxed);
-        if time_field != 0 {
-            self.header(time_field)
-                .store(sys::now_ns(), Ordering::Relaxed);
-        }
+        self.count_pass(started);
         self.snapshotting.store(false, Ordering::Release);
     }
 
     /// Takes the exit snapshot (once): what is still live when the program's own code has
     /// finished, before the interpreter tears everything down.
     pub fn exit_snapshot(&self) {
-        if !self.is_open() || self.exit_taken.swap(true, Ordering::AcqRel) {
+        self.exit_snapshot_in(None);
+    }
+
+    /// [`Writer::exit_snapshot`], with the table of ranges when the caller holds it. Every
+    /// large range is measured again, whole ones included; a committed heap higher than at
+    /// the peak snapshot (memory written since the last one) becomes the peak.
+    pub(crate) fn exit_snapshot_in(&self, held: Option<&mut Ranges>) {
+        if !self.is_open() || self.exit_taken.load(Ordering::Acquire) {
             return;
         }
-        self.snapshot(counter::AT_EXIT, field::EXIT_SNAPSHOT_BYTES, 0);
-        self.header(field::FLAGS)
-            .fetch_or(flag::EXIT_SNAPSHOT, Ordering::Release);
+        crate::mappings::with_ranges(held, |ranges| {
+            if self.exit_taken.swap(true, Ordering::AcqRel)
+                || self.snapshotting.swap(true, Ordering::Acquire)
+            {
+                return;
+            }
+            let started = (sys::now_ns(), sys::cycles());
+            crate::mappings::measure(ranges, true);
+            let (live, committed) = self.heap_now();
+            self.copy_columns(counter::AT_EXIT, counter::COMMITTED_AT_EXIT);
+            self.header(field::EXIT_SNAPSHOT_BYTES)
+                .store(live, Ordering::Relaxed);
+            self.header(field::COMMITTED_EXIT_BYTES)
+                .store(committed, Ordering::Relaxed);
+            let peak = self
+                .header(field::COMMITTED_PEAK_BYTES)
+                .load(Ordering::Relaxed);
+            if committed > peak {
+                self.take_peak(ranges, live, committed);
+            }
+            self.count_pass(started);
+            self.snapshotting.store(false, Ordering::Release);
+            self.header(field::FLAGS)
+                .fetch_or(flag::EXIT_SNAPSHOT, Ordering::Release);
+        });
     }
 
     /// Marks the capture closed by the process itself.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use memwarden_format::capture::{kind, Capture, CaptureError, Frame, SUFFIX};
 use memwarden_format::names::escape_also;
 use memwarden_format::report::{
-    LineAllocations, ProcessProfile, Profile, ProfileMode, StackBytes, StackFrame,
+    LineAllocations, PeakMethod, ProcessProfile, Profile, ProfileMode, StackBytes, StackFrame,
 };
 
 pub use crate::imports::Frames;
@@ -71,57 +71,121 @@ fn stack_of(capture: &Capture, node: u32, stacks: &Stacks) -> Vec<StackFrame> {
     report_stack(&capture.stack(node), stacks.frames, &stacks.names)
 }
 
-/// Bytes per stack, largest first, the `top` largest kept.
-fn ranked(totals: HashMap<Vec<StackFrame>, i64>, top: usize) -> Vec<StackBytes> {
+/// Bytes one stack holds: committed (what lists are ranked by) and requested (committed
+/// plus the untouched pages of its large ranges).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Held {
+    committed: i64,
+    requested: i64,
+}
+
+impl std::ops::AddAssign for Held {
+    fn add_assign(&mut self, other: Held) {
+        self.committed += other.committed;
+        self.requested += other.requested;
+    }
+}
+
+impl Held {
+    fn is_empty(&self) -> bool {
+        self.committed <= 0 && self.requested <= 0
+    }
+
+    /// Requested bytes never touched.
+    fn reserved(&self) -> u64 {
+        (self.requested - self.committed.max(0)).max(0) as u64
+    }
+}
+
+/// Bytes per stack.
+type Totals = HashMap<Vec<StackFrame>, Held>;
+
+/// Bytes per stack, largest committed first (then largest requested: a stack holding only
+/// untouched pages comes after every stack that committed memory), the `top` first kept.
+fn ranked(totals: Totals, top: usize) -> Vec<StackBytes> {
     let mut entries: Vec<StackBytes> = totals
         .into_iter()
-        .filter(|(_, bytes)| *bytes > 0)
-        .map(|(stack, bytes)| StackBytes {
+        .filter(|(_, held)| !held.is_empty())
+        .map(|(stack, held)| StackBytes {
             stack,
-            bytes: bytes as u64,
+            bytes: held.committed.max(0) as u64,
+            requested_bytes: Some(held.requested.max(held.committed).max(0) as u64),
+            reserved_bytes: Some(held.reserved()),
         })
         .collect();
-    entries.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.stack.cmp(&b.stack)));
+    entries.sort_by(|a, b| {
+        b.bytes
+            .cmp(&a.bytes)
+            .then_with(|| b.requested_bytes.cmp(&a.requested_bytes))
+            .then_with(|| a.stack.cmp(&b.stack))
+    });
     entries.truncate(top);
     entries
 }
 
-/// Live bytes per stack in one column of a capture, added into `into`.
+/// Bytes per stack in one pair of columns of a capture, added into `into`.
 fn add_column(
     capture: &Capture,
     stacks: &Stacks,
-    column: impl Fn(usize) -> i64,
-    into: &mut HashMap<Vec<StackFrame>, i64>,
+    column: impl Fn(usize) -> Held,
+    into: &mut Totals,
 ) {
     for node in 0..capture.nodes.len() {
-        let bytes = column(node);
-        if bytes > 0 {
+        let held = column(node);
+        if !held.is_empty() {
             *into
                 .entry(stack_of(capture, node as u32, stacks))
-                .or_default() += bytes;
+                .or_default() += held;
         }
     }
 }
 
 /// Adds one process's bytes per stack into the tree's.
-fn merge(process: &HashMap<Vec<StackFrame>, i64>, tree: &mut HashMap<Vec<StackFrame>, i64>) {
-    for (stack, bytes) in process {
-        *tree.entry(stack.clone()).or_default() += bytes;
+fn merge(process: &Totals, tree: &mut Totals) {
+    for (stack, held) in process {
+        *tree.entry(stack.clone()).or_default() += *held;
     }
 }
 
-/// Bytes held over all stacks.
-fn held(totals: &HashMap<Vec<StackFrame>, i64>) -> u64 {
-    totals.values().filter(|b| **b > 0).sum::<i64>() as u64
+/// Committed bytes held over all stacks.
+fn held(totals: &Totals) -> u64 {
+    totals
+        .values()
+        .map(|held| held.committed.max(0))
+        .sum::<i64>() as u64
 }
 
-fn leaked_column(capture: &Capture) -> impl Fn(usize) -> i64 + '_ {
+/// Requested bytes never touched, over all stacks.
+fn reserved(totals: &Totals) -> u64 {
+    totals.values().map(Held::reserved).sum()
+}
+
+/// Bytes at the peak snapshot.
+fn peak_column(capture: &Capture) -> impl Fn(usize) -> Held + '_ {
+    move |node| {
+        let counters = capture.counters[node];
+        Held {
+            committed: counters.committed_at_peak,
+            requested: counters.at_peak,
+        }
+    }
+}
+
+/// Bytes at the exit snapshot; for a process that died first, at its death (untouched
+/// pages as last measured).
+fn leaked_column(capture: &Capture) -> impl Fn(usize) -> Held + '_ {
     move |node| {
         let counters = capture.counters[node];
         if capture.has_exit_snapshot() {
-            counters.at_exit
+            Held {
+                committed: counters.committed_at_exit,
+                requested: counters.at_exit,
+            }
         } else {
-            counters.live
+            Held {
+                committed: counters.live - counters.reserved,
+                requested: counters.live,
+            }
         }
     }
 }
@@ -192,12 +256,7 @@ pub fn analyze(
         let mut at_peak = HashMap::new();
         let mut leaked = HashMap::new();
         for capture in list {
-            add_column(
-                capture,
-                stacks,
-                |n| capture.counters[n].at_peak,
-                &mut at_peak,
-            );
+            add_column(capture, stacks, peak_column(capture), &mut at_peak);
             add_column(capture, stacks, leaked_column(capture), &mut leaked);
         }
         merge(&at_peak, &mut tree_peak);
@@ -205,14 +264,20 @@ pub fn analyze(
         let last = list[list.len() - 1];
         let peak_bytes = list
             .iter()
-            .map(|c| c.peak_snapshot_bytes.max(0) as u64)
+            .map(|c| c.committed_peak_bytes.max(0) as u64)
             .max()
             .unwrap_or(0);
         let peak_ns = list
             .iter()
-            .max_by_key(|c| c.peak_snapshot_bytes)
+            .max_by_key(|c| c.committed_peak_bytes)
             .map(|c| c.peak_ns)
             .filter(|&ns| ns >= run_start_ns && ns > 0);
+        let requested_peak_bytes = list
+            .iter()
+            .map(|c| c.peak_bytes.max(0) as u64)
+            .max()
+            .unwrap_or(0);
+        let reserved_bytes = reserved(&at_peak);
         processes.push((
             *pid,
             ProcessProfile {
@@ -225,6 +290,8 @@ pub fn analyze(
                     .map(python_version),
                 peak_bytes,
                 peak_at_s: peak_ns.map(|ns| (ns - run_start_ns) as f64 / 1e9),
+                requested_peak_bytes,
+                reserved_bytes,
                 leaked_bytes: held(&leaked),
                 exited_cleanly: last.end_ns.is_some(),
                 at_peak: ranked(at_peak, TOP),
@@ -233,6 +300,7 @@ pub fn analyze(
         ));
     }
     let peak_bytes: u64 = processes.iter().map(|(_, p)| p.peak_bytes).sum();
+    let requested_peak_bytes: u64 = processes.iter().map(|(_, p)| p.requested_peak_bytes).sum();
     let mut top_lines: Vec<LineAllocations> = lines
         .into_iter()
         .map(|(frame, (allocated_bytes, allocations))| LineAllocations {
@@ -248,12 +316,16 @@ pub fn analyze(
     });
     top_lines.truncate(TOP);
     let exact = mode == ProfileMode::Exact;
+    let held_at_peak = held(&tree_peak);
+    let reserved_at_peak = reserved(&tree_peak);
     let all_at_peak = ranked(tree_peak, usize::MAX);
     let profile = Profile {
         mode,
         sample_bytes: (!exact).then_some(sample_bytes),
         peak_bytes,
         leaked_bytes: held(&tree_leaked),
+        requested_peak_bytes,
+        reserved_bytes: reserved_at_peak,
         allocated_bytes: captures.iter().map(|c| c.allocated_bytes).sum(),
         peak_error_bytes: if exact {
             0
@@ -265,6 +337,13 @@ pub fn analyze(
         top_lines,
         processes_profiled: by_pid.len() as u32,
         dropped_allocations: captures.iter().map(|c| c.dropped).sum(),
+        // Summed until `tree::TreeWatch::apply` puts in the tree counter's figures.
+        peak_method: PeakMethod::Summed,
+        peak_at_s: None,
+        at_peak_bytes: held_at_peak,
+        at_peak_gap_s: None,
+        timeline: Vec::new(),
+        timeline_stacks: Vec::new(),
     };
     Analysis {
         profile,
@@ -295,7 +374,7 @@ fn folded_frame(frame: &StackFrame) -> String {
 /// always one stack and a `;` always separates two frames.
 pub fn folded(entries: &[StackBytes]) -> String {
     let mut out = String::new();
-    for entry in entries {
+    for entry in entries.iter().filter(|entry| entry.bytes > 0) {
         let frames: Vec<String> = entry.stack.iter().rev().map(folded_frame).collect();
         out.push_str(&frames.join(";"));
         out.push(' ');
@@ -320,6 +399,48 @@ mod tests {
     }
 
     #[test]
+    fn stacks_rank_by_committed_bytes_and_keep_what_was_requested() {
+        let bytes = |committed, requested| Held {
+            committed,
+            requested,
+        };
+        let totals: Totals = [
+            (vec![frame("/p/a.py", 1, "blas")], bytes(8, 72)),
+            (vec![frame("/p/a.py", 2, "data")], bytes(100, 100)),
+            (vec![frame("/p/a.py", 3, "empty")], bytes(0, 200)),
+            (vec![frame("/p/a.py", 4, "gone")], bytes(0, 0)),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!((held(&totals), reserved(&totals)), (108, 264));
+        let ranked = ranked(totals, 10);
+        let figures: Vec<(u32, u64, Option<u64>, Option<u64>)> = ranked
+            .iter()
+            .map(|e| {
+                (
+                    e.stack[0].line,
+                    e.bytes,
+                    e.requested_bytes,
+                    e.reserved_bytes,
+                )
+            })
+            .collect();
+        assert_eq!(
+            figures,
+            [
+                (2, 100, Some(100), Some(0)),
+                (1, 8, Some(72), Some(64)),
+                (3, 0, Some(200), Some(200)),
+            ]
+        );
+        assert_eq!(
+            folded(&ranked).lines().count(),
+            2,
+            "no flame for what holds nothing"
+        );
+    }
+
+    #[test]
     fn folded_stacks_are_one_line_each_with_one_frame_per_semicolon() {
         let mut import = frame("/p/train.py", 1, "<module>");
         import.imports = Some("numpy".to_owned());
@@ -327,10 +448,20 @@ mod tests {
             StackBytes {
                 stack: vec![frame(r"/p/a\xff.py", 3, "f;g\nh"), import],
                 bytes: 7,
+                requested_bytes: None,
+                reserved_bytes: None,
             },
             StackBytes {
                 stack: vec![frame("/usr/bin/python3", 0, "[before Python started]")],
                 bytes: 5,
+                requested_bytes: Some(9),
+                reserved_bytes: Some(4),
+            },
+            StackBytes {
+                stack: vec![frame("/p/untouched.py", 1, "<module>")],
+                bytes: 0,
+                requested_bytes: Some(64),
+                reserved_bytes: Some(64),
             },
         ];
         let text = folded(&entries);

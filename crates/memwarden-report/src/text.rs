@@ -4,7 +4,8 @@ use std::fmt::Write;
 
 use memwarden_format::names::{escape_also, is_control};
 use memwarden_format::report::{
-    BudgetStatus, Enforcement, PeakSource, Profile, ProfileMode, Report, StackBytes, StackFrame,
+    BudgetStatus, Enforcement, PeakMethod, PeakSource, Profile, ProfileMode, Report, StackBytes,
+    StackFrame,
 };
 use memwarden_format::units::{format_size, format_size_decimal};
 
@@ -176,9 +177,15 @@ fn stack_table(out: &mut String, title: &str, entries: &[StackBytes], total: u64
             .next()
             .map(|f| frame_label(f, cwd))
             .unwrap_or_else(|| "[no stack]".to_owned());
+        // Untouched pages worth mentioning beside the stack's committed bytes.
+        let reserved = entry
+            .reserved_bytes
+            .filter(|&r| r >= 1 << 20 && r * 10 >= entry.bytes)
+            .map(|r| format!("  (+{} reserved, never touched)", format_size(r)))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "    {:>10} {share:>4.0}%  {leaf}",
+            "    {:>10} {share:>4.0}%  {leaf}{reserved}",
             format_size(entry.bytes)
         );
         for caller in frames.take(CALLERS_SHOWN) {
@@ -208,6 +215,30 @@ pub fn profile_section(out: &mut String, profile: &Profile, cwd: &str) {
             "es"
         }
     );
+    if profile.reserved_bytes >= 1 << 20 {
+        let _ = writeln!(
+            out,
+            "               committed; {} more requested but never touched at the peak (requested peak {})",
+            format_size(profile.reserved_bytes),
+            format_size(profile.requested_peak_bytes)
+        );
+    }
+    if profile.processes_profiled > 1 {
+        let _ = match (profile.peak_method, profile.peak_at_s) {
+            (PeakMethod::Measured, Some(at_s)) => writeln!(
+                out,
+                "               the tree's own peak, at {at_s:.2} s{}",
+                profile
+                    .at_peak_gap_s
+                    .map(|gap_s| format!("; stacks read within {gap_s:.3} s of it"))
+                    .unwrap_or_default()
+            ),
+            _ => writeln!(
+                out,
+                "               each process's own peak, added (an upper bound: captures without the tree's counter)"
+            ),
+        };
+    }
     if !profile.at_peak.is_empty() {
         stack_table(
             out,

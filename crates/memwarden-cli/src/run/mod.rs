@@ -8,6 +8,7 @@ mod recorder;
 mod report;
 mod status_line;
 mod supervise;
+mod tree_heap;
 
 use std::io::{self, Write};
 use std::time::{Duration, Instant, SystemTime};
@@ -143,6 +144,9 @@ fn execute(mut config: RunConfig) -> Result<Status, (Status, String)> {
         if now >= next_sample {
             let totals = sampler.sample();
             recorder.push(totals);
+            if let Some(profiling) = config.profiling.as_mut() {
+                profiling.tick();
+            }
             if let (Enforcement::Watchdog, Some(limit), None) = (
                 isolation.enforcement,
                 config.hard_limit_bytes,

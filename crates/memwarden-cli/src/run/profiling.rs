@@ -9,7 +9,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use memwarden_format::report::{ProcessReport, ProfileMode, Report};
 use memwarden_format::units::{format_size, parse_size};
 use memwarden_report::profile;
+use memwarden_report::tree::TreeWatch;
 
+use super::tree_heap::{process_start, SharedTree};
 use crate::cli::ProfileArg;
 
 /// The library's file name, as cargo builds it.
@@ -33,6 +35,11 @@ pub struct Profiling {
     folded: Option<(PathBuf, File)>,
     /// `--raw-frames`.
     frames: profile::Frames,
+    /// The counter of the tree's heap every profiled process adds to; `Err` says why there
+    /// is none (the tree's peak is then the sum of each process's).
+    tree: Result<SharedTree, String>,
+    /// The captures, read at every monitor tick.
+    watch: TreeWatch,
 }
 
 /// Finds the preload library: `MEMWARDEN_PRELOAD`, else next to this executable, else in
@@ -141,6 +148,16 @@ impl Profiling {
                 CaptureDir::Temporary(directory)
             }
         };
+        let dir_path = match &dir {
+            CaptureDir::Temporary(dir) => dir.path().to_owned(),
+            CaptureDir::Kept(dir) => dir.clone(),
+        };
+        let tree = SharedTree::create(&dir_path).map_err(|e| {
+            format!(
+                "cannot create the tree's heap counter in {}: {e}",
+                dir_path.display()
+            )
+        });
         let folded = folded
             .map(|path| {
                 File::create(&path)
@@ -159,7 +176,30 @@ impl Profiling {
             } else {
                 profile::Frames::Folded
             },
+            tree,
+            watch: TreeWatch::new(&dir_path),
         })
+    }
+
+    /// One monitor tick: reads the captures of the processes running now (their heap and
+    /// stacks, for the timeline and the stacks at the tree's peak), and takes the share of
+    /// each process that ended without doing so (killed by a signal, replaced by `exec`)
+    /// out of the tree's counter.
+    pub fn tick(&mut self) {
+        let now_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let figures = self.tree.as_ref().ok().map(SharedTree::figures);
+        let ended = self
+            .watch
+            .tick(now_ns, figures.as_ref(), &mut |pid| process_start(pid));
+        if let Ok(tree) = &self.tree {
+            for capture in ended {
+                // A capture that cannot be opened any more leaves its share counted: the
+                // tree's later peaks may then be high by that much.
+                let _ = tree.withdraw(&capture);
+            }
+        }
     }
 
     fn dir(&self) -> &Path {
@@ -195,6 +235,13 @@ impl Profiling {
     /// peak) and writes `--folded`. Problems become report warnings: a run's report is never
     /// lost to one bad capture.
     pub fn finish(mut self, report: &mut Report, started_at: SystemTime) {
+        // A last look: processes that ended since the last tick.
+        self.tick();
+        if let Err(why) = &self.tree {
+            report.warnings.push(format!(
+                "profile: {why}; the tree's heap peak is the sum of each process's own peak"
+            ));
+        }
         let (captures, errors) = match profile::read_dir(self.dir()) {
             Ok(read) => read,
             Err(e) => {
@@ -232,12 +279,20 @@ impl Profiling {
         let start_ns = started_at
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        let analysis = profile::analyze(
+        let mut analysis = profile::analyze(
             &captures,
             self.mode,
             self.sample_bytes,
             start_ns,
             self.frames,
+        );
+        let figures = self.tree.as_ref().ok().map(SharedTree::figures);
+        self.watch.apply(
+            &mut analysis,
+            &captures,
+            figures.as_ref(),
+            self.frames,
+            start_ns,
         );
         if analysis.profile.dropped_allocations > 0 {
             report.warnings.push(format!(
