@@ -562,8 +562,25 @@ impl TreeWatch {
         let mut by_stack: HashMap<u32, i64> = HashMap::new();
         for image in self.images.iter().filter(counted) {
             heap_bytes += image.heap_bytes;
-            for &(stack, held) in image.live.iter().flat_map(|view| &view.stacks) {
-                *by_stack.entry(stack).or_default() += held.committed;
+            let stacks: Vec<(u32, i64)> = image
+                .live
+                .iter()
+                .flat_map(|view| &view.stacks)
+                .map(|&(stack, held)| (stack, held.committed))
+                .collect();
+            // The header's total and the per-stack counters are read at different instants,
+            // and a range's untouched bytes reach the two at different moments: stacks that
+            // add up to more than the process's total at this tick are scaled down to it, so
+            // a point never shows more under its stacks than in its heap.
+            let total: i64 = stacks.iter().map(|&(_, bytes)| bytes.max(0)).sum();
+            let limit = image.heap_bytes.max(0);
+            for (stack, bytes) in stacks {
+                let bytes = if total > limit && total > 0 {
+                    (i128::from(bytes) * i128::from(limit) / i128::from(total)) as i64
+                } else {
+                    bytes
+                };
+                *by_stack.entry(stack).or_default() += bytes;
             }
         }
         let mut top: Vec<(u32, i64)> = by_stack.into_iter().filter(|(_, b)| *b > 0).collect();
@@ -667,6 +684,13 @@ impl TreeWatch {
         if let Some(sample_bytes) = profile.sample_bytes {
             profile.peak_error_bytes =
                 ((profile.peak_bytes as f64) * (sample_bytes as f64)).sqrt() as u64;
+        }
+        // One process: its own peak snapshot, taken at its (so the tree's) peak, is exact; a
+        // tick's view can only be further from the moment.
+        if analysis.processes.len() == 1 {
+            analysis.profile.at_peak_gap_s = Some(0.0);
+            analysis.profile.at_peak_bytes = analysis.all_at_peak.iter().map(|e| e.bytes).sum();
+            return;
         }
         // The views kept around the peak; without any (no tick saw the captures), each
         // image's last ones.
