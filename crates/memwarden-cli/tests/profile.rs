@@ -402,22 +402,14 @@ fn os_exit_and_sigkill_still_yield_the_profile() {
     for (how, code) in [("os-exit", 3), ("sigkill", 137)] {
         let run = run_script(&["--profile"], &python(), EXIT_EARLY, &[how]);
         assert_eq!(run.code(), code, "{how}: {}", run.stderr());
-        assert!(
-            within(
-                bytes_at_line(&run, "/profile/at_peak", line),
-                200 * MIB,
-                0.01
-            ),
-            "{how}"
-        );
-        assert!(
-            within(
-                bytes_at_line(&run, "/profile/leaked", line),
-                200 * MIB,
-                0.01
-            ),
-            "{how}"
-        );
+        for list in ["/profile/at_peak", "/profile/leaked"] {
+            let bytes = bytes_at_line(&run, list, line);
+            assert!(
+                within(bytes, 200 * MIB, 0.01),
+                "{how}: {list} holds {bytes} at the line: {:#}",
+                run.report()["profile"]
+            );
+        }
         let process = run.report()["processes"]
             .as_array()
             .and_then(|p| p.iter().find(|p| !p["profile"].is_null()))
