@@ -14,7 +14,7 @@
 mod util;
 
 use serde_json::Value;
-use util::{line_of, memwarden, python, within, Run};
+use util::{line_of, python, run_in_with, within, Run};
 
 const MIB: u64 = 1 << 20;
 /// What a marked line may hold besides its mappings: the Python objects it keeps.
@@ -61,27 +61,15 @@ fn script(body: &str) -> String {
 fn profile(mode: &str, script: &str) -> Run {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("workload.py"), script).expect("write script");
-    let json = dir.path().join("report.json");
-    let output = memwarden()
-        .env("PYTHONMALLOC", "malloc")
-        .arg("run")
-        .arg("--json")
-        .arg(&json)
-        .arg(mode)
-        .arg("--")
-        .arg(python())
-        .arg("workload.py")
-        .current_dir(dir.path())
-        .output()
-        .expect("memwarden runs");
-    let report = std::fs::read_to_string(&json)
-        .ok()
-        .and_then(|text| serde_json::from_str(&text).ok());
-    let run = Run {
-        output,
-        report,
+    let python = python();
+    let run = run_in_with(
         dir,
-    };
+        &[mode],
+        &[python.as_os_str(), "workload.py".as_ref()],
+        |c| {
+            c.env("PYTHONMALLOC", "malloc");
+        },
+    );
     assert_eq!(run.code(), 0, "{}", run.stderr());
     assert_eq!(
         String::from_utf8_lossy(&run.output.stdout).trim(),

@@ -7,10 +7,9 @@
 mod util;
 
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::Value;
-use util::{memwarden, python, within, Run};
+use util::{python, run_in_with, within, Run};
 
 const MIB: u64 = 1 << 20;
 
@@ -22,32 +21,21 @@ fn run_workload(files: &[(&str, &str)], options: &[&str], home: Option<&Path>) -
     for (name, text) in files {
         std::fs::write(dir.path().join(name), text).expect("write workload");
     }
-    let json = dir.path().join("report.json");
-    let mut command: Command = memwarden();
-    command
-        .arg("run")
-        .arg("--json")
-        .arg(&json)
-        .arg("--profile=exact")
-        .args(options)
-        .arg("--")
-        .arg(python())
-        .arg("workload.py")
-        .current_dir(dir.path());
-    if let Some(home) = home {
-        command
-            .env("MEMWARDEN_HOME", home)
-            .env_remove("MEMWARDEN_LEDGER");
-    }
-    let output = command.output().expect("memwarden runs");
-    let report = std::fs::read_to_string(&json)
-        .ok()
-        .and_then(|text| serde_json::from_str(&text).ok());
-    let run = Run {
-        output,
-        report,
+    let mut all_options = vec!["--profile=exact"];
+    all_options.extend_from_slice(options);
+    let python = python();
+    let run = run_in_with(
         dir,
-    };
+        &all_options,
+        &[python.as_os_str(), "workload.py".as_ref()],
+        |command| {
+            if let Some(home) = home {
+                command
+                    .env("MEMWARDEN_HOME", home)
+                    .env_remove("MEMWARDEN_LEDGER");
+            }
+        },
+    );
     assert_eq!(run.code(), 0, "{}", run.stderr());
     run
 }

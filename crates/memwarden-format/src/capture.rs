@@ -364,16 +364,29 @@ pub enum CaptureError {
     },
 }
 
-fn u64_at(bytes: &[u8], offset: u64) -> Option<u64> {
+/// The little-endian `u64` at `offset` in `bytes`, when it is all there.
+pub fn u64_at(bytes: &[u8], offset: u64) -> Option<u64> {
     let start = usize::try_from(offset).ok()?;
     let chunk = bytes.get(start..start.checked_add(8)?)?;
     Some(u64::from_le_bytes(chunk.try_into().ok()?))
 }
 
-fn u32_at(bytes: &[u8], offset: u64) -> Option<u32> {
+/// The little-endian `u32` at `offset` in `bytes`, when it is all there.
+pub fn u32_at(bytes: &[u8], offset: u64) -> Option<u32> {
     let start = usize::try_from(offset).ok()?;
     let chunk = bytes.get(start..start.checked_add(4)?)?;
     Some(u32::from_le_bytes(chunk.try_into().ok()?))
+}
+
+/// The string stored at `offset` of the used part of the string region (a `u16` length,
+/// then the bytes), when it lies wholly inside it.
+pub fn string_at(region: &[u8], offset: usize) -> Option<&[u8]> {
+    let len = usize::from(u16::from_le_bytes([
+        *region.get(offset)?,
+        *region.get(offset.checked_add(1)?)?,
+    ]));
+    let start = offset.checked_add(2)?;
+    region.get(start..start.checked_add(len)?)
 }
 
 impl Capture {
@@ -426,22 +439,15 @@ impl Capture {
                 bytes.len()
             )));
         }
+        let region = &bytes[STRINGS_OFFSET as usize..(STRINGS_OFFSET + strings_used) as usize];
         let string = |offset: u32| -> Result<String, CaptureError> {
-            let offset = u64::from(offset);
-            let bad = || {
-                invalid(format!(
-                    "a string reference ({offset}) points outside the string region"
-                ))
-            };
-            if offset + 2 > strings_used {
-                return Err(bad());
-            }
-            let start = (STRINGS_OFFSET + offset) as usize;
-            let len = u16::from_le_bytes([bytes[start], bytes[start + 1]]) as u64;
-            if offset + 2 + len > strings_used {
-                return Err(bad());
-            }
-            Ok(escape_bytes(&bytes[start + 2..start + 2 + len as usize]).into_owned())
+            string_at(region, offset as usize)
+                .map(|stored| escape_bytes(stored).into_owned())
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "a string reference ({offset}) points outside the string region"
+                    ))
+                })
         };
         let mut frames = Vec::with_capacity(frames_used as usize);
         for i in 0..frames_used {

@@ -150,7 +150,13 @@ impl TreeHeap {
                 "format version {version}; this memwarden reads version {VERSION}"
             )));
         }
-        Ok(TreeHeap {
+        Ok(TreeHeap::from_fields(word))
+    }
+
+    /// The figures, each read by `word(field offset)` (from the file's bytes, or from the
+    /// live shared page).
+    pub fn from_fields(word: impl Fn(usize) -> u64) -> TreeHeap {
+        TreeHeap {
             live_bytes: word(field::LIVE_BYTES) as i64,
             reserved_bytes: word(field::RESERVED_BYTES) as i64,
             peak_bytes: word(field::PEAK_BYTES) as i64,
@@ -159,7 +165,7 @@ impl TreeHeap {
             peak_ns: word(field::PEAK_NS),
             images: word(field::IMAGES),
             runner_withdrawals: word(field::RUNNER_WITHDRAWALS),
-        })
+        }
     }
 
     /// Reads `<dir>/`[`FILE_NAME`]; `Ok(None)` when there is none (captures written by a

@@ -637,14 +637,20 @@ impl Writer {
         let started = (sys::now_ns(), sys::cycles());
         crate::mappings::measure(ranges, false);
         let (live, committed) = self.heap_now();
+        self.take_peak_if_higher(ranges, live, committed);
+        self.count_pass(started);
+        self.snapshotting.store(false, Ordering::Release);
+    }
+
+    /// Copies every node's figures into the peak columns when the committed heap is higher
+    /// than at the last peak snapshot.
+    fn take_peak_if_higher(&self, ranges: &mut Ranges, live: u64, committed: u64) {
         let peak = self
             .header(field::COMMITTED_PEAK_BYTES)
             .load(Ordering::Relaxed);
         if committed > peak {
             self.take_peak(ranges, live, committed);
         }
-        self.count_pass(started);
-        self.snapshotting.store(false, Ordering::Release);
     }
 
     /// Takes the exit snapshot (once): what is still live when the program's own code has
@@ -674,12 +680,7 @@ impl Writer {
                 .store(live, Ordering::Relaxed);
             self.header(field::COMMITTED_EXIT_BYTES)
                 .store(committed, Ordering::Relaxed);
-            let peak = self
-                .header(field::COMMITTED_PEAK_BYTES)
-                .load(Ordering::Relaxed);
-            if committed > peak {
-                self.take_peak(ranges, live, committed);
-            }
+            self.take_peak_if_higher(ranges, live, committed);
             self.count_pass(started);
             self.snapshotting.store(false, Ordering::Release);
             self.header(field::FLAGS)

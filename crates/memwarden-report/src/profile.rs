@@ -74,9 +74,9 @@ fn stack_of(capture: &Capture, node: u32, stacks: &Stacks) -> Vec<StackFrame> {
 /// Bytes one stack holds: committed (what lists are ranked by) and requested (committed
 /// plus the untouched pages of its large ranges).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Held {
-    committed: i64,
-    requested: i64,
+pub(crate) struct Held {
+    pub(crate) committed: i64,
+    pub(crate) requested: i64,
 }
 
 impl std::ops::AddAssign for Held {
@@ -98,11 +98,11 @@ impl Held {
 }
 
 /// Bytes per stack.
-type Totals = HashMap<Vec<StackFrame>, Held>;
+pub(crate) type Totals = HashMap<Vec<StackFrame>, Held>;
 
 /// Bytes per stack, largest committed first (then largest requested: a stack holding only
 /// untouched pages comes after every stack that committed memory), the `top` first kept.
-fn ranked(totals: Totals, top: usize) -> Vec<StackBytes> {
+pub(crate) fn ranked(totals: Totals, top: usize) -> Vec<StackBytes> {
     let mut entries: Vec<StackBytes> = totals
         .into_iter()
         .filter(|(_, held)| !held.is_empty())

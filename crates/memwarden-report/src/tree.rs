@@ -32,7 +32,7 @@ use memwarden_format::report::{
 use memwarden_format::tree::TreeHeap;
 
 use crate::imports::{report_stack, Frames, ImportNames};
-use crate::profile::{Analysis, TOP};
+use crate::profile::{ranked as ranked_held, Analysis, Held, Totals, TOP};
 
 /// Stacks kept at each timeline point.
 pub const TIMELINE_TOP: usize = 5;
@@ -47,20 +47,6 @@ const HEADER: usize = fmt::HEADER_SIZE as usize;
 /// Most bytes of one capture's counters read per second (see [`TreeWatch::tick`]): a
 /// process with up to 80,000 stacks (5 MiB of counters) is read at every 50 ms tick.
 const COUNTER_READ_BYTES_PER_S: u64 = 100 << 20;
-
-/// Bytes one stack holds in a view.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Held {
-    committed: i64,
-    requested: i64,
-}
-
-impl std::ops::AddAssign for Held {
-    fn add_assign(&mut self, other: Held) {
-        self.committed += other.committed;
-        self.requested += other.requested;
-    }
-}
 
 /// One process's stacks at one moment: (stack id, bytes), nonzero only.
 #[derive(Clone, Debug, Default)]
@@ -181,18 +167,14 @@ pub struct TreeWatch {
     timeline: Timeline,
 }
 
+/// A header or record field (0 when the bytes are short).
 fn word(bytes: &[u8], offset: usize) -> u64 {
-    bytes
-        .get(offset..offset + 8)
-        .and_then(|b| b.try_into().ok())
-        .map_or(0, u64::from_le_bytes)
+    fmt::u64_at(bytes, offset as u64).unwrap_or(0)
 }
 
+/// A 32-bit record field (0 when the bytes are short).
 fn word32(bytes: &[u8], offset: usize) -> u32 {
-    bytes
-        .get(offset..offset + 4)
-        .and_then(|b| b.try_into().ok())
-        .map_or(0, u32::from_le_bytes)
+    fmt::u32_at(bytes, offset as u64).unwrap_or(0)
 }
 
 /// `PID-N.mwcap` → (PID, N).
@@ -308,11 +290,8 @@ impl TreeWatch {
                 fmt::FRAMES_OFFSET + old_frames as u64 * fmt::FRAME_SIZE,
             )?;
             let string = |offset: u32| -> Option<String> {
-                let at = offset as usize;
-                let len = u16::from_le_bytes([*image.strings.get(at)?, *image.strings.get(at + 1)?])
-                    as usize;
-                let bytes = image.strings.get(at + 2..at + 2 + len)?;
-                Some(escape_bytes(bytes).into_owned())
+                fmt::string_at(&image.strings, offset as usize)
+                    .map(|stored| escape_bytes(stored).into_owned())
             };
             for record in records.chunks_exact(fmt::FRAME_SIZE as usize) {
                 let (Some(file), Some(function)) =
@@ -710,7 +689,7 @@ impl TreeWatch {
                 &latest
             }
         };
-        let mut at_peak: HashMap<Vec<StackFrame>, Held> = HashMap::new();
+        let mut at_peak: Totals = HashMap::new();
         let mut gap_ns: Option<u64> = None;
         for (&index, views) in candidates {
             let image = &self.images[index];
@@ -751,7 +730,7 @@ impl TreeWatch {
         };
         profile.at_peak_gap_s = Some(gap_ns as f64 / 1e9);
         profile.at_peak_bytes = at_peak.values().map(|h| h.committed.max(0)).sum::<i64>() as u64;
-        analysis.all_at_peak = ranked_held(at_peak);
+        analysis.all_at_peak = ranked_held(at_peak, usize::MAX);
         analysis.profile.reserved_bytes = analysis
             .all_at_peak
             .iter()
@@ -759,27 +738,6 @@ impl TreeWatch {
             .sum();
         analysis.profile.at_peak = analysis.all_at_peak.iter().take(TOP).cloned().collect();
     }
-}
-
-/// Stacks at the peak, largest committed first (then largest requested).
-fn ranked_held(totals: HashMap<Vec<StackFrame>, Held>) -> Vec<StackBytes> {
-    let mut entries: Vec<StackBytes> = totals
-        .into_iter()
-        .filter(|(_, held)| held.committed > 0 || held.requested > 0)
-        .map(|(stack, held)| StackBytes {
-            stack,
-            bytes: held.committed.max(0) as u64,
-            requested_bytes: Some(held.requested.max(held.committed).max(0) as u64),
-            reserved_bytes: Some((held.requested - held.committed.max(0)).max(0) as u64),
-        })
-        .collect();
-    entries.sort_by(|a, b| {
-        b.bytes
-            .cmp(&a.bytes)
-            .then_with(|| b.requested_bytes.cmp(&a.requested_bytes))
-            .then_with(|| a.stack.cmp(&b.stack))
-    });
-    entries
 }
 
 /// Bytes per stack, largest first, the `top` largest kept.

@@ -102,17 +102,7 @@ impl SharedTree {
 
     /// The counter's figures now.
     pub fn figures(&self) -> TreeHeap {
-        let read = |offset| self.page.u64_at(offset).load(Ordering::Acquire);
-        TreeHeap {
-            live_bytes: read(field::LIVE_BYTES) as i64,
-            reserved_bytes: read(field::RESERVED_BYTES) as i64,
-            peak_bytes: read(field::PEAK_BYTES) as i64,
-            requested_peak_bytes: read(field::REQUESTED_PEAK_BYTES) as i64,
-            peak_pid: read(field::PEAK_PID) as u32,
-            peak_ns: read(field::PEAK_NS),
-            images: read(field::IMAGES),
-            runner_withdrawals: read(field::RUNNER_WITHDRAWALS),
-        }
+        TreeHeap::from_fields(|offset| self.page.u64_at(offset).load(Ordering::Acquire))
     }
 
     /// Takes the share of the image that wrote `capture` out of the tree, if it still counts

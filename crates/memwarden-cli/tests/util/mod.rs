@@ -91,8 +91,20 @@ pub fn run(options: &[&str], command: &[&str]) -> Run {
 
 /// Like [`run`], in a directory prepared by the caller (it becomes the working directory).
 pub fn run_in(dir: tempfile::TempDir, options: &[&str], command: &[&str]) -> Run {
+    run_in_with(dir, options, command, |_| {})
+}
+
+/// Like [`run_in`], with `configure` setting up memwarden's own command (its environment).
+pub fn run_in_with<S: AsRef<std::ffi::OsStr>>(
+    dir: tempfile::TempDir,
+    options: &[&str],
+    command: &[S],
+    configure: impl FnOnce(&mut Command),
+) -> Run {
     let json = dir.path().join("report.json");
-    let output = memwarden()
+    let mut memwarden = memwarden();
+    configure(&mut memwarden);
+    let output = memwarden
         .arg("run")
         .arg("--json")
         .arg(&json)
