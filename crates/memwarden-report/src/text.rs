@@ -230,7 +230,11 @@ pub fn profile_section(out: &mut String, profile: &Profile, cwd: &str) {
                 "               the tree's own peak, at {at_s:.2} s{}",
                 profile
                     .at_peak_gap_s
-                    .map(|gap_s| format!("; stacks read within {gap_s:.3} s of it"))
+                    .map(|gap_s| if gap_s < 0.0005 {
+                        "; stacks as of that moment".to_owned()
+                    } else {
+                        format!("; stacks read within {gap_s:.3} s of it")
+                    })
                     .unwrap_or_default()
             ),
             _ => writeln!(
