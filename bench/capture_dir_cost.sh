@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # What a capture costs a short-lived process, by where captures are written: N runs of
 # /bin/true bare, with the profiler library loaded but off, and profiling into a directory
-# on the disk's file system and on tmpfs (/dev/shm, memwarden's default).
+# on the disk's file system and on tmpfs (/dev/shm, memwarden's default), sampled (where
+# `true` records nothing, so it creates no capture) and exact (every process records, and
+# creates one).
 #   bench/capture_dir_cost.sh [N] [library]
 set -euo pipefail
 n=${1:-200}
@@ -20,4 +22,7 @@ bare=$(time_runs env)
 off=$(time_runs env LD_PRELOAD="$library")
 on_disk=$(time_runs env LD_PRELOAD="$library" MEMWARDEN_CAPTURE_DIR="$disk")
 on_shm=$(time_runs env LD_PRELOAD="$library" MEMWARDEN_CAPTURE_DIR="$shm")
-echo "per process, ms: bare $bare | library loaded, profiling off $off | captures on $(df --output=fstype "$disk" | tail -1) $on_disk | captures on tmpfs $on_shm"
+exact_disk=$(time_runs env LD_PRELOAD="$library" MEMWARDEN_CAPTURE_DIR="$disk" MEMWARDEN_PROFILE_MODE=exact)
+exact_shm=$(time_runs env LD_PRELOAD="$library" MEMWARDEN_CAPTURE_DIR="$shm" MEMWARDEN_PROFILE_MODE=exact)
+fs=$(df --output=fstype "$disk" | tail -1)
+echo "per process, ms: bare $bare | library loaded, profiling off $off | sampled: captures on $fs $on_disk, on tmpfs $on_shm | exact: captures on $fs $exact_disk, on tmpfs $exact_shm"

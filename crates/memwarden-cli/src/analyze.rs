@@ -56,7 +56,7 @@ pub fn main(
     // process's own peak snapshot is its view nearest that moment (no ticks to choose from).
     if let [dir] = paths {
         match memwarden_format::tree::TreeHeap::read_dir(dir) {
-            Ok(Some(tree)) => {
+            Ok(Some((tree, _exits))) => {
                 let mut watch = memwarden_report::tree::TreeWatch::new(dir);
                 let now_ns = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)

@@ -493,7 +493,7 @@ impl Capture {
         };
         let hexversion = header(field::PYTHON_HEXVERSION);
         let end_ns = header(field::END_NS);
-        Ok(Capture {
+        let mut capture = Capture {
             path: path.to_owned(),
             pid: header(field::PID) as u32,
             ppid: header(field::PPID) as u32,
@@ -520,7 +520,27 @@ impl Capture {
             frames,
             nodes,
             counters,
-        })
+        };
+        capture.settle_peak();
+        Ok(capture)
+    }
+
+    /// A peak snapshot is taken only once the committed heap passes the last one by a
+    /// margin (0.25%, at least 64 KiB), so an image read without an exit snapshot (replaced
+    /// by `exec`, killed, or still running) may stand above its last one: its state as read
+    /// is then its peak, and the peak columns say so. (An exit snapshot already raised the
+    /// peak when it was higher.)
+    fn settle_peak(&mut self) {
+        let now = self.live_bytes - self.reserved_bytes;
+        if self.has_exit_snapshot() || now <= self.committed_peak_bytes {
+            return;
+        }
+        self.committed_peak_bytes = now;
+        self.peak_snapshot_bytes = self.live_bytes;
+        for counters in &mut self.counters {
+            counters.at_peak = counters.live;
+            counters.committed_at_peak = counters.live - counters.reserved;
+        }
     }
 
     /// The frames of `node`, innermost first (node 0, the root, has none).

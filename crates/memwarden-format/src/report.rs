@@ -439,10 +439,15 @@ pub struct ProcessReport {
     pub exit_code: Option<i32>,
     /// Killing signal, when memwarden reaped it.
     pub exit_signal: Option<i32>,
-    /// Peak resident set.
-    pub peak_rss_bytes: u64,
+    /// Peak resident set; `null` when nothing measured it (see `peak_rss_unmeasured`).
+    pub peak_rss_bytes: Option<u64>,
     /// Source of `peak_rss_bytes`.
     pub peak_rss_source: Option<PeakSource>,
+    /// Why `peak_rss_bytes` is `null`: the process came and went between two of the
+    /// monitor's readings, was not memwarden's child (no `ru_maxrss`), and left no
+    /// high-water mark of its own (not profiled, or killed before it could write one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_unmeasured: Option<String>,
     /// Peak proportional set size (sampled).
     pub peak_pss_bytes: Option<u64>,
     /// Peak unique set size (sampled).

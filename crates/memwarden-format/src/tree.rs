@@ -1,4 +1,4 @@
-//! The tree's heap counter (`memwarden-tree/1`): one small file shared by every profiled
+//! The tree's heap counter (`memwarden-tree/2`): one small file shared by every profiled
 //! process of a run.
 //!
 //! Each process keeps its own heap in its capture ([`crate::capture`]); summing their peaks
@@ -24,7 +24,7 @@
 //! | offset | field |
 //! |---|---|
 //! | 0 | magic `MWTREE\0\x01` |
-//! | 8 | version (1) |
+//! | 8 | version (2) |
 //! | 16 | live bytes of the tree, requested (`i64`) |
 //! | 24 | the tree's heap peak: highest live less reserved bytes (`i64`), lowered by the bytes of large ranges it counted as written and a later measure found untouched |
 //! | 32 | when that peak was last raised, ns since the epoch |
@@ -34,8 +34,20 @@
 //! | 64 | highest live bytes, requested (`i64`) |
 //! | 72 | pid of the process whose allocation last raised the peak |
 //! | 80 | when the peak was last raised, in time-stamp counter cycles |
+//! | 88 | images that loaded the profiler with this file mapped (whether or not they ever recorded anything, and so opened a capture) |
+//! | 96 | exit records claimed (may exceed [`EXIT_SLOTS`]: those past it were not kept) |
+//! | 4096 | [`EXIT_SLOTS`] exit records of [`EXIT_RECORD_SIZE`] bytes ([`ExitMark`]) |
 //!
 //! All fields are little-endian 8-byte words, updated with atomic instructions.
+//!
+//! **Exit records.** Every profiled image writes one record as it ends (`exit`, `_exit`,
+//! `os._exit`): its pid, the kernel's high-water mark of its resident set (`VmHWM`, read
+//! from `/proc/self/status` by the process itself) and the time. So a process too short for
+//! the monitor to read, or one that is not memwarden's child (whose `ru_maxrss` memwarden
+//! never gets), still has a measured peak RSS. A record is claimed by an atomic add on
+//! [`field::EXITS`], filled, and published by writing the pid last: a record whose pid is 0
+//! was never finished (the process was killed while writing it) and is skipped. The file is
+//! sparse: records take space only once written.
 
 use std::path::Path;
 
@@ -44,9 +56,16 @@ pub const FILE_NAME: &str = "tree.mwtree";
 /// First eight bytes of the file.
 pub const MAGIC: [u8; 8] = *b"MWTREE\0\x01";
 /// Format version, in [`field::VERSION`].
-pub const VERSION: u64 = 1;
-/// Length of the file: one page.
-pub const SIZE: u64 = 4096;
+pub const VERSION: u64 = 2;
+/// Length of the header: one page.
+pub const HEADER_SIZE: u64 = 4096;
+/// Exit records kept; later ones are counted in [`field::EXITS`] but not kept.
+pub const EXIT_SLOTS: u64 = 1 << 16;
+/// Size of one exit record: pid, `VmHWM` in bytes, end time in ns since the epoch (three
+/// little-endian 8-byte words).
+pub const EXIT_RECORD_SIZE: u64 = 24;
+/// Length of the file (sparse): the header and the exit records.
+pub const SIZE: u64 = HEADER_SIZE + EXIT_SLOTS * EXIT_RECORD_SIZE;
 
 /// Field offsets (each a little-endian 8-byte word).
 pub mod field {
@@ -74,6 +93,21 @@ pub mod field {
     /// [`PEAK_NS`] in time-stamp counter cycles (comparable with the cycles at which each
     /// process tracked its ranges).
     pub const PEAK_CYCLES: usize = 80;
+    /// Images that loaded the profiler with this file mapped.
+    pub const LOADED: usize = 88;
+    /// Exit records claimed.
+    pub const EXITS: usize = 96;
+}
+
+/// One exit record: a profiled image's own high-water mark, written as it ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitMark {
+    /// Process id.
+    pub pid: u32,
+    /// The kernel's high-water mark of its resident set (`VmHWM`), in bytes.
+    pub vm_hwm_bytes: u64,
+    /// When it ended, ns since the Unix epoch.
+    pub end_ns: u64,
 }
 
 /// The figures of a tree counter, read back.
@@ -95,6 +129,10 @@ pub struct TreeHeap {
     pub images: u64,
     /// Shares the runner took back.
     pub runner_withdrawals: u64,
+    /// Images that loaded the profiler.
+    pub loaded: u64,
+    /// Exit records claimed.
+    pub exits: u64,
 }
 
 /// Why a tree counter file could not be read.
@@ -118,10 +156,10 @@ pub enum TreeError {
     },
 }
 
-/// The bytes of a fresh counter (zeros but for the magic and the version), as the runner
-/// writes them before the command starts.
+/// The header of a fresh counter (zeros but for the magic and the version), as the runner
+/// writes it before the command starts; the file is then extended to [`SIZE`] (sparse).
 pub fn initial_bytes() -> Vec<u8> {
-    let mut bytes = vec![0u8; SIZE as usize];
+    let mut bytes = vec![0u8; HEADER_SIZE as usize];
     bytes[field::MAGIC..field::MAGIC + 8].copy_from_slice(&MAGIC);
     bytes[field::VERSION..field::VERSION + 8].copy_from_slice(&VERSION.to_le_bytes());
     bytes
@@ -134,7 +172,7 @@ impl TreeHeap {
             path: path.to_owned(),
             problem,
         };
-        if bytes.len() < 88 || bytes[..8] != MAGIC {
+        if bytes.len() < HEADER_SIZE as usize || bytes[..8] != MAGIC {
             return Err(invalid(
                 "it does not start with the tree counter's signature".into(),
             ));
@@ -165,18 +203,55 @@ impl TreeHeap {
             peak_ns: word(field::PEAK_NS),
             images: word(field::IMAGES),
             runner_withdrawals: word(field::RUNNER_WITHDRAWALS),
+            loaded: word(field::LOADED),
+            exits: word(field::EXITS),
         }
     }
 
-    /// Reads `<dir>/`[`FILE_NAME`]; `Ok(None)` when there is none (captures written by a
-    /// memwarden that did not keep one).
-    pub fn read_dir(dir: &Path) -> Result<Option<TreeHeap>, TreeError> {
+    /// The finished exit records in `bytes` (the file's bytes, from its start; a file cut
+    /// short yields the records it holds).
+    pub fn exit_marks(&self, bytes: &[u8]) -> Vec<ExitMark> {
+        let word = |at: usize| -> Option<u64> {
+            let slice = bytes.get(at..at + 8)?;
+            let mut word = [0u8; 8];
+            word.copy_from_slice(slice);
+            Some(u64::from_le_bytes(word))
+        };
+        (0..self.exits.min(EXIT_SLOTS))
+            .map(|slot| (HEADER_SIZE + slot * EXIT_RECORD_SIZE) as usize)
+            .filter_map(|at| {
+                let pid = word(at)?;
+                (pid != 0).then_some(ExitMark {
+                    pid: pid as u32,
+                    vm_hwm_bytes: word(at + 8)?,
+                    end_ns: word(at + 16)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Reads `<dir>/`[`FILE_NAME`] and its exit records; `Ok(None)` when there is none
+    /// (captures written by a memwarden that did not keep one). Only the records in use are
+    /// read, not the whole sparse file.
+    pub fn read_dir(dir: &Path) -> Result<Option<(TreeHeap, Vec<ExitMark>)>, TreeError> {
+        use std::io::Read;
         let path = dir.join(FILE_NAME);
-        match std::fs::read(&path) {
-            Ok(bytes) => TreeHeap::parse(&path, &bytes).map(Some),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(TreeError::Io { path, source }),
-        }
+        let io = |source| TreeError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(io(source)),
+        };
+        let mut bytes = vec![0u8; HEADER_SIZE as usize];
+        file.read_exact(&mut bytes).map_err(io)?;
+        let heap = TreeHeap::parse(&path, &bytes)?;
+        let records = heap.exits.min(EXIT_SLOTS) * EXIT_RECORD_SIZE;
+        file.take(records).read_to_end(&mut bytes).map_err(io)?;
+        let marks = heap.exit_marks(&bytes);
+        Ok(Some((heap, marks)))
     }
 }
 
@@ -196,10 +271,38 @@ mod tests {
         other[0] = b'X';
         assert!(TreeHeap::parse(path, &other).is_err());
         let mut newer = bytes;
-        newer[field::VERSION] = 2;
+        newer[field::VERSION] = 3;
         assert!(TreeHeap::parse(path, &newer)
             .unwrap_err()
             .to_string()
-            .contains("version 2"));
+            .contains("version 3"));
+    }
+
+    #[test]
+    fn exit_records_are_read_when_finished_and_kept() {
+        let mut bytes = initial_bytes();
+        bytes.resize((HEADER_SIZE + 3 * EXIT_RECORD_SIZE) as usize, 0);
+        let put = |bytes: &mut Vec<u8>, at: u64, value: u64| {
+            bytes[at as usize..at as usize + 8].copy_from_slice(&value.to_le_bytes());
+        };
+        put(&mut bytes, field::EXITS as u64, 3);
+        for (slot, pid) in [(0, 41), (1, 0), (2, 43)] {
+            let at = HEADER_SIZE + slot * EXIT_RECORD_SIZE;
+            put(&mut bytes, at, pid);
+            put(&mut bytes, at + 8, pid << 20);
+            put(&mut bytes, at + 16, 7);
+        }
+        let heap = TreeHeap::parse(Path::new("t"), &bytes).expect("parsed");
+        let pids: Vec<(u32, u64)> = heap
+            .exit_marks(&bytes)
+            .iter()
+            .map(|m| (m.pid, m.vm_hwm_bytes))
+            .collect();
+        assert_eq!(
+            pids,
+            [(41, 41 << 20), (43, 43 << 20)],
+            "the unfinished one is skipped"
+        );
+        assert!(heap.exit_marks(&bytes[..HEADER_SIZE as usize + 30]).len() == 1);
     }
 }

@@ -17,8 +17,10 @@
 //! A recorded allocation is charged to the allocating thread's Python stack, read in
 //! place ([`python`]); a thread without Python frames is charged to the stack of the thread
 //! that created it, plus its name. Results go to a capture file the runner reads after the
-//! process ends (`memwarden_format::capture`), updated in place so that a killed process
-//! leaves everything up to its last instant.
+//! process ends (`memwarden_format::capture`), created at the first recorded allocation
+//! (a program that records nothing leaves none) and updated in place so that a killed
+//! process leaves everything up to its last instant. As it ends, each process also writes
+//! its own peak RSS into the run's tree counter ([`tree::record_exit`]).
 //!
 //! House rules for this crate: nothing here allocates through the hooked allocator (memory
 //! comes from `mmap` system calls), no lock is shared with the target, no system call sits
@@ -250,6 +252,9 @@ fn record_alloc(thread: &ThreadState, address: usize, size: usize, exact: bool, 
         let probability = 1.0 - (-(size as f64) / mean).exp();
         (size as f64 / probability.max(f64::MIN_POSITIVE)) as u64
     };
+    if !capture_open() {
+        return;
+    }
     let node = current_node(thread);
     let Some(table) = tracked() else { return };
     // A range goes into the table of ranges before it is counted, so that a snapshot taken
@@ -430,7 +435,50 @@ fn settings() -> Settings {
     Settings {
         exact: EXACT.load(Ordering::Relaxed),
         sample_bytes: SAMPLE_BYTES.load(Ordering::Relaxed),
+        start_ns: IMAGE_START_NS.load(Ordering::Relaxed),
     }
+}
+
+/// When this image started, or the process was forked (ns since the epoch).
+static IMAGE_START_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Where this image's capture stands: not opened yet (nothing recorded so far), open, or
+/// refused (the process then runs unprofiled).
+static CAPTURE_STATE: AtomicU8 = AtomicU8::new(PENDING);
+const PENDING: u8 = 0;
+const OPEN: u8 = 1;
+const REFUSED: u8 = 2;
+/// Held while the capture is being opened.
+static OPENING: sys::SpinLock = sys::SpinLock::new();
+
+/// Whether profiling is on in this process.
+fn active() -> bool {
+    STATE.load(Ordering::Acquire) == ACTIVE
+}
+
+/// Whether the capture is open, opening it at the first call: captures are created lazily,
+/// by the first allocation recorded, so a process that records none leaves no file.
+#[inline]
+fn capture_open() -> bool {
+    CAPTURE_STATE.load(Ordering::Acquire) == OPEN || open_capture()
+}
+
+#[cold]
+fn open_capture() -> bool {
+    let _guard = OPENING.lock();
+    match CAPTURE_STATE.load(Ordering::Acquire) {
+        OPEN => return true,
+        REFUSED => return false,
+        _ => {}
+    }
+    if !CAPTURE.open(directory(), &settings()) {
+        CAPTURE_STATE.store(REFUSED, Ordering::Release);
+        return false;
+    }
+    python::write_header();
+    tree::begin_capture();
+    CAPTURE_STATE.store(OPEN, Ordering::Release);
+    true
 }
 
 extern "C" fn start() {
@@ -460,11 +508,8 @@ extern "C" fn start() {
     };
     // SAFETY: single-threaded constructor, before ACTIVE is published.
     unsafe { *TRACKED.0.get() = Some(table) };
+    IMAGE_START_NS.store(sys::now_ns(), Ordering::Relaxed);
     tree::attach(directory());
-    if !CAPTURE.open(directory(), &settings()) {
-        return;
-    }
-    tree::begin_capture();
     // An interpreter whose frames cannot be read is profiled like a native process.
     IS_PYTHON.store(python::detect() && python::readable(), Ordering::Relaxed);
     seed_process();
@@ -477,9 +522,11 @@ extern "C" fn stop() {
         CAPTURE.close();
         tree::withdraw();
     }
+    tree::record_exit();
 }
 
-/// In the child after `fork`: only the forking thread exists; start a capture of its own.
+/// In the child after `fork`: only the forking thread exists; it starts a capture of its
+/// own.
 extern "C" fn forked_child() {
     if STATE.load(Ordering::Acquire) != ACTIVE {
         return;
@@ -502,11 +549,14 @@ extern "C" fn forked_child() {
         seed_thread(thread);
         thread.countdown.set(next_interval(thread));
     }
-    if CAPTURE.reopen_in_child(directory(), &settings()) {
-        python::write_header();
-        tree::begin_capture();
-        STATE.store(ACTIVE, Ordering::Release);
+    // The parent's capture is the parent's; the child opens its own at its first record.
+    CAPTURE.forget_inherited();
+    OPENING.reset();
+    if CAPTURE_STATE.load(Ordering::Relaxed) != REFUSED {
+        CAPTURE_STATE.store(PENDING, Ordering::Release);
     }
+    IMAGE_START_NS.store(sys::now_ns(), Ordering::Relaxed);
+    STATE.store(ACTIVE, Ordering::Release);
 }
 
 #[used]

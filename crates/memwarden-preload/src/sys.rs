@@ -94,6 +94,51 @@ pub fn executable(buffer: &mut [u8; 512]) -> &[u8] {
     &buffer[..len.max(0) as usize]
 }
 
+/// The kernel's high-water mark of this process's resident set (`VmHWM` in
+/// `/proc/self/status`), in bytes; `None` when it cannot be read. Reads into a stack
+/// buffer: no allocation.
+pub fn vm_hwm_bytes() -> Option<u64> {
+    // SAFETY: a NUL-terminated path; open does not allocate.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/self/status".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    let mut buffer = [0u8; 4096];
+    let mut len = 0;
+    while len < buffer.len() {
+        // SAFETY: read into the unused tail of our own buffer.
+        let got = unsafe { libc::read(fd, buffer[len..].as_mut_ptr().cast(), buffer.len() - len) };
+        if got <= 0 {
+            break;
+        }
+        len += got as usize;
+    }
+    // SAFETY: our own descriptor.
+    unsafe { libc::close(fd) };
+    parse_vm_hwm(&buffer[..len])
+}
+
+/// The `VmHWM:` line of a `status` file, in bytes.
+fn parse_vm_hwm(status: &[u8]) -> Option<u64> {
+    let line = status
+        .split(|&b| b == b'\n')
+        .find_map(|line| line.strip_prefix(b"VmHWM:"))?;
+    let digits: &[u8] = {
+        let start = line.iter().position(u8::is_ascii_digit)?;
+        let rest = &line[start..];
+        &rest[..rest
+            .iter()
+            .position(|b| !b.is_ascii_digit())
+            .unwrap_or(rest.len())]
+    };
+    parse_u64(digits)?.checked_mul(1024)
+}
+
 /// Unmaps memory this module mapped.
 pub fn unmap(address: *mut u8, bytes: usize) {
     // SAFETY: only called on a mapping made by this module and no longer referenced.
@@ -291,5 +336,19 @@ impl<const N: usize> StackBuf<N> {
     pub fn as_c_ptr(&mut self) -> *const libc::c_char {
         self.bytes[self.len] = 0;
         self.bytes.as_ptr().cast()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_high_water_mark_is_read_from_status() {
+        let status = b"Name:\tpython\nVmPeak:\t  20000 kB\nVmHWM:\t    1234 kB\nVmRSS:\t 1000 kB\n";
+        assert_eq!(parse_vm_hwm(status), Some(1234 * 1024));
+        assert_eq!(parse_vm_hwm(b"Name:\tkthread\n"), None);
+        let own = vm_hwm_bytes().expect("this process has a VmHWM");
+        assert!(own > 1 << 20, "{own}");
     }
 }

@@ -78,11 +78,13 @@ pub extern "C" fn pthread_create(
     }
     // SAFETY: the address dlsym gave for pthread_create, which has this signature.
     let real: CreateFn = unsafe { std::mem::transmute(real) };
-    let node = if CAPTURE.is_open() && !crate::thread().busy.replace(true) {
+    // A thread's stack is the creator's: the capture opens now if nothing was recorded
+    // yet, so that what the thread allocates is charged to where it was started.
+    let node = if crate::active() && !crate::thread().busy.replace(true) {
         let state = crate::thread();
-        let node = current_node(state);
+        let node = crate::capture_open().then(|| current_node(state));
         state.busy.set(false);
-        Some(node)
+        node
     } else {
         None
     };

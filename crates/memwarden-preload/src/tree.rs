@@ -7,6 +7,8 @@
 //! for it; a range found untouched later lowers a peak it was counted in
 //! ([`pending_found_untouched`]). The peak of live bytes alone is kept beside it.
 //!
+//! Each image also writes its own high-water mark as it ends ([`record_exit`]).
+//!
 //! The runner creates the file in the capture directory; [`attach`] maps it at start. A
 //! child forked without `exec` inherits the mapping (`MAP_SHARED` survives `fork`), so it
 //! counts into the same page; an `exec`'d image maps it again in its own constructor.
@@ -79,7 +81,46 @@ pub fn attach(dir: &[u8]) {
         sys::unmap(page, fmt::SIZE as usize);
         return;
     }
+    word::<AtomicU64>(page, field::LOADED).fetch_add(1, Ordering::Relaxed);
+    // SAFETY: getpid has no preconditions.
+    IMAGE_PID.store(unsafe { libc::getpid() } as u64, Ordering::Relaxed);
     TREE.store(page, Ordering::Release);
+}
+
+/// The pid of the process this image runs in (set at start and in a forked child): a
+/// `vfork` child runs in its parent's memory, with another pid, and must not write its
+/// parent's figures as its own.
+static IMAGE_PID: AtomicU64 = AtomicU64::new(0);
+/// Whether this image wrote its exit record.
+static EXIT_RECORDED: AtomicBool = AtomicBool::new(false);
+
+/// Writes this image's exit record (`memwarden_format::tree`): its pid, the kernel's
+/// high-water mark of its resident set, and the time. Once per image, from the library's
+/// destructor at `exit` and from the `_exit` hook; the runner gives each process this peak
+/// where its own readings were lower or missing (a process too short to be read between
+/// two ticks, or not memwarden's child).
+pub fn record_exit() {
+    let tree = TREE.load(Ordering::Acquire);
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() } as u64;
+    if tree.is_null()
+        || pid != IMAGE_PID.load(Ordering::Relaxed)
+        || EXIT_RECORDED.swap(true, Ordering::AcqRel)
+    {
+        return;
+    }
+    let Some(high_water) = sys::vm_hwm_bytes() else {
+        return;
+    };
+    let slot = word::<AtomicU64>(tree, field::EXITS).fetch_add(1, Ordering::Relaxed);
+    if slot >= fmt::EXIT_SLOTS {
+        return;
+    }
+    let record = (fmt::HEADER_SIZE + slot * fmt::EXIT_RECORD_SIZE) as usize;
+    word::<AtomicU64>(tree, record + 8).store(high_water, Ordering::Relaxed);
+    word::<AtomicU64>(tree, record + 16).store(sys::now_ns(), Ordering::Relaxed);
+    // The pid last: a record without it was never finished.
+    word::<AtomicU64>(tree, record).store(pid, Ordering::Release);
 }
 
 /// Starts counting this image into the tree, right after its capture opened (at start, or
@@ -102,9 +143,12 @@ pub fn begin_capture() {
 }
 
 /// In a child just after `fork`: the parent's share is the parent's; the child counts only
-/// once its own capture is open ([`begin_capture`]).
+/// once its own capture is open ([`begin_capture`]), and writes an exit record of its own.
 pub fn forked() {
     COUNTING.store(false, Ordering::Release);
+    EXIT_RECORDED.store(false, Ordering::Relaxed);
+    // SAFETY: getpid has no preconditions.
+    IMAGE_PID.store(unsafe { libc::getpid() } as u64, Ordering::Relaxed);
 }
 
 /// Raises the tree's heap peak (live less reserved) to `committed` if that is a new high.
@@ -229,11 +273,12 @@ pub fn withdraw() {
 }
 
 /// `_exit`, which Python's `os._exit` calls, and with it every multiprocessing worker
-/// started by `fork`: no destructor runs on this way out, so the share is withdrawn here,
-/// then the process ends as glibc's `_exit` ends it.
+/// started by `fork`: no destructor runs on this way out, so the share is withdrawn and the
+/// exit record written here, then the process ends as glibc's `_exit` ends it.
 #[no_mangle]
 pub extern "C" fn _exit(status: libc::c_int) -> ! {
     withdraw();
+    record_exit();
     loop {
         // SAFETY: exit_group ends every thread of the process and does not return; glibc's
         // `_exit` is this system call (and `exit` on the calling thread should it return).

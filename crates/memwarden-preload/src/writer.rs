@@ -113,11 +113,15 @@ pub struct Settings {
     pub exact: bool,
     /// Mean sampling interval.
     pub sample_bytes: u64,
+    /// When this image started (or the process was forked), ns since the epoch.
+    pub start_ns: u64,
 }
 
 impl Writer {
     /// Creates `<dir>/<pid>-<n>.mwcap` and maps it; false if that failed (the process then
-    /// runs unprofiled).
+    /// runs unprofiled). Called at a process's first recorded allocation, not at its start:
+    /// a program too small to record anything (`true`, `sleep` in sampled mode) creates no
+    /// file, which on a disk file system costs milliseconds of journal work.
     pub fn open(&self, dir: &[u8], settings: &Settings) -> bool {
         // SAFETY: getpid/getppid have no preconditions.
         let (pid, ppid) = unsafe { (libc::getpid(), libc::getppid()) };
@@ -201,7 +205,7 @@ impl Writer {
         set(field::PPID, ppid as u64);
         set(field::MODE, if exact { 2 } else { 1 });
         set(field::SAMPLE_BYTES, settings.sample_bytes);
-        set(field::START_NS, sys::now_ns());
+        set(field::START_NS, settings.start_ns);
         set(field::NODES_USED, 1);
         self.record_executable();
         // The signature goes last: a file without it was never fully opened.
@@ -210,8 +214,9 @@ impl Writer {
         true
     }
 
-    /// Starts over in a new file: the child after `fork` (only one thread exists there).
-    pub fn reopen_in_child(&self, dir: &[u8], settings: &Settings) -> bool {
+    /// Lets go of the parent's capture in the child after `fork` (only one thread exists
+    /// there): the child opens its own when it first records something.
+    pub fn forget_inherited(&self) {
         let old = self.base.swap(std::ptr::null_mut(), Ordering::AcqRel);
         if !old.is_null() {
             sys::unmap(old, fmt::FILE_SIZE as usize);
@@ -221,7 +226,11 @@ impl Writer {
         drop_table(&self.frames, FRAME_SLOTS);
         drop_table(&self.nodes, node_slots);
         drop_table(&self.code, CODE_SLOTS);
-        self.open(dir, settings)
+        let fd = self.fd.swap(-1, Ordering::AcqRel);
+        if fd >= 0 {
+            // SAFETY: the parent's capture descriptor, inherited; the parent keeps its own.
+            unsafe { libc::close(fd) };
+        }
     }
 
     /// Makes sure the first `end` bytes of `region` have disk (or tmpfs) blocks, so that

@@ -253,25 +253,25 @@ pub fn analyze(
     let mut tree_leaked = HashMap::new();
     let mut processes = Vec::new();
     for (pid, list) in &by_pid {
-        let mut at_peak = HashMap::new();
-        let mut leaked = HashMap::new();
-        for capture in list {
-            add_column(capture, stacks, peak_column(capture), &mut at_peak);
-            add_column(capture, stacks, leaked_column(capture), &mut leaked);
-        }
-        merge(&at_peak, &mut tree_peak);
-        merge(&leaked, &mut tree_leaked);
-        let last = list[list.len() - 1];
-        let peak_bytes = list
-            .iter()
-            .map(|c| c.committed_peak_bytes.max(0) as u64)
-            .max()
-            .unwrap_or(0);
-        let peak_ns = list
+        // The images of one pid ran one after another (each `exec` replaced the last): the
+        // process's peak is that of its highest image, and what it held at its end is what
+        // its last image held (an `exec` gives back everything the image before it held).
+        let highest = list
             .iter()
             .max_by_key(|c| c.committed_peak_bytes)
-            .map(|c| c.peak_ns)
-            .filter(|&ns| ns >= run_start_ns && ns > 0);
+            .expect("a pid has a capture");
+        let last = list
+            .iter()
+            .max_by_key(|c| c.start_ns)
+            .expect("a pid has a capture");
+        let mut at_peak = HashMap::new();
+        let mut leaked = HashMap::new();
+        add_column(highest, stacks, peak_column(highest), &mut at_peak);
+        add_column(last, stacks, leaked_column(last), &mut leaked);
+        merge(&at_peak, &mut tree_peak);
+        merge(&leaked, &mut tree_leaked);
+        let peak_bytes = highest.committed_peak_bytes.max(0) as u64;
+        let peak_ns = Some(highest.peak_ns).filter(|&ns| ns >= run_start_ns && ns > 0);
         let requested_peak_bytes = list
             .iter()
             .map(|c| c.peak_bytes.max(0) as u64)

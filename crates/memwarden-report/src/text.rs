@@ -253,11 +253,17 @@ pub fn profile_section(out: &mut String, profile: &Profile, cwd: &str) {
         );
     }
     if !profile.leaked.is_empty() {
-        let title = format!(
-            "still held at exit ({}):",
-            format_size(profile.leaked_bytes)
-        );
-        stack_table(out, &title, &profile.leaked, profile.peak_bytes, cwd);
+        // Several processes end at several moments: what each still held as it ended is a
+        // sum over those moments, which processes run one after another can take past the
+        // peak of any one moment. The title says so rather than seem to contradict it.
+        let title = match profile.processes_profiled {
+            0 | 1 => format!("still held at exit ({}):", format_size(profile.leaked_bytes)),
+            n => format!(
+                "still held as each process ended ({}, summed over {n} processes, each at its own end):",
+                format_size(profile.leaked_bytes)
+            ),
+        };
+        stack_table(out, &title, &profile.leaked, profile.leaked_bytes, cwd);
     }
 }
 

@@ -6,11 +6,13 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use memwarden_format::report::{ProcessReport, ProfileMode, Report};
+use memwarden_format::report::{PeakSource, ProcessReport, ProfileMode, Report};
+use memwarden_format::tree::{self, ExitMark, TreeHeap};
 use memwarden_format::units::{format_size, parse_size};
 use memwarden_report::profile;
 use memwarden_report::tree::TreeWatch;
 
+use super::report::UNMEASURED_RSS;
 use super::tree_heap::{process_start, SharedTree};
 use crate::cli::ProfileArg;
 
@@ -232,8 +234,9 @@ impl Profiling {
     }
 
     /// Reads the captures into `report` (its `profile`, each process's `profile`, the heap
-    /// peak) and writes `--folded`. Problems become report warnings: a run's report is never
-    /// lost to one bad capture.
+    /// peak), gives each process the high-water mark it wrote as it ended, and writes
+    /// `--folded`. Problems become report warnings: a run's report is never lost to one bad
+    /// capture.
     pub fn finish(mut self, report: &mut Report, started_at: SystemTime) {
         // A last look: processes that ended since the last tick.
         self.tick();
@@ -242,6 +245,34 @@ impl Profiling {
                 "profile: {why}; the tree's heap peak is the sum of each process's own peak"
             ));
         }
+        let start_ns = started_at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let exits = match TreeHeap::read_dir(self.dir()) {
+            Ok(Some((heap, marks))) => Some((heap, marks)),
+            Ok(None) => None,
+            Err(e) => {
+                report.warnings.push(format!("profile: {e}"));
+                None
+            }
+        };
+        self.attach_profile(report, start_ns, exits.as_ref().map(|(heap, _)| heap));
+        if let Some((heap, marks)) = &exits {
+            apply_exit_marks(report, marks, start_ns);
+            if heap.exits > tree::EXIT_SLOTS {
+                report.warnings.push(format!(
+                    "profile: {} processes ended after the first {} and their own peak RSS was not kept",
+                    heap.exits - tree::EXIT_SLOTS,
+                    tree::EXIT_SLOTS
+                ));
+            }
+        }
+        warn_of_unseen_memory(report);
+    }
+
+    /// The captures' part of [`Profiling::finish`]; `heap`: the tree counter as the
+    /// processes left it.
+    fn attach_profile(&mut self, report: &mut Report, start_ns: u64, heap: Option<&TreeHeap>) {
         let (captures, errors) = match profile::read_dir(self.dir()) {
             Ok(read) => read,
             Err(e) => {
@@ -256,7 +287,13 @@ impl Profiling {
             report.warnings.push(format!("profile: {error}"));
         }
         if captures.is_empty() {
-            let loaded = profile::capture_files(self.dir()).is_ok_and(|files| !files.is_empty());
+            // A process opens its capture at its first recorded allocation, so a run of
+            // small programs in sampled mode may leave none; the tree counter says whether
+            // the profiler was loaded at all.
+            let loaded = heap.map_or_else(
+                || profile::capture_files(self.dir()).is_ok_and(|files| !files.is_empty()),
+                |heap| heap.loaded > 0,
+            );
             report.warnings.push(if !loaded {
                 "profile: no process loaded the profiler (a static executable, or LD_PRELOAD removed from the environment?)".to_owned()
             } else if self.mode == ProfileMode::Sampled {
@@ -276,9 +313,6 @@ impl Profiling {
                     .push(format!("profile: pid {}: {}", capture.pid, capture.warning));
             }
         }
-        let start_ns = started_at
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
         let mut analysis = profile::analyze(
             &captures,
             self.mode,
@@ -311,13 +345,13 @@ impl Profiling {
                         pid,
                         ppid: capture.map_or(0, |c| c.ppid as i32),
                         cmdline: capture.and_then(|c| c.exe.clone()).into_iter().collect(),
+                        peak_rss_unmeasured: Some(UNMEASURED_RSS.to_owned()),
                         profile: Some(process_profile),
                         ..ProcessReport::default()
                     });
                 }
             }
         }
-        warn_of_unseen_memory(report);
         report.peak.heap_bytes = Some(analysis.profile.peak_bytes);
         if let Some((path, mut file)) = self.folded.take() {
             use std::io::Write;
@@ -329,6 +363,47 @@ impl Profiling {
             }
         }
         report.profile = Some(analysis.profile);
+    }
+}
+
+/// Gives each process the high-water mark of its resident set it wrote as it ended
+/// (`VmHWM`, a kernel figure), where that is higher than what the monitor had (or the
+/// monitor had nothing): the processes too short for the monitor, and those that grew
+/// after its last reading. A process the report does not list yet (no reading, no capture)
+/// is added with what is known of it. A pid seen more than once (reused) goes to the
+/// process seen last before the mark was written.
+fn apply_exit_marks(report: &mut Report, marks: &[ExitMark], start_ns: u64) {
+    for mark in marks {
+        let ended_s = mark.end_ns.saturating_sub(start_ns) as f64 / 1e9;
+        let pid = mark.pid as i32;
+        let index = report
+            .processes
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.pid == pid && p.first_seen_s <= ended_s)
+            .max_by(|(_, a), (_, b)| a.first_seen_s.total_cmp(&b.first_seen_s))
+            .map(|(index, _)| index)
+            .or_else(|| report.processes.iter().position(|p| p.pid == pid));
+        let process = match index {
+            Some(index) => &mut report.processes[index],
+            None => {
+                report.processes.push(ProcessReport {
+                    pid,
+                    first_seen_s: ended_s,
+                    last_seen_s: ended_s,
+                    ..ProcessReport::default()
+                });
+                report.processes.last_mut().expect("just pushed")
+            }
+        };
+        if process
+            .peak_rss_bytes
+            .is_none_or(|bytes| mark.vm_hwm_bytes > bytes)
+        {
+            process.peak_rss_bytes = Some(mark.vm_hwm_bytes);
+            process.peak_rss_source = Some(PeakSource::VmHwm);
+            process.peak_rss_unmeasured = None;
+        }
     }
 }
 

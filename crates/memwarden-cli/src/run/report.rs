@@ -311,6 +311,9 @@ fn build_gpu(sampler: &TreeSampler, observed: &Observed) -> Gpu {
     }
 }
 
+/// Why a process has no peak RSS (see `ProcessReport::peak_rss_unmeasured`).
+pub(super) const UNMEASURED_RSS: &str = "the process came and went between two readings of the monitor, was not memwarden's child, and left no high-water mark of its own";
+
 fn process_report(record: &memwarden_monitor::tree::ProcessRecord) -> ProcessReport {
     let (exit_code, exit_signal) = match record.exit {
         Some(ExitStatus::Code(code)) => (Some(code), None),
@@ -325,8 +328,9 @@ fn process_report(record: &memwarden_monitor::tree::ProcessRecord) -> ProcessRep
         last_seen_s: record.last_seen.as_secs_f64(),
         exit_code,
         exit_signal,
-        peak_rss_bytes: record.peak_rss_bytes,
-        peak_rss_source: Some(record.peak_rss_source),
+        peak_rss_bytes: (record.peak_rss_bytes > 0).then_some(record.peak_rss_bytes),
+        peak_rss_source: (record.peak_rss_bytes > 0).then_some(record.peak_rss_source),
+        peak_rss_unmeasured: (record.peak_rss_bytes == 0).then(|| UNMEASURED_RSS.to_owned()),
         peak_pss_bytes: record.peak_pss_bytes,
         peak_uss_bytes: record.peak_uss_bytes,
         peak_anon_bytes: record.peak_anon_bytes,

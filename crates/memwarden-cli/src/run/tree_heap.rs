@@ -20,7 +20,7 @@ struct Page(NonNull<u8>);
 
 /// Length of a [`Page`]; the tree file's whole length and a capture's header.
 const PAGE: usize = 4096;
-const _: () = assert!(tree::SIZE as usize == PAGE && capture::HEADER_SIZE as usize == PAGE);
+const _: () = assert!(tree::HEADER_SIZE as usize == PAGE && capture::HEADER_SIZE as usize == PAGE);
 
 impl Page {
     /// Maps the first page of `file`, which must be at least that long (else touching the
@@ -96,6 +96,8 @@ impl SharedTree {
             .create_new(true)
             .open(&path)?;
         file.write_all(&tree::initial_bytes())?;
+        // The exit records follow the header; the file stays sparse until they are written.
+        file.set_len(tree::SIZE)?;
         let page = Page::map(&file)?;
         Ok(SharedTree { page })
     }

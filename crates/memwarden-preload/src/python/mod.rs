@@ -114,12 +114,12 @@ pub fn detect() -> bool {
         },
     };
     PYTHON.warning.store(warning.code(), Ordering::Relaxed);
-    write_header();
     true
 }
 
-/// Records what [`detect`] found in the capture's header (again in a forked child, whose
-/// capture is new; detection itself is not repeated there: `dlsym` is unsafe after fork).
+/// Records what [`detect`] found in the capture's header, as the capture opens (in a forked
+/// child too, whose capture is new; detection itself is not repeated there: `dlsym` is
+/// unsafe after fork).
 pub fn write_header() {
     let warning = PYTHON.warning.load(Ordering::Relaxed);
     CAPTURE
