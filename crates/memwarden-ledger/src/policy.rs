@@ -68,19 +68,72 @@ pub struct Size(pub u64);
 
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Bytes(u64),
-            Text(String),
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Size;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a size such as \"2GiB\" or \"500MB\", or a number of bytes")
+            }
+            fn visit_u64<E: serde::de::Error>(self, bytes: u64) -> Result<Size, E> {
+                Ok(Size(bytes))
+            }
+            fn visit_i64<E: serde::de::Error>(self, bytes: i64) -> Result<Size, E> {
+                u64::try_from(bytes).map(Size).map_err(|_| {
+                    E::custom(format!(
+                        "a size cannot be negative (got {bytes}); write e.g. \"2GiB\""
+                    ))
+                })
+            }
+            fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<Size, E> {
+                Err(E::custom(format!(
+                    "a size is a whole number of bytes or a text such as \"1.5GiB\" (got {value})"
+                )))
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Size, E> {
+                parse_size(text).map(Size).map_err(E::custom)
+            }
         }
-        match Raw::deserialize(deserializer)? {
-            Raw::Bytes(bytes) => Ok(Size(bytes)),
-            Raw::Text(text) => parse_size(&text)
-                .map(Size)
-                .map_err(serde::de::Error::custom),
-        }
+        deserializer.deserialize_any(Visitor)
     }
+}
+
+/// Reads an optional number and checks it is finite and within `range`; the message names
+/// the key, the range and what was given (toml adds the file's line and column).
+fn bounded<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    key: &str,
+    range: std::ops::RangeInclusive<f64>,
+) -> Result<Option<f64>, D::Error> {
+    let value = f64::deserialize(deserializer)?;
+    if value.is_finite() && range.contains(&value) {
+        Ok(Some(value))
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "{key} must be a number from {} to {} (got {value})",
+            range.start(),
+            range.end()
+        )))
+    }
+}
+
+/// Allowed range of `regression_pct`: from no growth at all to an eleven-fold one.
+const REGRESSION_RANGE: std::ops::RangeInclusive<f64> = 0.0..=1000.0;
+/// Allowed range of `noise_sigmas`: beyond 10 standard deviations a gate no longer fails
+/// on anything the noise could not explain many times over.
+const SIGMAS_RANGE: std::ops::RangeInclusive<f64> = 0.0..=10.0;
+/// Allowed range of `min_noise_pct`.
+const MIN_NOISE_RANGE: std::ops::RangeInclusive<f64> = 0.0..=100.0;
+
+fn regression_pct<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    bounded(d, "regression_pct", REGRESSION_RANGE)
+}
+
+fn noise_sigmas<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    bounded(d, "noise_sigmas", SIGMAS_RANGE)
+}
+
+fn min_noise_pct<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    bounded(d, "min_noise_pct", MIN_NOISE_RANGE)
 }
 
 /// The stages a run can belong to.
@@ -122,10 +175,13 @@ impl Stage {
 #[serde(deny_unknown_fields)]
 pub struct Tolerances {
     /// Allowed growth over the previous version, in percent.
+    #[serde(default, deserialize_with = "regression_pct")]
     pub regression_pct: Option<f64>,
     /// Standard deviations of run-to-run noise tolerated on top.
+    #[serde(default, deserialize_with = "noise_sigmas")]
     pub noise_sigmas: Option<f64>,
     /// Floor of the noise tolerance, in percent.
+    #[serde(default, deserialize_with = "min_noise_pct")]
     pub min_noise_pct: Option<f64>,
 }
 
@@ -152,10 +208,13 @@ pub struct StagePolicy {
     /// Budget for memory still allocated at exit.
     pub leaked: Option<Size>,
     /// Allowed growth over the previous version, in percent.
+    #[serde(default, deserialize_with = "regression_pct")]
     pub regression_pct: Option<f64>,
     /// Standard deviations of run-to-run noise tolerated on top.
+    #[serde(default, deserialize_with = "noise_sigmas")]
     pub noise_sigmas: Option<f64>,
     /// Floor of the noise tolerance, in percent.
+    #[serde(default, deserialize_with = "min_noise_pct")]
     pub min_noise_pct: Option<f64>,
 }
 
@@ -164,10 +223,13 @@ pub struct StagePolicy {
 #[serde(deny_unknown_fields)]
 pub struct ModelPolicy {
     /// Allowed growth over the previous version, in percent.
+    #[serde(default, deserialize_with = "regression_pct")]
     pub regression_pct: Option<f64>,
     /// Standard deviations of run-to-run noise tolerated on top.
+    #[serde(default, deserialize_with = "noise_sigmas")]
     pub noise_sigmas: Option<f64>,
     /// Floor of the noise tolerance, in percent.
+    #[serde(default, deserialize_with = "min_noise_pct")]
     pub min_noise_pct: Option<f64>,
     /// Per stage.
     #[serde(default)]
@@ -298,37 +360,7 @@ impl Policy {
 
     /// Parses policy text; the error has the line, column and key.
     pub fn parse(text: &str) -> Result<Policy, String> {
-        let policy: Policy =
-            toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
-        for (model, settings) in &policy.models {
-            let stages = settings
-                .stages
-                .values()
-                .map(|s| (s.regression_pct, s.min_noise_pct, s.noise_sigmas));
-            let levels = std::iter::once((
-                policy.defaults.regression_pct,
-                policy.defaults.min_noise_pct,
-                policy.defaults.noise_sigmas,
-            ))
-            .chain(std::iter::once((
-                settings.regression_pct,
-                settings.min_noise_pct,
-                settings.noise_sigmas,
-            )))
-            .chain(stages);
-            for (regression, noise, sigmas) in levels {
-                for (key, value) in [
-                    ("regression_pct", regression),
-                    ("min_noise_pct", noise),
-                    ("noise_sigmas", sigmas),
-                ] {
-                    if value.is_some_and(|v| !(0.0..=1000.0).contains(&v)) {
-                        return Err(format!("models.{model}: {key} must be between 0 and 1000"));
-                    }
-                }
-            }
-        }
-        Ok(policy)
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
     }
 
     /// The settings for `model` at `stage`.
@@ -423,6 +455,52 @@ min_noise_pct = 1.5
         assert!(err.contains("regression_pct"), "{err}");
         let err = Policy::parse("[defaults\n").expect_err("syntax");
         assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn numbers_out_of_range_or_not_finite_name_line_key_and_range() {
+        for (text, key, range) in [
+            (
+                "[defaults]\nregression_pct = -5\n",
+                "regression_pct",
+                "0 to 1000",
+            ),
+            (
+                "[defaults]\n\nnoise_sigmas = -3\n",
+                "noise_sigmas",
+                "0 to 10",
+            ),
+            (
+                "[models.m]\nregression_pct = nan\n",
+                "regression_pct",
+                "0 to 1000",
+            ),
+            (
+                "[models.m.stages.eval]\nnoise_sigmas = inf\n",
+                "noise_sigmas",
+                "0 to 10",
+            ),
+            (
+                "[models.m.stages.eval]\nmin_noise_pct = -inf\n",
+                "min_noise_pct",
+                "0 to 100",
+            ),
+        ] {
+            let err = Policy::parse(text).expect_err(text);
+            let line = format!("line {}", text.lines().count());
+            assert!(
+                err.contains(&line) && err.contains(key) && err.contains(range),
+                "{text:?}: {err}"
+            );
+        }
+        let err = Policy::parse("[models.m.stages.train]\npeak_rss = -5\n").expect_err("size");
+        assert!(
+            err.contains("line 2") && err.contains("negative") && !err.contains("untagged"),
+            "{err}"
+        );
+        let err = Policy::parse("[models.m.stages.train]\npeak_rss = 1.5\n").expect_err("size");
+        assert!(err.contains("whole number"), "{err}");
+        assert!(Policy::parse("[defaults]\nregression_pct = 0\nnoise_sigmas = 10\n").is_ok());
     }
 
     #[test]

@@ -6,6 +6,11 @@
 //! sync`, appends the spooled records in the order the runs started and removes their
 //! files. An exclusive lock on the spool directory keeps two syncs from racing; a record
 //! already in the ledger (by run id) is not appended twice.
+//!
+//! When the usual spool cannot be written either (a read-only or full home), the record
+//! goes to the first fallback that can take it ([`Spool::default_dir`] lists them), and the
+//! caller says where; syncs read every location. A record is lost only when nothing on the
+//! machine memwarden may write to can take it.
 
 use std::fs::{self, File};
 use std::io;
@@ -29,10 +34,11 @@ pub struct Spooled {
     pub record: RunRecord,
 }
 
-/// The spool directory.
+/// The spool: its usual directory, then fallbacks.
 #[derive(Debug, Clone)]
 pub struct Spool {
     dir: PathBuf,
+    fallbacks: Vec<PathBuf>,
 }
 
 /// What a sync did.
@@ -49,31 +55,84 @@ pub struct SyncOutcome {
 }
 
 impl Spool {
-    /// The default spool: `<data dir>/spool`.
+    /// The default spool: `<data dir>/spool`, falling back to `$MEMWARDEN_SPOOL_FALLBACK`
+    /// when set, else `/var/tmp/memwarden-<uid>/spool` (kept across reboots) and then
+    /// `/tmp/memwarden-<uid>/spool`.
     pub fn default_dir() -> Spool {
-        Spool::at(LedgerLocation::data_dir().join("spool"))
+        let fallbacks = match std::env::var_os("MEMWARDEN_SPOOL_FALLBACK").filter(|v| !v.is_empty())
+        {
+            Some(dir) => vec![PathBuf::from(dir)],
+            None => {
+                // SAFETY: getuid has no preconditions.
+                #[allow(unsafe_code)]
+                let uid = unsafe { libc::getuid() };
+                ["/var/tmp", "/tmp"]
+                    .iter()
+                    .map(|base| {
+                        Path::new(base)
+                            .join(format!("memwarden-{uid}"))
+                            .join("spool")
+                    })
+                    .collect()
+            }
+        };
+        Spool {
+            dir: LedgerLocation::data_dir().join("spool"),
+            fallbacks,
+        }
     }
 
-    /// A spool in `dir`.
+    /// A spool in `dir`, without fallbacks.
     pub fn at(dir: PathBuf) -> Spool {
-        Spool { dir }
+        Spool {
+            dir,
+            fallbacks: Vec::new(),
+        }
     }
 
-    /// Where the spool is.
+    /// A spool in `dir`, falling back to `fallbacks` in order.
+    pub fn with_fallbacks(dir: PathBuf, fallbacks: Vec<PathBuf>) -> Spool {
+        Spool { dir, fallbacks }
+    }
+
+    /// Where the spool usually is.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// Keeps `record` for `ledger`; returns the file written.
+    /// Every location, the usual one first.
+    fn dirs(&self) -> impl Iterator<Item = &PathBuf> {
+        std::iter::once(&self.dir).chain(&self.fallbacks)
+    }
+
+    /// Keeps `record` for `ledger` in the first location that takes it; returns the file
+    /// written (outside [`Spool::dir`] when a fallback took it). When none does, the error
+    /// names every location and why.
     pub fn keep(
         &self,
         ledger: &LedgerLocation,
         record: &RunRecord,
         reason: &str,
     ) -> io::Result<PathBuf> {
-        fs::create_dir_all(&self.dir)?;
+        let mut failures = Vec::new();
+        for dir in self.dirs() {
+            match Self::keep_in(dir, ledger, record, reason) {
+                Ok(path) => return Ok(path),
+                Err(e) => failures.push(format!("{}: {e}", dir.display())),
+            }
+        }
+        Err(io::Error::other(failures.join("; ")))
+    }
+
+    fn keep_in(
+        dir: &Path,
+        ledger: &LedgerLocation,
+        record: &RunRecord,
+        reason: &str,
+    ) -> io::Result<PathBuf> {
+        create_private_dir(dir)?;
         let name = format!("{:020.6}-{}.json", record.started_at_unix_s, record.run_id);
-        let path = self.dir.join(name);
+        let path = dir.join(name);
         let spooled = Spooled {
             ledger: ledger.key(),
             reason: reason.to_owned(),
@@ -91,19 +150,20 @@ impl Spool {
             &mut file,
             &serde_json::to_vec_pretty(&spooled).map_err(io::Error::from)?,
         )?;
-        file.sync_all()?;
-        fs::rename(&temporary, &path)?;
-        Ok(path)
+        let written = file.sync_all().and_then(|()| fs::rename(&temporary, &path));
+        if written.is_err() {
+            let _ = fs::remove_file(&temporary);
+        }
+        written.map(|()| path)
     }
 
-    /// The spooled records meant for `ledger`, oldest run first.
+    /// The spooled records meant for `ledger`, in every location, oldest run first.
     pub fn pending(&self, ledger: &LedgerLocation) -> Vec<(PathBuf, Spooled)> {
         let key = ledger.key();
-        let Ok(entries) = fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        let mut pending: Vec<(PathBuf, Spooled)> = entries
-            .flatten()
+        let mut pending: Vec<(PathBuf, Spooled)> = self
+            .dirs()
+            .filter_map(|dir| fs::read_dir(dir).ok())
+            .flat_map(|entries| entries.flatten())
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|x| x == "json"))
             .filter_map(|p| {
@@ -111,7 +171,7 @@ impl Spool {
                 (spooled.ledger == key).then_some((p, spooled))
             })
             .collect();
-        pending.sort_by(|a, b| a.0.cmp(&b.0));
+        pending.sort_by(|a, b| a.0.file_name().cmp(&b.0.file_name()));
         pending
     }
 
@@ -119,13 +179,16 @@ impl Spool {
     /// failure (the ledger is still unreachable: the rest stay for the next time).
     pub fn sync(&self, ledger: &mut Ledger) -> SyncOutcome {
         let mut outcome = SyncOutcome::default();
-        let _lock = match self.lock() {
-            Ok(lock) => lock,
-            Err(e) => {
-                outcome.error = Some(format!("cannot lock the spool {}: {e}", self.dir.display()));
-                return outcome;
+        let mut locks = Vec::new();
+        for dir in self.dirs().filter(|dir| dir.is_dir()) {
+            match lock(dir) {
+                Ok(lock) => locks.push(lock),
+                Err(e) => {
+                    outcome.error = Some(format!("cannot lock the spool {}: {e}", dir.display()));
+                    return outcome;
+                }
             }
-        };
+        }
         let pending = self.pending(&ledger.location().clone());
         let total = pending.len();
         for (index, (path, spooled)) in pending.into_iter().enumerate() {
@@ -142,18 +205,51 @@ impl Spool {
         }
         outcome
     }
+}
 
-    fn lock(&self) -> io::Result<File> {
-        fs::create_dir_all(&self.dir)?;
-        let file = File::create(self.dir.join(".lock"))?;
-        // SAFETY: flock on a descriptor this function owns; released when `file` drops.
-        #[allow(unsafe_code)]
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
+/// Locks a spool directory for a sync (released when the file drops). A spool that cannot
+/// be written cannot be locked either, but then nothing can be removed from it: it is read
+/// without the lock.
+fn lock(dir: &Path) -> io::Result<Option<File>> {
+    let file = match File::create(dir.join(".lock")) {
+        Ok(file) => file,
+        Err(e)
+            if e.kind() == io::ErrorKind::PermissionDenied
+                || e.raw_os_error() == Some(libc::EROFS) =>
+        {
+            return Ok(None)
         }
-        Ok(file)
+        Err(e) => return Err(e),
+    };
+    // SAFETY: flock on a descriptor this function owns; released when `file` drops.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
     }
+    Ok(Some(file))
+}
+
+/// Creates `dir` (and its parents) for this user only, and refuses a directory in a shared
+/// place (`/tmp`) that another user made or that is a link: a spooled record names
+/// commands, paths and hosts.
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let meta = fs::symlink_metadata(dir)?;
+    // SAFETY: getuid has no preconditions.
+    #[allow(unsafe_code)]
+    let uid = unsafe { libc::getuid() };
+    if !meta.is_dir() || meta.uid() != uid {
+        return Err(io::Error::other(format!(
+            "{} is not a directory of this user's",
+            dir.display()
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -201,6 +297,35 @@ mod tests {
             spool.pending(&other).len(),
             1,
             "records for another ledger stay"
+        );
+    }
+
+    #[test]
+    fn an_unwritable_spool_falls_back_and_a_record_is_lost_only_when_nothing_takes_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let location = LedgerLocation::Sqlite(dir.path().join("ledger.sqlite"));
+        // A file where the spool should be: no user, root included, can create it.
+        let blocked = dir.path().join("home-spool");
+        fs::write(&blocked, "not a directory").expect("blocker");
+        let fallback = dir.path().join("fallback");
+        let spool = Spool::with_fallbacks(blocked.clone(), vec![fallback.clone()]);
+        let kept = spool
+            .keep(&location, &record("r1", "m", "1", 1), "server down")
+            .expect("kept in the fallback");
+        assert!(kept.starts_with(&fallback), "{}", kept.display());
+        assert_eq!(spool.pending(&location).len(), 1);
+        let mut ledger = Ledger::open(&location).expect("open");
+        assert_eq!(spool.sync(&mut ledger).written, 1);
+        assert_eq!(spool.pending(&location).len(), 0);
+
+        let nowhere = Spool::with_fallbacks(blocked.clone(), vec![blocked.join("x")]);
+        let error = nowhere
+            .keep(&location, &record("r2", "m", "1", 1), "down")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.matches(&*blocked.display().to_string()).count() >= 2,
+            "every location and why: {error}"
         );
     }
 }

@@ -1,7 +1,7 @@
 //! `memwarden run` arguments, validated before anything starts.
 
 use std::ffi::OsString;
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -45,8 +45,10 @@ pub struct RunConfig {
     pub hard_limit_bytes: Option<u64>,
     /// `--cgroup`.
     pub cgroup: CgroupMode,
-    /// `--json`, opened (created, truncated) so that a bad path fails before the command runs.
-    pub json: Option<(PathBuf, File)>,
+    /// `--json`, with a temporary file beside it, created so that a bad path fails before
+    /// the command runs; the report is written there and renamed over the path, so the path
+    /// never holds a partial or empty report.
+    pub json: Option<(PathBuf, tempfile::NamedTempFile)>,
     /// `--quiet`.
     pub quiet: bool,
     /// Recording in the ledger, when `--model` is given.
@@ -195,7 +197,7 @@ pub fn parse_interval(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(ms / 1000.0))
 }
 
-fn open_output(path: &Path) -> Result<File, String> {
+fn open_output(path: &Path) -> Result<tempfile::NamedTempFile, String> {
     if path.is_dir() {
         return Err(format!(
             "--json {}: is a directory; give a file path such as {}/report.json",
@@ -212,17 +214,26 @@ fn open_output(path: &Path) -> Result<File, String> {
             )
         })?;
     }
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .map_err(|e| {
-            format!(
-                "--json {}: cannot write: {e}; choose a writable path",
-                path.display()
-            )
-        })
+    let dir = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => parent.to_owned(),
+        None => PathBuf::from("."),
+    };
+    let name = path.file_name().map_or_else(
+        || "report".into(),
+        |name| name.to_string_lossy().into_owned(),
+    );
+    let cannot = |e: std::io::Error| {
+        format!(
+            "--json {}: cannot write: {e}; choose a writable path",
+            path.display()
+        )
+    };
+    let temporary = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .tempfile_in(&dir)
+        .map_err(cannot)?;
+    Ok(temporary)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ mod supervise;
 mod tree_heap;
 
 use std::io::{self, Write};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use memwarden_format::report::{BudgetStatus, Enforcement};
@@ -226,32 +227,30 @@ fn execute(mut config: RunConfig) -> Result<Status, (Status, String)> {
     let status = exit_status(&report);
     report.exit.memwarden_exit_code = i32::from(status.code());
 
-    if let Some((path, file)) = config.json.as_mut() {
-        // Buffered: serde writes token by token, a system call each on a bare file.
-        let mut out = io::BufWriter::new(&mut *file);
-        let written = serde_json::to_writer_pretty(&mut out, &report)
-            .map_err(io::Error::from)
-            .and_then(|()| out.write_all(b"\n"))
-            .and_then(|()| out.flush());
-        if let Err(e) = written {
-            return Err((
-                Status::Internal,
-                format!("cannot write the report to {}: {e}", path.display()),
-            ));
+    // A report that cannot be written (a full disk) is said loudly, but the run is still
+    // recorded, its report kept in the data directory instead.
+    let mut json_failure = None;
+    let mut report_path = None;
+    if let Some((path, temporary)) = config.json.take() {
+        match write_report(temporary, &path, &report) {
+            Ok(()) => report_path = Some(path),
+            Err(e) => {
+                json_failure = Some(format!(
+                    "cannot write the report to {}: {e}; nothing was left there (free some space or choose another --json path)",
+                    path.display()
+                ))
+            }
         }
     }
     // A recorded run always has its full report on disk, for the record to point to.
-    let mut report_path = config.json.as_ref().map(|(path, _)| path.clone());
     if let (Some(before), None) = (&before, &report_path) {
         let path = record::default_report_path(&before.run_id);
         let written = path
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
             .and_then(|()| {
-                std::fs::write(
-                    &path,
-                    serde_json::to_vec_pretty(&report).map_err(io::Error::from)?,
-                )
+                let dir = path.parent().unwrap_or(Path::new("."));
+                write_report(tempfile::NamedTempFile::new_in(dir)?, &path, &report)
             });
         match written {
             Ok(()) => report_path = Some(path),
@@ -272,7 +271,52 @@ fn execute(mut config: RunConfig) -> Result<Status, (Status, String)> {
             Err(warning) => eprintln!("memwarden: warning: {warning}"),
         }
     }
-    Ok(status)
+    match json_failure {
+        Some(mut message) => {
+            if let Some(kept) = report_path {
+                message.push_str(&format!("; the report is kept in {}", kept.display()));
+            }
+            Err((Status::Internal, message))
+        }
+        None => Ok(status),
+    }
+}
+
+/// Writes `report` as JSON into `temporary`, flushes it to disk and renames it to `path`:
+/// `path` holds either the whole report or what it held before, never a partial one. On
+/// failure the temporary file is removed.
+fn write_report(
+    temporary: tempfile::NamedTempFile,
+    path: &Path,
+    report: &memwarden_format::report::Report,
+) -> io::Result<()> {
+    // Written through the bare file, so that errors are the OS's own (`tempfile`'s name the
+    // temporary file, which is gone once this returns).
+    let mut out = io::BufWriter::new(temporary.as_file());
+    serde_json::to_writer_pretty(&mut out, report).map_err(io::Error::from)?;
+    out.write_all(b"\n")?;
+    out.flush()?;
+    drop(out);
+    temporary.as_file().sync_all()?;
+    // The mode a plain new file would get (the temporary file is made private).
+    let mode = 0o666 & !current_umask();
+    temporary
+        .as_file()
+        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+    temporary.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// The process's file-creation mask, from `/proc/self/status` (reading it with `umask`
+/// would change it for a moment under other threads); 022 when it cannot be read.
+fn current_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+            u32::from_str_radix(line.trim(), 8).ok()
+        })
+        .unwrap_or(0o022)
 }
 
 /// The command's status first (a failed command is the news), then the budget.
