@@ -1,0 +1,291 @@
+//! `diff`: two versions of a model side by side, figures and allocation sites.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use memwarden_format::units::format_size;
+use serde::Serialize;
+
+use super::{median, model_runs, require_version, stages_of, GateError};
+use crate::record::{Metric, RunRecord};
+
+/// One metric of `diff`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricDiff {
+    /// Stage.
+    pub stage: String,
+    /// Metric name, or `duration_s`.
+    pub metric: String,
+    /// Median in A (bytes, or seconds for duration).
+    pub a: Option<f64>,
+    /// Median in B.
+    pub b: Option<f64>,
+    /// Change in percent, B against A.
+    pub change_pct: Option<f64>,
+    /// Runs in A and B.
+    pub runs: (usize, usize),
+}
+
+/// The outcome of `diff`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DiffReport {
+    /// Model.
+    pub model: String,
+    /// First version.
+    pub a: String,
+    /// Second version.
+    pub b: String,
+    /// Per stage and metric.
+    pub metrics: Vec<MetricDiff>,
+    /// Stacks that grew or shrank, when both versions were profiled.
+    pub stacks: Vec<serde_json::Value>,
+    /// Why `stacks` is empty, when it is.
+    pub stacks_note: Option<String>,
+}
+
+/// Compares two versions of a model, side by side.
+pub fn diff(records: &[RunRecord], model: &str, a: &str, b: &str) -> Result<DiffReport, GateError> {
+    if a == b {
+        return Err(GateError::SameVersion(format!("{model}@{a}")));
+    }
+    let runs = model_runs(records, model)?;
+    require_version(&runs, model, a)?;
+    require_version(&runs, model, b)?;
+    let mut stages: Vec<String> = stages_of(&runs, a);
+    stages.extend(stages_of(&runs, b));
+    stages.sort();
+    stages.dedup();
+    let mut metrics = Vec::new();
+    for stage in stages {
+        let of = |version: &str| -> Vec<&RunRecord> {
+            runs.iter()
+                .copied()
+                .filter(|r| r.version == version && r.stage == stage)
+                .collect()
+        };
+        let (runs_a, runs_b) = (of(a), of(b));
+        let names = Metric::ALL
+            .iter()
+            .map(|m| m.name())
+            .chain(["cgroup_peak", "duration_s"]);
+        for name in names {
+            let va: Vec<f64> = runs_a.iter().filter_map(|r| diff_value(name, r)).collect();
+            let vb: Vec<f64> = runs_b.iter().filter_map(|r| diff_value(name, r)).collect();
+            if va.is_empty() && vb.is_empty() {
+                continue;
+            }
+            let ma = (!va.is_empty()).then(|| median(&mut va.clone()));
+            let mb = (!vb.is_empty()).then(|| median(&mut vb.clone()));
+            let change_pct = match (ma, mb) {
+                (Some(x), Some(y)) if x > 0.0 => Some((y - x) * 100.0 / x),
+                _ => None,
+            };
+            metrics.push(MetricDiff {
+                stage: stage.clone(),
+                metric: name.to_owned(),
+                a: ma,
+                b: mb,
+                change_pct,
+                runs: (runs_a.len(), runs_b.len()),
+            });
+        }
+    }
+    let (stacks, stacks_note) = match (latest_stacks(&runs, a), latest_stacks(&runs, b)) {
+        (Some(sa), Some(sb)) => (compare_stacks(&sa, &sb), None),
+        _ => (
+            Vec::new(),
+            Some(format!(
+                "no stacks to compare: record runs of both versions with `memwarden run --profile --model {model} --version ...`"
+            )),
+        ),
+    };
+    Ok(DiffReport {
+        model: model.to_owned(),
+        a: a.to_owned(),
+        b: b.to_owned(),
+        metrics,
+        stacks,
+        stacks_note,
+    })
+}
+
+/// Bytes at the peak by allocating function, from the latest profiled run of `version`.
+/// Keyed by file and function, not line: lines move between versions of the code.
+fn latest_stacks(runs: &[&RunRecord], version: &str) -> Option<BTreeMap<String, u64>> {
+    let run = runs
+        .iter()
+        .filter(|r| r.version == version && !r.top_stacks_at_peak.is_empty())
+        .max_by(|x, y| x.started_at_unix_s.total_cmp(&y.started_at_unix_s))?;
+    let mut by_site = BTreeMap::new();
+    for entry in &run.top_stacks_at_peak {
+        let leaf = &entry["stack"][0];
+        // An import's memory is its own site: `<module> [import numpy] (train.py)`.
+        let imports = leaf["imports"]
+            .as_str()
+            .map(|module| format!(" [import {module}]"))
+            .unwrap_or_default();
+        let site = format!(
+            "{}{imports} ({})",
+            leaf["function"].as_str().unwrap_or("?"),
+            leaf["file"].as_str().unwrap_or("?")
+        );
+        *by_site.entry(site).or_insert(0) += entry["bytes"].as_u64().unwrap_or(0);
+    }
+    Some(by_site)
+}
+
+/// Allocation sites whose bytes at the peak changed, largest change first.
+fn compare_stacks(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>) -> Vec<serde_json::Value> {
+    let mut sites: Vec<&String> = a.keys().chain(b.keys()).collect();
+    sites.sort();
+    sites.dedup();
+    let mut changes: Vec<(i64, serde_json::Value)> = sites
+        .into_iter()
+        .map(|site| {
+            let (x, y) = (a.get(site).copied().unwrap_or(0), b.get(site).copied().unwrap_or(0));
+            let change = y as i64 - x as i64;
+            (
+                change,
+                serde_json::json!({"site": site, "a_bytes": x, "b_bytes": y, "change_bytes": change}),
+            )
+        })
+        .filter(|(change, _)| *change != 0)
+        .collect();
+    changes.sort_by_key(|(change, _)| std::cmp::Reverse(change.unsigned_abs()));
+    changes.into_iter().map(|(_, value)| value).collect()
+}
+
+/// A figure `diff` compares, by name.
+fn diff_value(name: &str, record: &RunRecord) -> Option<f64> {
+    match name {
+        "cgroup_peak" => record.peaks.cgroup_bytes.map(|v| v as f64),
+        "duration_s" => Some(record.peaks.duration_s),
+        _ => Metric::ALL
+            .into_iter()
+            .find(|m| m.name() == name)?
+            .of(record)
+            .map(|v| v as f64),
+    }
+}
+
+fn show(metric: &str, value: Option<f64>) -> String {
+    match value {
+        None => "-".to_owned(),
+        Some(v) if metric == "duration_s" => format!("{v:.2} s"),
+        Some(v) => format_size(v as u64),
+    }
+}
+
+/// Renders a diff for the terminal.
+pub fn render_diff(report: &DiffReport) -> String {
+    let mut out = String::new();
+    let (a, b) = (
+        format!("{}@{}", report.model, report.a),
+        format!("{}@{}", report.model, report.b),
+    );
+    let _ = writeln!(
+        out,
+        "{:<10} {:<12} {:>16} {:>16} {:>9}  runs",
+        "stage", "metric", a, b, "change"
+    );
+    for m in &report.metrics {
+        let change = m
+            .change_pct
+            .map_or_else(|| "-".to_owned(), |c| format!("{c:+.1}%"));
+        let _ = writeln!(
+            out,
+            "{:<10} {:<12} {:>16} {:>16} {:>9}  {}/{}",
+            m.stage,
+            m.metric,
+            show(&m.metric, m.a),
+            show(&m.metric, m.b),
+            change,
+            m.runs.0,
+            m.runs.1
+        );
+    }
+    if let Some(note) = &report.stacks_note {
+        let _ = writeln!(out, "stacks: {note}");
+    } else if report.stacks.is_empty() {
+        let _ = writeln!(
+            out,
+            "stacks: the same allocation sites hold the same bytes at the peak"
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "allocation sites at the peak that changed (largest change first):"
+        );
+        for site in report.stacks.iter().take(STACK_CHANGES_SHOWN) {
+            let bytes = |key: &str| site[key].as_u64().unwrap_or(0);
+            let change = site["change_bytes"].as_i64().unwrap_or(0);
+            let sign = if change < 0 { "-" } else { "+" };
+            let _ = writeln!(
+                out,
+                "  {sign}{:>10}  {}  ({} -> {})",
+                format_size(change.unsigned_abs()),
+                site["site"].as_str().unwrap_or("?"),
+                format_size(bytes("a_bytes")),
+                format_size(bytes("b_bytes"))
+            );
+        }
+    }
+    out
+}
+
+/// Allocation sites listed by `render_diff`.
+const STACK_CHANGES_SHOWN: usize = 10;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gate::test_runs::runs;
+
+    #[test]
+    fn diff_names_the_allocation_sites_that_grew() {
+        let stack = |function: &str, line: u64, bytes: u64| {
+            serde_json::json!({
+                "stack": [{"file": "train.py", "line": line, "function": function}],
+                "bytes": bytes
+            })
+        };
+        let mut records = runs("1", 1 << 30, 1, 0);
+        records.extend(runs("2", 3 << 29, 1, 1));
+        let unprofiled = diff(&records, "fraud", "1", "2").expect("diff");
+        assert!(unprofiled
+            .stacks_note
+            .as_deref()
+            .is_some_and(|n| n.contains("--profile")));
+        records[0].top_stacks_at_peak =
+            vec![stack("load", 10, 600 << 20), stack("fit", 20, 400 << 20)];
+        // Lines moved between the versions; sites are compared by file and function.
+        records[1].top_stacks_at_peak =
+            vec![stack("load", 12, 600 << 20), stack("fit", 25, 900 << 20)];
+        let report = diff(&records, "fraud", "1", "2").expect("diff");
+        assert_eq!(report.stacks.len(), 1, "{:?}", report.stacks);
+        assert_eq!(report.stacks[0]["site"], "fit (train.py)");
+        assert_eq!(report.stacks[0]["change_bytes"], 500 << 20);
+        let text = render_diff(&report);
+        assert!(text.contains("+500.00 MiB  fit (train.py)"), "{text}");
+    }
+
+    #[test]
+    fn imports_are_sites_of_their_own() {
+        let import = |module: &str, bytes: u64| {
+            serde_json::json!({
+                "stack": [{"file": "train.py", "line": 1, "function": "<module>", "imports": module}],
+                "bytes": bytes
+            })
+        };
+        let mut records = runs("1", 1 << 30, 1, 0);
+        records.extend(runs("2", 1 << 30, 1, 1));
+        records[0].top_stacks_at_peak = vec![import("numpy", 70 << 20)];
+        records[1].top_stacks_at_peak = vec![import("numpy", 70 << 20), import("torch", 300 << 20)];
+        let report = diff(&records, "fraud", "1", "2").expect("diff");
+        assert_eq!(report.stacks.len(), 1, "{:?}", report.stacks);
+        assert_eq!(
+            report.stacks[0]["site"],
+            "<module> [import torch] (train.py)"
+        );
+    }
+}
