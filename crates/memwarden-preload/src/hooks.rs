@@ -91,7 +91,8 @@ pub extern "C" fn reallocarray(pointer: *mut c_void, count: size_t, size: size_t
 /// `posix_memalign`.
 #[no_mangle]
 pub extern "C" fn posix_memalign(out: *mut *mut c_void, alignment: size_t, size: size_t) -> c_int {
-    if !alignment.is_power_of_two() || alignment % std::mem::size_of::<*mut c_void>() != 0 {
+    if !alignment.is_power_of_two() || !alignment.is_multiple_of(std::mem::size_of::<*mut c_void>())
+    {
         return libc::EINVAL;
     }
     // SAFETY: glibc's memalign with a valid alignment.

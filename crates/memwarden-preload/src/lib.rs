@@ -4,6 +4,8 @@
 //! command and every process it starts (exec'd children inherit the variable; forked
 //! children reopen their own capture in an atfork handler) load it first. It interposes the
 //! malloc family and anonymous `mmap`/`munmap`/`mremap` and forwards every call to glibc.
+//! It also interposes `dlsym` on x86-64 (`dlsym.rs`), so that glibc's own `malloc` looked up
+//! in libc's handle (`ctypes.CDLL("libc.so.6").malloc`) comes back as our hook.
 //!
 //! - **Sampled mode** (default): each allocated byte is a sample point with probability
 //!   1/R (`MEMWARDEN_SAMPLE_BYTES`, R = 512 KiB by default), drawn as geometric intervals
@@ -29,6 +31,7 @@
 //! panic). Without `MEMWARDEN_CAPTURE_DIR` the library only forwards.
 #![allow(unsafe_code)] // An allocator interposer is unsafe by nature; each block says why it holds.
 
+mod dlsym;
 mod hooks;
 mod mappings;
 pub mod python;

@@ -418,7 +418,7 @@ fn unseen_threshold(anon_bytes: u64) -> u64 {
 /// Names each process whose anonymous resident memory (the kernel's `RssAnon`, at its
 /// peak) exceeds its profiled heap peak by more than [`unseen_threshold`]: a child whose
 /// environment lost `LD_PRELOAD`, a static binary, or allocations that bypass the hooked
-/// malloc (a `dlsym`'d libc, a custom allocator over `brk`).
+/// malloc (raw system calls, a `dlvsym`'d libc, a custom allocator over `brk`).
 fn warn_of_unseen_memory(report: &mut Report) {
     let mut warnings = Vec::new();
     for process in &report.processes {
@@ -430,7 +430,7 @@ fn warn_of_unseen_memory(report: &mut Report) {
         if unseen > unseen_threshold(anon) {
             let command = process.cmdline.join(" ");
             let why = if process.profile.is_some() {
-                "allocated outside the hooked malloc and mmap (a dlsym'd libc, a custom allocator?)"
+                "allocated outside the hooked malloc and mmap (raw mmap system calls, a custom allocator over brk?)"
             } else {
                 "not profiled at all (LD_PRELOAD removed from its environment, or a static binary?)"
             };

@@ -39,7 +39,9 @@ pub(crate) enum Compression {
 pub(crate) fn compression_of(head: &[u8]) -> Option<Compression> {
     match head {
         // Any zlib header: CMF 0x78 and a check byte making the pair a multiple of 31.
-        [0x78, flags, ..] if (0x7800u16 | u16::from(*flags)) % 31 == 0 => Some(Compression::Zlib),
+        [0x78, flags, ..] if (0x7800u16 | u16::from(*flags)).is_multiple_of(31) => {
+            Some(Compression::Zlib)
+        }
         [0x1f, 0x8b, ..] => Some(Compression::Gzip),
         [b'B', b'Z', b'h', ..] => Some(Compression::Bz2),
         [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => Some(Compression::Xz),

@@ -58,7 +58,7 @@ fn symbol(name: &std::ffi::CStr) -> usize {
 
 /// Reads a value of type `T` at `address`, refusing null and misaligned addresses.
 fn read<T: Copy>(address: usize) -> Option<T> {
-    if address < 4096 || address % std::mem::align_of::<T>() != 0 {
+    if address < 4096 || !address.is_multiple_of(std::mem::align_of::<T>()) {
         return None;
     }
     // SAFETY: the address comes from the interpreter's own pointers, validated by type
