@@ -145,12 +145,21 @@ safetensors, .npy/.npz, ONNX; HDF5 by signature. Nothing in the files is execute
 /// `memwarden ledger ...`.
 #[derive(Debug, Subcommand)]
 pub enum LedgerCommand {
-    /// Check the hash chain: exit 0 when intact, 4 naming each edited, deleted or reordered
-    /// record.
+    /// Check the ledger: the hash chain, the heads anchored by earlier runs (truncation,
+    /// recomputed chains), and the append-only guards. Exit 0 when all hold, 4 naming what
+    /// was edited, deleted, reordered, truncated, rewritten or disarmed, 7 when
+    /// --expect-head does not hold.
+    #[command(
+        after_help = "Examples:\n  memwarden ledger verify\n  memwarden --ledger postgres://ci@db/ledger ledger verify --expect-head 42:<64 hex digits>"
+    )]
     Verify {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Record SEQ must have HASH (the full hash, as `memwarden run` prints it: `ledger
+        /// head SEQ:HASH`). Later records by other writers are fine. Repeatable.
+        #[arg(long, value_name = "SEQ:HASH")]
+        expect_head: Vec<String>,
     },
     /// Write the records spooled while the ledger was unreachable.
     Sync,

@@ -18,8 +18,12 @@ pub enum Status {
     BudgetExceeded,
     /// `memwarden check`: the version fails its policy.
     PolicyFailed,
-    /// `memwarden ledger verify`: the chain is broken (a record edited, deleted, reordered).
+    /// `memwarden ledger verify`: the chain is broken (a record edited, deleted, reordered),
+    /// contradicts an anchored head (truncated, recomputed), or its guards were disarmed.
     LedgerTampered,
+    /// `memwarden ledger verify --expect-head SEQ:HASH`: record SEQ is missing or has
+    /// another hash (and nothing else is wrong, else [`Status::LedgerTampered`]).
+    HeadMismatch,
     /// The ledger cannot be opened (unreachable, not a ledger, from a newer memwarden).
     LedgerUnavailable,
     /// `memwarden inspect` or `analyze`: a file could not be analysed.
@@ -42,6 +46,7 @@ impl Status {
             Status::LedgerTampered => 4,
             Status::LedgerUnavailable => 5,
             Status::Unreadable => 6,
+            Status::HeadMismatch => 7,
             Status::Internal => 125,
             Status::CannotExecute => 126,
             Status::NotFound => 127,

@@ -56,7 +56,9 @@ fn main() -> ExitCode {
             inspect::main(&paths, json.as_deref(), policy.as_deref(), measure.as_ref())
         }
         cli::Command::Ledger { command } => match command {
-            cli::LedgerCommand::Verify { json } => govern::verify(ledger, json),
+            cli::LedgerCommand::Verify { json, expect_head } => {
+                govern::verify(ledger, json, &expect_head)
+            }
             cli::LedgerCommand::Sync => govern::sync(ledger),
         },
     };

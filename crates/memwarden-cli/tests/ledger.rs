@@ -203,6 +203,11 @@ fn concurrent_runs(home: &Path, ledger: Option<&str>) {
     assert_eq!(result["entries"], 32, "{result:#}");
     assert_eq!(result["intact"], Value::Bool(true));
     assert_eq!(
+        (&result["anchors"]["anchored"], &result["warnings"]),
+        (&Value::from(32), &Value::Array(Vec::new())),
+        "each run anchored its head, on a line of its own: {result:#}"
+    );
+    assert_eq!(
         std::fs::read_dir(home.join("spool"))
             .map(|d| d
                 .flatten()
@@ -436,9 +441,21 @@ fn a_read_only_ledger_keeps_the_record_in_the_spool_until_sync() {
         .expect("sync");
     assert_eq!(sync.status.code(), Some(0), "{}", text(&sync));
     assert!(
-        text(&sync).contains("wrote 1 spooled record"),
+        text(&sync).contains("wrote 1 spooled record") && text(&sync).contains("ledger head 2:"),
         "{}",
         text(&sync)
+    );
+    let verify = mw(home.path())
+        .args(["--ledger"])
+        .arg(&ledger)
+        .args(["ledger", "verify"])
+        .output()
+        .expect("verify");
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
+    assert!(
+        text(&verify).contains("2 head(s) anchored, all in the chain"),
+        "the run and the sync each anchored their head: {}",
+        text(&verify)
     );
     let (_, history) = run_json(
         home.path(),

@@ -126,7 +126,9 @@ fn ledger_and_spool_unwritable_the_record_goes_to_the_fallback_and_is_synced() {
         "the run itself succeeds: {said}"
     );
     assert!(
-        said.contains(&fallback.path().display().to_string()) && said.contains("ledger sync"),
+        said.contains(&fallback.path().display().to_string())
+            && said.contains("could not be written")
+            && said.contains("ledger sync"),
         "says where the record is kept and how it will be written: {said}"
     );
     let sync = util::memwarden()

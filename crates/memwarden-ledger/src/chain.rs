@@ -3,9 +3,9 @@
 //! Entry `n` stores its record as canonical JSON (keys sorted) and
 //! `hash_n = BLAKE3("memwarden-ledger/1\n" ‖ n ‖ "\n" ‖ hash_{n-1} ‖ "\n" ‖ json_n)`, with
 //! `hash_0` sixty-four zeros. Changing a record changes its hash; deleting or reordering
-//! entries breaks the sequence or the links. Rewriting the whole chain after an edit is
-//! possible for whoever holds the database, which is why `ledger verify` prints the head
-//! hash: compare it with one recorded elsewhere (a CI log, a commit) to anchor it.
+//! entries breaks the sequence or the links. Deleting the newest entries, or rewriting the
+//! whole chain after an edit, is possible for whoever holds the database and leaves a
+//! consistent chain: [`crate::anchor`] keeps the heads outside the database to show it.
 
 use crate::record::RunRecord;
 

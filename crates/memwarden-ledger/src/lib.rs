@@ -4,6 +4,9 @@
 //! - [`record`]: what a run record holds (model, version, stage, command, exit, host,
 //!   Python environment, git state, input hashes, every peak with its source, verdicts);
 //! - [`chain`]: the hash chain that makes the ledger tamper-evident, and its verification;
+//! - [`anchor`]: the chain's heads, remembered outside the database, which show truncation
+//!   and recomputed chains; and `--expect-head`;
+//! - [`guards`]: whether the append-only triggers are still as memwarden made them;
 //! - [`store`]: the two backends with one schema, SQLite (embedded, the default) and
 //!   PostgreSQL (a team's shared ledger), and their versioned migrations;
 //! - [`spool`]: records that could not be written, kept on disk and written later;
@@ -13,10 +16,14 @@
 //!
 //! Records are append-only: the backends refuse updates and deletes (triggers), and a
 //! record changed behind their back (or deleted, or reordered) breaks the chain, which
-//! `memwarden ledger verify` reports by sequence number and run id.
+//! `memwarden ledger verify` reports by sequence number and run id. The newest records
+//! deleted, or the whole chain recomputed, leave a consistent chain: the anchored heads
+//! show those. docs/ledger.md tabulates what is and is not detected.
 
+pub mod anchor;
 pub mod chain;
 pub mod gate;
+pub mod guards;
 pub mod policy;
 pub mod provenance;
 pub mod record;

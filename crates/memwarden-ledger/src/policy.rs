@@ -5,6 +5,9 @@
 //! regression_pct = 5.0     # a metric may grow this much over the previous version
 //! noise_sigmas = 3.0       # plus this many standard deviations of repeated runs
 //! min_noise_pct = 0.5      # (at least this much)
+//! max_noise_pct = 20.0     # (and at most this much, however noisy the runs were)
+//! sampled_noise_pct = 15.0 # floor for figures sampled at ticks, when they gate
+//! gate_sampled = []        # sampled figures that gate: "peak_pss", "peak_gpu", "peak_rss"
 //!
 //! [models.fraud-detector]
 //! regression_pct = 10.0
@@ -13,6 +16,7 @@
 //! peak_rss = "2GiB"
 //! peak_pss = "1.5GiB"
 //! peak_gpu = "8GiB"
+//! peak_heap = "1GiB"
 //! leaked = "100MiB"
 //! ```
 //!
@@ -40,6 +44,15 @@ pub const DEFAULT_REGRESSION_PCT: f64 = 5.0;
 pub const DEFAULT_NOISE_SIGMAS: f64 = 3.0;
 /// Built-in floor of the noise tolerance, in percent.
 pub const DEFAULT_MIN_NOISE_PCT: f64 = 0.5;
+/// Built-in cap of the noise tolerance, in percent: learned noise above it means the
+/// runs are not comparable (or the figure is not fit to gate), and a gate that allowed
+/// it could not fail; such a gate fails instead of passing everything.
+pub const DEFAULT_MAX_NOISE_PCT: f64 = 20.0;
+/// Built-in floor of the noise tolerance of figures sampled at ticks, in percent: a peak
+/// shorter than the sampling interval is caught only in part, so repeated runs of the same
+/// code differ by that much (peak PSS of a 0.5 s workload held 135–243 MiB over runs of
+/// one version, against 220 MiB resident).
+pub const DEFAULT_SAMPLED_NOISE_PCT: f64 = 15.0;
 
 /// Why a policy file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +149,31 @@ fn min_noise_pct<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Erro
     bounded(d, "min_noise_pct", MIN_NOISE_RANGE)
 }
 
+fn max_noise_pct<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    bounded(d, "max_noise_pct", MIN_NOISE_RANGE)
+}
+
+fn sampled_noise_pct<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    bounded(d, "sampled_noise_pct", MIN_NOISE_RANGE)
+}
+
+/// `gate_sampled`: names of metrics.
+fn gate_sampled<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Metric>>, D::Error> {
+    let names = Vec::<String>::deserialize(d)?;
+    names
+        .iter()
+        .map(|name| {
+            Metric::parse(name).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "gate_sampled: unknown figure '{name}'; choose from {}",
+                    Metric::ALL.map(Metric::name).join(", ")
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
 /// The stages a run can belong to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -171,7 +209,7 @@ impl Stage {
 }
 
 /// Regression settings, each optional so that levels can override one another.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tolerances {
     /// Allowed growth over the previous version, in percent.
@@ -183,6 +221,15 @@ pub struct Tolerances {
     /// Floor of the noise tolerance, in percent.
     #[serde(default, deserialize_with = "min_noise_pct")]
     pub min_noise_pct: Option<f64>,
+    /// Cap of the noise tolerance, in percent.
+    #[serde(default, deserialize_with = "max_noise_pct")]
+    pub max_noise_pct: Option<f64>,
+    /// Floor of the noise tolerance of sampled figures, in percent.
+    #[serde(default, deserialize_with = "sampled_noise_pct")]
+    pub sampled_noise_pct: Option<f64>,
+    /// Figures sampled at ticks that gate regressions.
+    #[serde(default, deserialize_with = "gate_sampled")]
+    pub gate_sampled: Option<Vec<Metric>>,
 }
 
 impl Tolerances {
@@ -191,6 +238,9 @@ impl Tolerances {
             regression_pct: self.regression_pct.or(fallback.regression_pct),
             noise_sigmas: self.noise_sigmas.or(fallback.noise_sigmas),
             min_noise_pct: self.min_noise_pct.or(fallback.min_noise_pct),
+            max_noise_pct: self.max_noise_pct.or(fallback.max_noise_pct),
+            sampled_noise_pct: self.sampled_noise_pct.or(fallback.sampled_noise_pct),
+            gate_sampled: self.gate_sampled.or(fallback.gate_sampled),
         }
     }
 }
@@ -205,6 +255,8 @@ pub struct StagePolicy {
     pub peak_pss: Option<Size>,
     /// Budget for peak GPU memory.
     pub peak_gpu: Option<Size>,
+    /// Budget for the profiler's heap peak.
+    pub peak_heap: Option<Size>,
     /// Budget for memory still allocated at exit.
     pub leaked: Option<Size>,
     /// Allowed growth over the previous version, in percent.
@@ -216,6 +268,15 @@ pub struct StagePolicy {
     /// Floor of the noise tolerance, in percent.
     #[serde(default, deserialize_with = "min_noise_pct")]
     pub min_noise_pct: Option<f64>,
+    /// Cap of the noise tolerance, in percent.
+    #[serde(default, deserialize_with = "max_noise_pct")]
+    pub max_noise_pct: Option<f64>,
+    /// Floor of the noise tolerance of sampled figures, in percent.
+    #[serde(default, deserialize_with = "sampled_noise_pct")]
+    pub sampled_noise_pct: Option<f64>,
+    /// Figures sampled at ticks that gate regressions.
+    #[serde(default, deserialize_with = "gate_sampled")]
+    pub gate_sampled: Option<Vec<Metric>>,
 }
 
 /// Settings of one model.
@@ -231,6 +292,15 @@ pub struct ModelPolicy {
     /// Floor of the noise tolerance, in percent.
     #[serde(default, deserialize_with = "min_noise_pct")]
     pub min_noise_pct: Option<f64>,
+    /// Cap of the noise tolerance, in percent.
+    #[serde(default, deserialize_with = "max_noise_pct")]
+    pub max_noise_pct: Option<f64>,
+    /// Floor of the noise tolerance of sampled figures, in percent.
+    #[serde(default, deserialize_with = "sampled_noise_pct")]
+    pub sampled_noise_pct: Option<f64>,
+    /// Figures sampled at ticks that gate regressions.
+    #[serde(default, deserialize_with = "gate_sampled")]
+    pub gate_sampled: Option<Vec<Metric>>,
     /// Per stage.
     #[serde(default)]
     pub stages: BTreeMap<Stage, StagePolicy>,
@@ -330,6 +400,12 @@ pub struct Effective {
     pub noise_sigmas: f64,
     /// Noise floor, percent.
     pub min_noise_pct: f64,
+    /// Noise cap, percent.
+    pub max_noise_pct: f64,
+    /// Noise floor of sampled figures, percent.
+    pub sampled_noise_pct: f64,
+    /// Sampled figures that gate.
+    pub gate_sampled: Vec<Metric>,
 }
 
 impl Policy {
@@ -371,19 +447,28 @@ impl Policy {
             regression_pct: s.regression_pct,
             noise_sigmas: s.noise_sigmas,
             min_noise_pct: s.min_noise_pct,
+            max_noise_pct: s.max_noise_pct,
+            sampled_noise_pct: s.sampled_noise_pct,
+            gate_sampled: s.gate_sampled.clone(),
         });
         let model_tolerances = model_policy.map_or_else(Tolerances::default, |m| Tolerances {
             regression_pct: m.regression_pct,
             noise_sigmas: m.noise_sigmas,
             min_noise_pct: m.min_noise_pct,
+            max_noise_pct: m.max_noise_pct,
+            sampled_noise_pct: m.sampled_noise_pct,
+            gate_sampled: m.gate_sampled.clone(),
         });
-        let t = stage_tolerances.or(model_tolerances).or(self.defaults);
+        let t = stage_tolerances
+            .or(model_tolerances)
+            .or(self.defaults.clone());
         let mut budgets = BTreeMap::new();
         if let Some(s) = stage_policy {
             for (metric, size) in [
                 (Metric::PeakRss, s.peak_rss),
                 (Metric::PeakPss, s.peak_pss),
                 (Metric::PeakGpu, s.peak_gpu),
+                (Metric::PeakHeap, s.peak_heap),
                 (Metric::Leaked, s.leaked),
             ] {
                 if let Some(Size(bytes)) = size {
@@ -396,6 +481,9 @@ impl Policy {
             regression_pct: t.regression_pct.unwrap_or(DEFAULT_REGRESSION_PCT),
             noise_sigmas: t.noise_sigmas.unwrap_or(DEFAULT_NOISE_SIGMAS),
             min_noise_pct: t.min_noise_pct.unwrap_or(DEFAULT_MIN_NOISE_PCT),
+            max_noise_pct: t.max_noise_pct.unwrap_or(DEFAULT_MAX_NOISE_PCT),
+            sampled_noise_pct: t.sampled_noise_pct.unwrap_or(DEFAULT_SAMPLED_NOISE_PCT),
+            gate_sampled: t.gate_sampled.unwrap_or_default(),
         }
     }
 }

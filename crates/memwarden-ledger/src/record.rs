@@ -128,6 +128,36 @@ pub struct Peaks {
     pub leaked_bytes: Option<u64>,
     /// Wall-clock duration.
     pub duration_s: f64,
+    /// The version of the method behind each figure that has changed since the first
+    /// (`heap`, `leaked`: 2 for the committed heap and the measured tree peak); a figure
+    /// absent here was made by method 1. Gates compare a figure only with figures made
+    /// the same way. Absent in records written before it existed.
+    #[serde(default)]
+    pub methods: BTreeMap<String, u32>,
+}
+
+impl Peaks {
+    /// The methods this memwarden measures with (see [`Peaks::methods`]).
+    pub fn current_methods() -> BTreeMap<String, u32> {
+        [("heap", 2), ("leaked", 2)]
+            .into_iter()
+            .map(|(figure, method)| (figure.to_owned(), method))
+            .collect()
+    }
+}
+
+/// How a figure was measured, which says how much two runs' figures may differ by chance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measure {
+    /// A high-water mark the kernel keeps (`VmHWM`, `ru_maxrss`, the cgroup's peak): it
+    /// misses nothing, and repeated runs differ only as the program's own memory does.
+    KernelMark,
+    /// The profiler's count of the heap (every allocation, or an unbiased sample).
+    Profiler,
+    /// The largest of readings taken at ticks (PSS, GPU, RSS without a kernel mark): a
+    /// short peak between two ticks is missed, so runs differ by as much as the peak's
+    /// shape against the tick.
+    Sampled,
 }
 
 /// The metrics a policy can budget and a gate can compare, by name.
@@ -141,14 +171,17 @@ pub enum Metric {
     PeakGpu,
     /// `leaked`.
     Leaked,
+    /// `peak_heap`.
+    PeakHeap,
 }
 
 impl Metric {
     /// All metrics, in display order.
-    pub const ALL: [Metric; 4] = [
+    pub const ALL: [Metric; 5] = [
         Metric::PeakRss,
         Metric::PeakPss,
         Metric::PeakGpu,
+        Metric::PeakHeap,
         Metric::Leaked,
     ];
 
@@ -159,7 +192,35 @@ impl Metric {
             Metric::PeakPss => "peak_pss",
             Metric::PeakGpu => "peak_gpu",
             Metric::Leaked => "leaked",
+            Metric::PeakHeap => "peak_heap",
         }
+    }
+
+    /// Parses a metric name.
+    pub fn parse(name: &str) -> Option<Metric> {
+        Metric::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// How the metric was measured in `record`.
+    pub fn measure(self, record: &RunRecord) -> Measure {
+        match self {
+            Metric::PeakRss => match record.peaks.rss_source.as_str() {
+                "VmHWM" | "ru_maxrss" | "cgroup" => Measure::KernelMark,
+                _ => Measure::Sampled,
+            },
+            Metric::PeakPss | Metric::PeakGpu => Measure::Sampled,
+            Metric::PeakHeap | Metric::Leaked => Measure::Profiler,
+        }
+    }
+
+    /// The version of the method that made the metric's figure in `record`.
+    pub fn method(self, record: &RunRecord) -> u32 {
+        let figure = match self {
+            Metric::PeakHeap => "heap",
+            Metric::Leaked => "leaked",
+            _ => self.name(),
+        };
+        record.peaks.methods.get(figure).copied().unwrap_or(1)
     }
 
     /// The metric's value in a record, when it was measured.
@@ -169,6 +230,7 @@ impl Metric {
             Metric::PeakPss => record.peaks.pss_bytes,
             Metric::PeakGpu => record.peaks.gpu_bytes,
             Metric::Leaked => record.peaks.leaked_bytes,
+            Metric::PeakHeap => record.peaks.heap_bytes,
         }
     }
 }

@@ -3,21 +3,25 @@
 //! SQLite is the embedded default, one file (location in [`LedgerLocation::default_sqlite`]);
 //! PostgreSQL serves a team or a cluster, through a `postgres://` URL. Both hold the same
 //! two tables, `memwarden_meta` (schema version) and `memwarden_runs` (the chain), refuse
-//! updates and deletes with triggers, and serialise appends (SQLite's write lock, a
-//! PostgreSQL advisory lock) so that concurrent runs extend the chain one at a time.
+//! updates and deletes with triggers (checked by [`Ledger::guard_problems`], see
+//! [`crate::guards`]), and serialise appends (SQLite's write lock, a PostgreSQL advisory
+//! lock) so that concurrent runs extend the chain one at a time.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::chain::{canonical_json, entry_hash, StoredEntry, GENESIS};
+use crate::guards;
 use crate::record::RunRecord;
 
 /// The schema version this memwarden writes and understands.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
-/// Migrations, by target version (index 0 makes version 1): (SQLite, PostgreSQL).
-const MIGRATIONS: [(&str, &str); 1] = [(
-    "CREATE TABLE memwarden_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+/// Migrations, by target version (index 0 makes version 1): (SQLite, PostgreSQL). Never
+/// edit one that has shipped: [`crate::guards`] compares the triggers with this SQL.
+const MIGRATIONS: [(&str, &str); 2] = [
+    (
+        "CREATE TABLE memwarden_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
      CREATE TABLE memwarden_runs (
          seq INTEGER PRIMARY KEY, run_id TEXT NOT NULL UNIQUE,
          model TEXT NOT NULL, version TEXT NOT NULL, stage TEXT NOT NULL,
@@ -27,7 +31,7 @@ const MIGRATIONS: [(&str, &str); 1] = [(
          BEGIN SELECT RAISE(ABORT, 'the memwarden ledger is append-only'); END;
      CREATE TRIGGER memwarden_runs_no_delete BEFORE DELETE ON memwarden_runs
          BEGIN SELECT RAISE(ABORT, 'the memwarden ledger is append-only'); END;",
-    "CREATE TABLE memwarden_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        "CREATE TABLE memwarden_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
      CREATE TABLE memwarden_runs (
          seq BIGINT PRIMARY KEY, run_id TEXT NOT NULL UNIQUE,
          model TEXT NOT NULL, version TEXT NOT NULL, stage TEXT NOT NULL,
@@ -39,7 +43,17 @@ const MIGRATIONS: [(&str, &str); 1] = [(
          FOR EACH ROW EXECUTE FUNCTION memwarden_append_only();
      CREATE TRIGGER memwarden_runs_no_truncate BEFORE TRUNCATE ON memwarden_runs
          FOR EACH STATEMENT EXECUTE FUNCTION memwarden_append_only();",
-)];
+    ),
+    (
+        // Version 2. SQLite: a schema row after the triggers, so that a trigger dropped and
+        // recreated (which gets a new, later row) shows. PostgreSQL: the guards fire in every
+        // session, also with session_replication_role = replica.
+        "CREATE VIEW memwarden_guards_end AS
+         SELECT 'the append-only triggers of memwarden_runs precede this view' AS note;",
+        "ALTER TABLE memwarden_runs ENABLE ALWAYS TRIGGER memwarden_runs_no_change;
+     ALTER TABLE memwarden_runs ENABLE ALWAYS TRIGGER memwarden_runs_no_truncate;",
+    ),
+];
 
 /// Key of the PostgreSQL advisory lock that serialises appends and migrations.
 const PG_LOCK_KEY: i64 = 0x6d77_6c65_6467_6572; // "mwledger"
@@ -343,6 +357,70 @@ impl Ledger {
         }
     }
 
+    /// The last entry's sequence number and hash, `None` when the ledger is empty.
+    pub fn head(&mut self) -> Result<Option<(i64, String)>, LedgerError> {
+        const QUERY: &str = "SELECT seq, hash FROM memwarden_runs ORDER BY seq DESC LIMIT 1";
+        let where_ = self.location.display();
+        match &mut self.backend {
+            Backend::Sqlite(conn) => conn
+                .query_row(QUERY, [], |row| Ok((row.get(0)?, row.get(1)?)))
+                .map(Some)
+                .or_else(|e| match e {
+                    rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                    e => Err(sqlite_error(&where_, e)),
+                }),
+            Backend::Postgres(client) => Ok(client
+                .query_opt(QUERY, &[])
+                .map_err(|e| postgres_error(&where_, e))?
+                .map(|row| (row.get(0), row.get(1)))),
+        }
+    }
+
+    /// Every way the append-only guards (triggers) differ from what memwarden made, in
+    /// sentences; empty when they are intact. See [`crate::guards`] for what this can and
+    /// cannot see.
+    pub fn guard_problems(&mut self) -> Result<Vec<String>, LedgerError> {
+        let where_ = self.location.display();
+        match &mut self.backend {
+            Backend::Sqlite(conn) => {
+                let rows = conn
+                    .prepare("SELECT rowid, type, name, tbl_name, sql FROM sqlite_master")
+                    .and_then(|mut statement| {
+                        statement
+                            .query_map([], |row| {
+                                Ok(guards::SqliteSchemaRow {
+                                    rowid: row.get(0)?,
+                                    kind: row.get(1)?,
+                                    name: row.get(2)?,
+                                    table: row.get(3)?,
+                                    sql: row.get(4)?,
+                                })
+                            })?
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                    .map_err(|e| sqlite_error(&where_, e))?;
+                Ok(guards::sqlite_problems(&rows))
+            }
+            Backend::Postgres(client) => {
+                let triggers: Vec<guards::PgTrigger> = client
+                    .query(guards::PG_TRIGGERS_QUERY, &[])
+                    .map_err(|e| postgres_error(&where_, e))?
+                    .into_iter()
+                    .map(|row| guards::PgTrigger {
+                        name: row.get(0),
+                        enabled: row.get(1),
+                        kind_bits: row.get(2),
+                        has_condition: row.get(3),
+                        has_columns: row.get(4),
+                        function: row.get(5),
+                        function_body: row.get(6),
+                    })
+                    .collect();
+                Ok(guards::postgres_problems(&triggers))
+            }
+        }
+    }
+
     /// The records of `model` (all models when `None`), in chain order. Entries whose
     /// record does not parse are skipped here; `ledger verify` reports them.
     pub fn records(&mut self, model: Option<&str>) -> Result<Vec<RunRecord>, LedgerError> {
@@ -593,6 +671,50 @@ mod tests {
         drop(ledger);
         let mut reopened = Ledger::open(&location).expect("reopens");
         assert_eq!(reopened.records(Some("m")).expect("records").len(), 3);
+    }
+
+    #[test]
+    fn sqlite_guards_are_intact_when_made_or_migrated_and_named_when_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ledger.sqlite");
+        let location = LedgerLocation::Sqlite(path.clone());
+        let mut ledger = Ledger::open(&location).expect("created");
+        assert_eq!(
+            ledger.guard_problems().expect("guards"),
+            Vec::<String>::new()
+        );
+        assert_eq!(ledger.head().expect("head"), None);
+        let appended = ledger.append(&record("r1", "m", "1", 1)).expect("append");
+        assert_eq!(ledger.head().expect("head"), Some(appended));
+        drop(ledger);
+
+        // A ledger made by schema version 1 gains the end marker after its triggers.
+        let old = dir.path().join("v1.sqlite");
+        rusqlite::Connection::open(&old)
+            .and_then(|c| {
+                c.execute_batch(MIGRATIONS[0].0)?;
+                c.execute(
+                    "INSERT INTO memwarden_meta (key, value) VALUES ('schema_version', '1')",
+                    [],
+                )
+            })
+            .expect("v1 ledger");
+        let mut migrated = Ledger::open(&LedgerLocation::Sqlite(old)).expect("migrates");
+        assert_eq!(
+            migrated.guard_problems().expect("guards"),
+            Vec::<String>::new()
+        );
+
+        rusqlite::Connection::open(&path)
+            .and_then(|c| c.execute_batch("DROP TRIGGER memwarden_runs_no_delete"))
+            .expect("drop");
+        let problems = Ledger::open(&location)
+            .and_then(|mut l| l.guard_problems())
+            .expect("guards");
+        assert!(
+            problems.len() == 1 && problems[0].contains("memwarden_runs_no_delete is missing"),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -77,6 +77,7 @@ pub fn build(
             heap_bytes: report.peak.heap_bytes,
             leaked_bytes: report.profile.as_ref().map(|p| p.leaked_bytes),
             duration_s: report.duration_s,
+            methods: Peaks::current_methods(),
         },
         budget_status: serde_name(report.budget.status),
         budget_bytes: report.budget.limit_bytes,
@@ -117,8 +118,10 @@ pub fn default_report_path(run_id: &str) -> PathBuf {
         .join(format!("{run_id}.json"))
 }
 
-/// Appends the record, after any records spooled earlier for the same ledger; keeps it in
-/// the spool when the ledger cannot take it. Returns a line for the user.
+/// Appends the record, after any records spooled earlier for the same ledger, and anchors
+/// the new head outside the database (warning on stderr when it cannot); keeps the record
+/// in the spool when the ledger cannot take it. Returns a line for the user, which names
+/// the new head.
 pub fn write(location: &LedgerLocation, record: &RunRecord) -> Result<String, String> {
     let spool = Spool::default_dir();
     let opened = Ledger::open(location);
@@ -128,7 +131,11 @@ pub fn write(location: &LedgerLocation, record: &RunRecord) -> Result<String, St
         Ok((appended, synced))
     });
     match appended {
-        Ok(((seq, _), synced)) => {
+        Ok(((seq, hash), synced)) => {
+            // Loud even with --quiet: an unanchored head is a gap in the tamper evidence.
+            if let Some(warning) = crate::govern::anchor_head(location, seq, &hash) {
+                eprintln!("memwarden: warning: {warning}");
+            }
             let mut line = format!(
                 "recorded {}@{} ({}) as run {} (#{seq}) in {}",
                 record.model,
@@ -140,14 +147,25 @@ pub fn write(location: &LedgerLocation, record: &RunRecord) -> Result<String, St
             if synced.written > 0 {
                 line.push_str(&format!("; wrote {} spooled record(s) first", synced.written));
             }
+            line.push_str(&format!("; ledger head {seq}:{hash}"));
             Ok(line)
         }
         Err(error) => match spool.keep(location, record, &error.to_string()) {
-            Ok(path) => Err(format!(
-                "{error}. The record is kept in {} and will be written by the next run against this ledger or by `memwarden ledger sync`",
-                path.display()
+            Ok(path) => {
+                let fallback = if path.starts_with(spool.dir()) {
+                    String::new()
+                } else {
+                    format!(" (the usual spool {} could not be written)", spool.dir().display())
+                };
+                Err(format!(
+                    "{error}. The record is kept in {}{fallback} and will be written by the next run against this ledger or by `memwarden ledger sync`",
+                    path.display()
+                ))
+            }
+            Err(e) => Err(format!(
+                "{error}; and it could not be kept in any spool either ({e}): the record is lost; free space or make {} writable",
+                spool.dir().display()
             )),
-            Err(e) => Err(format!("{error}; and it could not be spooled either ({e}): the record is lost")),
         },
     }
 }

@@ -54,14 +54,14 @@ impl Page {
     }
 
     fn u64_at(&self, offset: usize) -> &AtomicU64 {
-        assert!(offset % 8 == 0 && offset + 8 <= PAGE);
+        assert!(offset.is_multiple_of(8) && offset + 8 <= PAGE);
         // SAFETY: inside the mapped page (checked above) and 8-byte aligned (the page is
         // page-aligned); the other processes touch these words only through atomics too.
         unsafe { &*self.0.as_ptr().add(offset).cast::<AtomicU64>() }
     }
 
     fn i64_at(&self, offset: usize) -> &AtomicI64 {
-        assert!(offset % 8 == 0 && offset + 8 <= PAGE);
+        assert!(offset.is_multiple_of(8) && offset + 8 <= PAGE);
         // SAFETY: as in `u64_at`.
         unsafe { &*self.0.as_ptr().add(offset).cast::<AtomicI64>() }
     }

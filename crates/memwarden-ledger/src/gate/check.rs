@@ -10,23 +10,139 @@ use serde::Serialize;
 use super::{
     compare_versions, median, model_runs, require_version, stages_of, versions_of, GateError,
 };
-use crate::policy::{Policy, Stage};
-use crate::record::{Metric, RunRecord};
+use crate::policy::{Effective, Policy, Stage};
+use crate::record::{Measure, Metric, RunRecord};
+
+/// Runs a version needs before its spread counts as learned noise. With two runs, each
+/// one's deviation from their median is half their difference, so a single unlucky pair
+/// teaches a noise as large as that difference (two runs once taught a gate 68.5% on
+/// sampled PSS, after which it could not fail); three is the fewest whose median absolute
+/// deviation ignores one outlier.
+pub const MIN_NOISE_RUNS: usize = 3;
 
 /// Robust relative standard deviation of each group's values around its own median,
-/// pooled: 1.4826 × the median absolute relative deviation.
+/// pooled: 1.4826 × the median absolute relative deviation. Only groups of at least
+/// [`MIN_NOISE_RUNS`] values count; `None` when there is none.
 fn relative_noise(groups: &[&[u64]]) -> Option<f64> {
     let mut deviations = Vec::new();
-    for group in groups {
-        if group.len() < 2 {
-            continue;
-        }
+    for group in groups.iter().filter(|g| g.len() >= MIN_NOISE_RUNS) {
         let center = median(&mut group.iter().map(|&v| v as f64).collect::<Vec<_>>());
         if center > 0.0 {
             deviations.extend(group.iter().map(|&v| ((v as f64 - center) / center).abs()));
         }
     }
-    (deviations.len() >= 3).then(|| 1.4826 * median(&mut deviations))
+    (!deviations.is_empty()).then(|| 1.4826 * median(&mut deviations))
+}
+
+/// `runs`, as a count with its noun.
+fn runs_count(n: usize) -> String {
+    format!("{n} run{}", if n == 1 { "" } else { "s" })
+}
+
+/// Compares one metric of a version's runs with its baseline's: `(kind, pass,
+/// explanation)`, or `None` when either has no figure for it. Only figures made the same
+/// way as the latest run's (the same kind of measure, the same method) are compared and
+/// learned from; figures sampled at ticks are reported, and gate only when the policy asks.
+fn compare(
+    metric: Metric,
+    current: &[&RunRecord],
+    baseline: &[&RunRecord],
+    baseline_label: &str,
+    settings: &Effective,
+) -> Option<(&'static str, bool, String)> {
+    let name = metric.name();
+    let reference = current.iter().rev().find(|r| metric.of(r).is_some())?;
+    let (measure, method) = (metric.measure(reference), metric.method(reference));
+    let comparable = |r: &&&RunRecord| {
+        metric.of(r).is_some() && metric.measure(r) == measure && metric.method(r) == method
+    };
+    let figures = |runs: &[&RunRecord]| -> Vec<u64> {
+        runs.iter()
+            .filter(comparable)
+            .filter_map(|r| metric.of(r))
+            .collect()
+    };
+    let (now, before) = (figures(current), figures(baseline));
+    if before.is_empty() {
+        let measured = baseline.iter().any(|r| metric.of(r).is_some());
+        return measured.then(|| {
+            (
+                "report",
+                true,
+                format!(
+                    "{name}: {baseline_label} measured it another way ({}), so it is not compared; rerun {baseline_label} with this memwarden to compare",
+                    describe(measure, method)
+                ),
+            )
+        });
+    }
+    let now_median = median(&mut now.iter().map(|&v| v as f64).collect::<Vec<_>>());
+    let before_median = median(&mut before.iter().map(|&v| v as f64).collect::<Vec<_>>());
+    if before_median <= 0.0 {
+        return None;
+    }
+    let change_pct = (now_median - before_median) * 100.0 / before_median;
+    let sampled = measure == Measure::Sampled;
+    let gates = !sampled || settings.gate_sampled.contains(&metric);
+    let floor = match sampled {
+        true => settings.min_noise_pct.max(settings.sampled_noise_pct),
+        false => settings.min_noise_pct,
+    };
+    let (noise_pct, learned) = match relative_noise(&[&now, &before]) {
+        Some(noise) => {
+            let tolerance = settings.noise_sigmas * noise * 100.0;
+            if tolerance > settings.max_noise_pct {
+                (
+                    settings.max_noise_pct,
+                    format!("learned {tolerance:.1}%, capped at max_noise_pct"),
+                )
+            } else {
+                (
+                    tolerance.max(floor),
+                    "learned from repeated runs".to_owned(),
+                )
+            }
+        }
+        None => (
+            floor,
+            format!("the floor: {MIN_NOISE_RUNS} runs of a version teach the noise"),
+        ),
+    };
+    let allowed_pct = settings.regression_pct + noise_pct;
+    let within = change_pct <= allowed_pct;
+    let verdict = match (gates, within) {
+        (false, _) => format!(
+            "; {}: reported, not gated (gate_sampled = [\"{name}\"] makes it gate)",
+            describe(measure, method)
+        ),
+        (true, true) => String::new(),
+        (true, false) => ": REGRESSION".to_owned(),
+    };
+    Some((
+        if gates { "regression" } else { "report" },
+        within || !gates,
+        format!(
+            "{name} {} (median of {}) vs {} in {baseline_label} ({}): {change_pct:+.1}%, allowed {allowed_pct:+.1}% ({:.1}% + noise {noise_pct:.1}%, {learned}){verdict}",
+            format_size(now_median as u64),
+            runs_count(now.len()),
+            format_size(before_median as u64),
+            runs_count(before.len()),
+            settings.regression_pct,
+        ),
+    ))
+}
+
+/// How a figure was measured, in words.
+fn describe(measure: Measure, method: u32) -> String {
+    let how = match measure {
+        Measure::KernelMark => "a kernel high-water mark",
+        Measure::Profiler => "the profiler's count",
+        Measure::Sampled => "sampled at ticks",
+    };
+    match method {
+        1 => how.to_owned(),
+        method => format!("{how}, method {method}"),
+    }
 }
 
 /// One verdict of `check`.
@@ -157,46 +273,19 @@ pub fn check(
             .collect();
         let defaults = policy.effective(model, Stage::Train);
         let settings = settings.unwrap_or(defaults);
+        let label = format!("{model}@{baseline_version}");
         for metric in Metric::ALL {
-            let now: Vec<u64> = current.iter().filter_map(|r| metric.of(r)).collect();
-            let before: Vec<u64> = baseline.iter().filter_map(|r| metric.of(r)).collect();
-            if now.is_empty() || before.is_empty() {
-                continue;
+            if let Some((kind, pass, explanation)) =
+                compare(metric, &current, &baseline, &label, &settings)
+            {
+                verdicts.push(Verdict {
+                    stage: stage.clone(),
+                    kind: kind.to_owned(),
+                    metric: Some(metric.name().to_owned()),
+                    pass,
+                    explanation,
+                });
             }
-            let now_median = median(&mut now.iter().map(|&v| v as f64).collect::<Vec<_>>());
-            let before_median = median(&mut before.iter().map(|&v| v as f64).collect::<Vec<_>>());
-            if before_median <= 0.0 {
-                continue;
-            }
-            let change_pct = (now_median - before_median) * 100.0 / before_median;
-            let learned = relative_noise(&[&now, &before]);
-            let noise_pct = learned.map_or(settings.min_noise_pct, |n| {
-                (settings.noise_sigmas * n * 100.0).max(settings.min_noise_pct)
-            });
-            let allowed_pct = settings.regression_pct + noise_pct;
-            let pass = change_pct <= allowed_pct;
-            verdicts.push(Verdict {
-                stage: stage.clone(),
-                kind: "regression".to_owned(),
-                metric: Some(metric.name().to_owned()),
-                pass,
-                explanation: format!(
-                    "{} {} (median of {} run{}) vs {} in {model}@{baseline_version} ({} run{}): {:+.1}%, allowed {:+.1}% ({:.1}% + noise {:.1}%{}){}",
-                    metric.name(),
-                    format_size(now_median as u64),
-                    now.len(),
-                    if now.len() == 1 { "" } else { "s" },
-                    format_size(before_median as u64),
-                    before.len(),
-                    if before.len() == 1 { "" } else { "s" },
-                    change_pct,
-                    allowed_pct,
-                    settings.regression_pct,
-                    noise_pct,
-                    if learned.is_some() { ", learned from repeated runs" } else { ", the floor: rerun to learn it" },
-                    if pass { "" } else { ": REGRESSION" }
-                ),
-            });
         }
     }
     let pass = verdicts.iter().all(|v| v.pass);
@@ -224,7 +313,11 @@ pub fn render_check(report: &CheckReport) -> String {
         let _ = writeln!(
             out,
             "  {} {:<9} {}",
-            if v.pass { "ok  " } else { "FAIL" },
+            match (v.pass, v.kind.as_str()) {
+                (false, _) => "FAIL",
+                (true, "report") => "info",
+                (true, _) => "ok  ",
+            },
             v.stage,
             v.explanation
         );
@@ -287,5 +380,126 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("nothing to compare with"), "{text}");
+    }
+
+    /// Runs of `version` with the given RSS (a kernel mark) and PSS (sampled) figures.
+    fn measured(version: &str, figures: &[(u64, u64)]) -> Vec<RunRecord> {
+        figures
+            .iter()
+            .enumerate()
+            .map(|(i, &(rss, pss))| {
+                let mut r = record(&format!("{version}-{i}"), "fraud", version, rss);
+                r.peaks.pss_bytes = Some(pss);
+                r
+            })
+            .collect()
+    }
+
+    fn verdict<'a>(report: &'a CheckReport, metric: &str) -> &'a Verdict {
+        report
+            .verdicts
+            .iter()
+            .find(|v| v.metric.as_deref() == Some(metric))
+            .unwrap_or_else(|| panic!("no {metric} verdict: {}", render_check(report)))
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn a_sampled_figure_that_jumps_is_reported_not_gated_unless_asked() {
+        // Unchanged code: the kernel's mark holds still, the sampled PSS does not.
+        let mut records = measured(
+            "1",
+            &[
+                (250 * MIB, 135 * MIB),
+                (251 * MIB, 179 * MIB),
+                (250 * MIB, 150 * MIB),
+            ],
+        );
+        records.extend(measured(
+            "2",
+            &[
+                (251 * MIB, 243 * MIB),
+                (250 * MIB, 240 * MIB),
+                (250 * MIB, 238 * MIB),
+            ],
+        ));
+        let report = check(&records, "fraud", "2", &Policy::default()).expect("checks");
+        assert!(report.pass, "{}", render_check(&report));
+        let pss = verdict(&report, "peak_pss");
+        assert_eq!(pss.kind, "report");
+        assert!(pss.explanation.contains("not gated"), "{}", pss.explanation);
+        assert!(render_check(&report).contains("info"));
+        let asked = Policy::parse("[defaults]\ngate_sampled = [\"peak_pss\"]\n").expect("policy");
+        let report = check(&records, "fraud", "2", &asked).expect("checks");
+        let pss = verdict(&report, "peak_pss");
+        assert_eq!(
+            (pss.kind.as_str(), pss.pass),
+            ("regression", false),
+            "{}",
+            pss.explanation
+        );
+        assert!(Policy::parse("[defaults]\ngate_sampled = [\"peak_pps\"]\n")
+            .expect_err("unknown")
+            .contains("peak_pss"));
+    }
+
+    #[test]
+    fn two_runs_teach_no_noise_and_learned_noise_is_capped() {
+        // Two runs 68% apart: too few to learn from, so the floor applies and +10% fails.
+        let mut records = measured("1", &[(100 * MIB, 1), (168 * MIB, 1)]);
+        records.extend(measured("2", &[(146 * MIB, 1), (147 * MIB, 1)]));
+        let report = check(&records, "fraud", "2", &Policy::default()).expect("checks");
+        let rss = verdict(&report, "peak_rss");
+        assert!(
+            !rss.pass && rss.explanation.contains("the floor"),
+            "{}",
+            rss.explanation
+        );
+        // Three wild runs each: the learned noise is capped, so +40% still fails.
+        let mut records = measured("1", &[(100 * MIB, 1), (160 * MIB, 1), (60 * MIB, 1)]);
+        records.extend(measured(
+            "2",
+            &[(140 * MIB, 1), (200 * MIB, 1), (90 * MIB, 1)],
+        ));
+        let report = check(&records, "fraud", "2", &Policy::default()).expect("checks");
+        let rss = verdict(&report, "peak_rss");
+        assert!(
+            !rss.pass && rss.explanation.contains("capped"),
+            "{}",
+            rss.explanation
+        );
+    }
+
+    #[test]
+    fn figures_made_another_way_are_not_compared() {
+        // The baseline's heap was counted by an older method (before committed bytes).
+        let mut records = runs("1", 1 << 30, 3, 0);
+        for r in &mut records {
+            r.peaks.heap_bytes = Some(900 * MIB);
+        }
+        let mut newer = runs("2", 1 << 30, 3, 3);
+        for r in &mut newer {
+            r.peaks.heap_bytes = Some(600 * MIB);
+            r.peaks.methods = crate::record::Peaks::current_methods();
+        }
+        records.extend(newer);
+        let report = check(&records, "fraud", "2", &Policy::default()).expect("checks");
+        let heap = verdict(&report, "peak_heap");
+        assert_eq!(heap.kind, "report");
+        assert!(
+            heap.explanation.contains("another way") && heap.explanation.contains("method 2"),
+            "{}",
+            heap.explanation
+        );
+        // An RSS sampled at ticks is not compared with a kernel mark either.
+        let mut records = runs("1", 1 << 30, 3, 0);
+        let mut sampled = runs("2", 2 << 30, 3, 3);
+        for r in &mut sampled {
+            r.peaks.rss_source = "sampled".to_owned();
+        }
+        records.extend(sampled);
+        let report = check(&records, "fraud", "2", &Policy::default()).expect("checks");
+        assert_eq!(verdict(&report, "peak_rss").kind, "report");
     }
 }

@@ -7,18 +7,27 @@
 //! **Budgets** are checked on the latest run of the version in each stage.
 //!
 //! **Regressions** compare medians: the version's runs against its baseline's, per
-//! metric. A change passes while it stays within `regression_pct` plus the noise
-//! tolerance, which is learned from repeated runs: `noise_sigmas` robust standard
-//! deviations (1.4826 × the median absolute deviation, relative to the median) of the two
-//! versions' runs pooled, and never less than `min_noise_pct`. With one run per version
-//! only the floor applies, so rerunning a version a few times is what teaches the gate
-//! how noisy it is.
+//! metric, and only figures made the same way as the latest run's (the same kind of
+//! measure and the same method version, [`crate::record::Peaks::methods`]); a baseline
+//! measured otherwise is reported as not comparable. A change passes while it stays within
+//! `regression_pct` plus the noise tolerance, which is learned from repeated runs:
+//! `noise_sigmas` robust standard deviations (1.4826 × the median absolute deviation,
+//! relative to the median) of each version's runs pooled, from versions with at least
+//! [`MIN_NOISE_RUNS`] runs, never less than `min_noise_pct` and never more than
+//! `max_noise_pct`. With fewer runs only the floor applies, so rerunning a version a few
+//! times is what teaches the gate how noisy it is.
+//!
+//! **What gates**: kernel high-water marks (peak RSS from `VmHWM`, `ru_maxrss` or the
+//! cgroup) and the profiler's figures (heap peak, leaked) gate by default. Figures sampled
+//! at ticks (PSS, GPU, an RSS without a kernel mark) miss short peaks, so they are
+//! reported and gate only when the policy lists them in `gate_sampled`, with a noise floor
+//! of `sampled_noise_pct`.
 
 mod check;
 mod diff;
 mod history;
 
-pub use check::{check, render_check, CheckReport, Verdict};
+pub use check::{check, render_check, CheckReport, Verdict, MIN_NOISE_RUNS};
 pub use diff::{diff, render_diff, DiffReport, MetricDiff};
 pub use history::{history, render_history, HistoryRow};
 
