@@ -9,10 +9,12 @@
 //!   `statm`, the kernel high-water mark (`VmHWM`) and PSS/USS (`smaps_rollup`) when they
 //!   can have changed, per-process and tree peaks;
 //! - [`cgroup`] reads the cgroup memwarden runs in (v1 and v2: limit, usage, peak, OOM
-//!   kills) and creates a cgroup of its own for the command, with a hard limit if asked;
+//!   kills) and creates a cgroup of its own for the command, with a hard limit if asked (on
+//!   v2 moving memwarden into a leaf, or a systemd scope, when the kernel requires it);
 //! - [`gpu`] reads per-process GPU memory through NVML, loaded at run time when present.
 //!
-//! The crate never spawns or signals anything: the CLI owns the command's life.
+//! The crate never spawns or signals the command: the CLI owns its life. The one process it
+//! may start is systemd's `busctl`, to ask for a scope (see [`cgroup`]).
 
 pub mod cgroup;
 pub mod gpu;
