@@ -50,25 +50,23 @@ pub fn main(
     } else {
         profile::Frames::Folded
     };
-    let mut analysis =
-        profile::analyze(&captures, mode, captures[0].sample_bytes, start_ns, frames);
-    // One directory of a run: its tree counter gives the tree's measured peak, and each
-    // process's own peak snapshot is its view nearest that moment (no ticks to choose from).
-    if let [dir] = paths {
-        match memwarden_format::tree::TreeHeap::read_dir(dir) {
-            Ok(Some((tree, _exits))) => {
-                let mut watch = memwarden_report::tree::TreeWatch::new(dir);
-                let now_ns = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(u64::MAX, |d| d.as_nanos() as u64);
-                watch.tick(now_ns, Some(&tree), &mut |_| None);
-                watch.apply(&mut analysis, &captures, Some(&tree), frames, start_ns);
-            }
-            Ok(None) => {}
-            Err(e) => {
-                eprintln!("memwarden: warning: {e}; the tree's peak is the sum of each process's")
-            }
-        }
+    // One directory of a run: its tree counter gives the tree's measured peak.
+    let (analysis, tree_error) = match paths {
+        [dir] => profile::analyze_kept(
+            dir,
+            &captures,
+            mode,
+            captures[0].sample_bytes,
+            start_ns,
+            frames,
+        ),
+        _ => (
+            profile::analyze(&captures, mode, captures[0].sample_bytes, start_ns, frames),
+            None,
+        ),
+    };
+    if let Some(e) = tree_error {
+        eprintln!("memwarden: warning: {e}; the tree's peak is the sum of each process's");
     }
     if let Some(path) = folded {
         if let Err(e) = std::fs::write(path, profile::folded(&analysis.all_at_peak)) {

@@ -122,6 +122,12 @@ pub enum Command {
         #[arg(long = "version", value_name = "VERSION", requires = "model")]
         model_version: Option<String>,
     },
+    /// memwarden's guardian of one run (started by `memwarden run`, never by hand).
+    #[command(name = "__guardian", hide = true)]
+    Guardian {
+        /// The run's journal lock file.
+        lock: PathBuf,
+    },
     /// Ledger maintenance.
     Ledger {
         /// What to do with the ledger.
@@ -161,7 +167,9 @@ pub enum LedgerCommand {
         #[arg(long, value_name = "SEQ:HASH")]
         expect_head: Vec<String>,
     },
-    /// Write the records spooled while the ledger was unreachable.
+    /// Write the records spooled while the ledger was unreachable, and record the runs
+    /// whose memwarden died (killing what is left of them, removing their cgroups and
+    /// captures), unless another process is finishing them.
     Sync,
 }
 
@@ -309,6 +317,12 @@ pub struct RunArgs {
     /// allocated by an import is charged to the line that imported, `[import NAME]`).
     #[arg(long, requires = "profile")]
     pub raw_frames: bool,
+
+    /// Leave the command and everything it started running should memwarden itself die
+    /// (killed, OOM-killed). By default a guardian process then kills the whole run. The
+    /// run is recorded as interrupted either way.
+    #[arg(long)]
+    pub survive_memwarden: bool,
 
     /// The command to run, after `--` (any bytes: it is passed on as given).
     #[arg(

@@ -403,6 +403,11 @@ pub fn sync(ledger: Option<&str>) -> Status {
         Ok(location) => location,
         Err(status) => return status,
     };
+    // Runs whose memwarden died: recorded (or spooled) first, so the sync below writes
+    // what could not be.
+    for line in crate::run::recover::dead_runs(Some(&location)) {
+        eprintln!("memwarden: {line}");
+    }
     let spool = Spool::default_dir();
     let pending = spool.pending(&location).len();
     if pending == 0 {

@@ -260,8 +260,14 @@ pub struct Exit {
     pub oom_killed_by: Option<String>,
     /// Memory charged to the tree when it was killed.
     pub oom_at_bytes: Option<u64>,
-    /// The status memwarden itself exits with (see docs/cli.md, "Exit codes").
+    /// The status memwarden itself exits with (see docs/cli.md, "Exit codes"); -1 when
+    /// memwarden died before it could exit itself (see `interrupted`).
     pub memwarden_exit_code: i32,
+    /// `supervisor_killed` when memwarden died during the run and the run was recorded
+    /// from its journal afterwards (by its guardian or a later memwarden); null otherwise.
+    /// Absent in reports written before it existed.
+    #[serde(default)]
+    pub interrupted: Option<String>,
 }
 
 /// Where a peak figure came from.

@@ -57,6 +57,11 @@ pub struct RunRecord {
     pub report_path: Option<String>,
     /// memwarden version that made the record.
     pub memwarden_version: String,
+    /// `supervisor_killed` when memwarden died during the run and the record was made
+    /// from the run's journal afterwards (the figures are those up to its death). Absent
+    /// (not null) otherwise, so records without it hash as they always did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<String>,
 }
 
 /// The machine a run ran on.
@@ -273,6 +278,7 @@ pub(crate) mod tests_support {
             top_stacks_at_peak: Vec::new(),
             report_path: None,
             memwarden_version: "0.1.0".to_owned(),
+            interrupted: None,
         }
     }
 }

@@ -199,6 +199,32 @@ fn python_version(hexversion: u64) -> String {
     )
 }
 
+/// Analyses the captures kept in one run's directory, `dir`, as `memwarden analyze` and the
+/// recovery of an interrupted run do: [`analyze`], then the tree's measured peak from the
+/// directory's tree counter (no ticks were recorded, so each process's own peak snapshot
+/// is its view nearest that moment). When the counter cannot be read, the tree's peak stays
+/// the sum of each process's, and the error says why.
+pub fn analyze_kept(
+    dir: &Path,
+    captures: &[Capture],
+    mode: ProfileMode,
+    sample_bytes: u64,
+    run_start_ns: u64,
+    frames: Frames,
+) -> (Analysis, Option<memwarden_format::tree::TreeError>) {
+    let mut analysis = analyze(captures, mode, sample_bytes, run_start_ns, frames);
+    match memwarden_format::tree::TreeHeap::read_dir(dir) {
+        Ok(Some((tree, _exits))) => {
+            let mut watch = crate::tree::TreeWatch::new(dir);
+            watch.tick(u64::MAX, Some(&tree), &mut |_| None);
+            watch.apply(&mut analysis, captures, Some(&tree), frames, run_start_ns);
+            (analysis, None)
+        }
+        Ok(None) => (analysis, None),
+        Err(e) => (analysis, Some(e)),
+    }
+}
+
 /// The analysis of a run's captures.
 #[derive(Debug)]
 pub struct Analysis {

@@ -53,6 +53,11 @@ impl Isolation {
                 match enclosing.create_child(&name, hard_limit_bytes) {
                     Ok(own) => match own.open_procs_for_join() {
                         Ok(join) => {
+                            // On v2, memwarden may have moved itself into a systemd scope
+                            // to make room: its limits are the scope's from now on.
+                            if own.delegation().is_some_and(|d| d.systemd_scope.is_some()) {
+                                isolation.enclosing = cgroup::current();
+                            }
                             isolation.own = Some(own);
                             isolation.join = Some(join);
                             None
@@ -96,8 +101,10 @@ impl Isolation {
     pub fn cleanup(&mut self) -> Option<String> {
         self.join = None;
         let (own, enclosing) = (self.own.as_ref()?, self.enclosing.as_ref()?);
-        own.remove(enclosing)
-            .err()
-            .map(|e| format!("the run's cgroup was left behind: {e}"))
+        own.remove(enclosing).err().map(|e| match e {
+            // The run's cgroup is gone; memwarden stays in its leaf for a concurrent run.
+            cgroup::CgroupError::LeftDelegated { .. } => e.to_string(),
+            e => format!("the run's cgroup was left behind: {e}"),
+        })
     }
 }

@@ -1,10 +1,13 @@
 //! `memwarden run`: spawn the command, sample its tree until it exits, report.
 
 mod config;
+pub mod guardian;
 mod isolation;
+mod journal;
 mod profiling;
 mod record;
 mod recorder;
+pub mod recover;
 mod report;
 mod status_line;
 mod supervise;
@@ -15,6 +18,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use memwarden_format::report::{BudgetStatus, Enforcement};
+use memwarden_ledger::{provenance, LedgerLocation};
 use memwarden_monitor::gpu::GpuMonitor;
 use memwarden_monitor::procfs;
 use memwarden_monitor::tree::{ExitStatus, SamplerOptions, TreeSampler};
@@ -23,6 +27,7 @@ use crate::cli::RunArgs;
 use crate::exit::Status;
 use config::RunConfig;
 use isolation::Isolation;
+use journal::JournalFile;
 use recorder::Recorder;
 use status_line::StatusLine;
 use supervise::{Event, Supervisor};
@@ -47,8 +52,24 @@ pub struct Observed {
     enclosing_usage_at_start: Option<u64>,
 }
 
+/// What a run needs to be finished by others should memwarden die (see [`guardian`]).
+struct Protection {
+    /// `--survive-memwarden`.
+    survive_memwarden: bool,
+    /// `--capture-dir` was given (the captures are the user's, never removed).
+    kept_captures: bool,
+    /// `--raw-frames`.
+    raw_frames: bool,
+}
+
 /// Runs `memwarden run` and returns the exit status.
 pub fn main(args: RunArgs, ledger: Option<&str>) -> Status {
+    let protection = Protection {
+        survive_memwarden: args.survive_memwarden,
+        kept_captures: args.capture_dir.is_some(),
+        raw_frames: args.raw_frames,
+    };
+    let quiet = args.quiet;
     let config = match RunConfig::from_args(args, ledger) {
         Ok(config) => config,
         Err(message) => {
@@ -56,7 +77,14 @@ pub fn main(args: RunArgs, ledger: Option<&str>) -> Status {
             return Status::Usage;
         }
     };
-    match execute(config) {
+    // Earlier runs whose memwarden and guardian both died: finished before this one.
+    let invoker = LedgerLocation::resolve(ledger).ok();
+    for line in recover::dead_runs(invoker.as_ref()) {
+        if !quiet || line.starts_with("warning") {
+            eprintln!("memwarden: {line}");
+        }
+    }
+    match execute(config, ledger, &protection) {
         Ok(status) => status,
         Err((status, message)) => {
             eprintln!("memwarden: error: {message}");
@@ -65,7 +93,13 @@ pub fn main(args: RunArgs, ledger: Option<&str>) -> Status {
     }
 }
 
-fn execute(mut config: RunConfig) -> Result<Status, (Status, String)> {
+/// Journals the run and starts its guardian, supervises it, then removes the journal: the
+/// guardian, seeing memwarden's pipe close with no journal left, exits.
+fn execute(
+    config: RunConfig,
+    ledger: Option<&str>,
+    protection: &Protection,
+) -> Result<Status, (Status, String)> {
     // The code and inputs the command runs on, read before it can change them.
     let before = match &config.governance {
         Some(governance) => {
@@ -73,14 +107,73 @@ fn execute(mut config: RunConfig) -> Result<Status, (Status, String)> {
         }
         None => None,
     };
-    let supervisor = Supervisor::install().map_err(|e| {
-        (
-            Status::Internal,
-            format!("cannot set up signal handling: {e}"),
-        )
-    })?;
-    let mut isolation = Isolation::prepare(config.cgroup, config.hard_limit_bytes)
-        .map_err(|m| (Status::Usage, m))?;
+    let run_id = before.as_ref().map_or_else(
+        || provenance::new_run_id(SystemTime::now()),
+        |b| b.run_id.clone(),
+    );
+    let mut warnings = Vec::new();
+    let mut journal = match JournalFile::create(journal::initial(
+        &config,
+        before.as_ref(),
+        run_id,
+        protection,
+    )) {
+        Ok(journal) => Some(journal),
+        Err(e) => {
+            warnings.push(format!(
+                "cannot write the run journal in {} ({e}): should memwarden die, the run is neither killed nor recorded",
+                journal::dir().display()
+            ));
+            None
+        }
+    };
+    let mut guardian = None;
+    let result = Isolation::prepare(config.cgroup, config.hard_limit_bytes)
+        .map_err(|m| (Status::Usage, m))
+        .and_then(|isolation| {
+            // The guardian starts once memwarden's cgroup is settled (on v2 memwarden may
+            // have moved into a leaf), so that it lives where memwarden lives, never in
+            // the run's cgroup.
+            if let Some(journal) = journal.as_mut() {
+                journal.set_isolation(&isolation);
+                match guardian::spawn(journal.lock_path(), ledger) {
+                    Ok(started) => {
+                        journal.journal.guardian_pid = Some(started.pid);
+                        journal.write_now();
+                        guardian = Some(started);
+                    }
+                    Err(e) => warnings.push(format!(
+                        "cannot start the guardian ({e}): should memwarden die, the run is left running and recorded only by the next memwarden"
+                    )),
+                }
+            }
+            supervise(config, before, isolation, journal.as_mut(), warnings)
+        });
+    // The journal goes first: the guardian, seeing the pipe close without it, just exits.
+    if let Some(journal) = journal {
+        journal.finish();
+    }
+    drop(guardian);
+    result
+}
+
+fn supervise(
+    mut config: RunConfig,
+    before: Option<record::Before>,
+    mut isolation: Isolation,
+    mut journal: Option<&mut JournalFile>,
+    early_warnings: Vec<String>,
+) -> Result<Status, (Status, String)> {
+    let supervisor = match Supervisor::install() {
+        Ok(supervisor) => supervisor,
+        Err(e) => {
+            let _ = isolation.cleanup();
+            return Err((
+                Status::Internal,
+                format!("cannot set up signal handling: {e}"),
+            ));
+        }
+    };
     let meminfo = procfs::read_meminfo().unwrap_or_default();
     let enclosing_oom_kills_before = isolation.enclosing.as_ref().and_then(|c| c.oom_kills());
     let enclosing_usage_at_start = isolation.enclosing.as_ref().and_then(|c| c.usage_bytes());
@@ -94,13 +187,24 @@ fn execute(mut config: RunConfig) -> Result<Status, (Status, String)> {
 
     let started_at = SystemTime::now();
     let start = Instant::now();
-    let environment = config
+    let mut environment = config
         .profiling
         .as_ref()
         .map(|p| p.environment())
         .unwrap_or_default();
+    if let Some(journal) = journal.as_deref() {
+        environment.push((
+            journal::RUN_ID_VARIABLE.into(),
+            journal.journal.run_id.clone().into(),
+        ));
+    }
     let pid = match supervisor.spawn(&config.argv, &environment, isolation.join_fd()) {
-        Ok(pid) => pid,
+        Ok(pid) => {
+            if let Some(journal) = journal.as_deref_mut() {
+                journal.set_command(pid);
+            }
+            pid
+        }
         Err(e) => {
             let _ = isolation.cleanup();
             let program = &config.command[0];
@@ -160,6 +264,9 @@ fn execute(mut config: RunConfig) -> Result<Status, (Status, String)> {
                     }
                 }
             }
+            if let Some(journal) = journal.as_deref_mut().filter(|j| j.due()) {
+                journal.update(&recorder, &sampler);
+            }
             status_line.update(
                 totals.t_s,
                 totals.rss_bytes,
@@ -179,6 +286,9 @@ fn execute(mut config: RunConfig) -> Result<Status, (Status, String)> {
                         sampler.record_exit(reaped.pid, reaped.status, reaped.max_rss_bytes);
                         if reaped.pid == pid {
                             main_exit = Some(reaped.status);
+                            if let Some(journal) = journal.as_deref_mut() {
+                                journal.set_command_exit(reaped.status);
+                            }
                         }
                     }
                 }
@@ -218,6 +328,10 @@ fn execute(mut config: RunConfig) -> Result<Status, (Status, String)> {
     let mut report = report::build(
         &config, &isolation, &sampler, &recorder, &observed, interval,
     );
+    report.warnings.extend(early_warnings);
+    if let Some(failure) = journal.as_deref_mut().and_then(|j| j.failure.take()) {
+        report.warnings.push(failure);
+    }
     if let Some(warning) = isolation.cleanup() {
         report.warnings.push(warning);
     }
@@ -233,7 +347,14 @@ fn execute(mut config: RunConfig) -> Result<Status, (Status, String)> {
     let mut report_path = None;
     if let Some((path, temporary)) = config.json.take() {
         match write_report(temporary, &path, &report) {
-            Ok(()) => report_path = Some(path),
+            Ok(()) => {
+                // Should memwarden die now, the report written is the run's own.
+                if let Some(journal) = journal {
+                    journal.journal.json = None;
+                    journal.write_now();
+                }
+                report_path = Some(path)
+            }
             Err(e) => {
                 json_failure = Some(format!(
                     "cannot write the report to {}: {e}; nothing was left there (free some space or choose another --json path)",
@@ -285,7 +406,7 @@ fn execute(mut config: RunConfig) -> Result<Status, (Status, String)> {
 /// Writes `report` as JSON into `temporary`, flushes it to disk and renames it to `path`:
 /// `path` holds either the whole report or what it held before, never a partial one. On
 /// failure the temporary file is removed.
-fn write_report(
+pub(super) fn write_report(
     temporary: tempfile::NamedTempFile,
     path: &Path,
     report: &memwarden_format::report::Report,

@@ -96,6 +96,7 @@ pub fn build(
                 .to_string()
         }),
         memwarden_version: report.memwarden_version.clone(),
+        interrupted: report.exit.interrupted.clone(),
     }
 }
 

@@ -198,8 +198,11 @@ pub fn check(
         if latest.oom_killed
             || latest.exit_signal.is_some()
             || latest.exit_code.is_some_and(|c| c != 0)
+            || latest.interrupted.is_some()
         {
-            let how = if latest.oom_killed {
+            let how = if let Some(why) = &latest.interrupted {
+                format!("was interrupted ({why}): its figures stop where memwarden's did")
+            } else if latest.oom_killed {
                 "was OOM-killed".to_owned()
             } else if let Some(signal) = latest.exit_signal {
                 format!("was killed by signal {signal}")

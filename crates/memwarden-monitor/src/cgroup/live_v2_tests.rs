@@ -16,7 +16,6 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::sync::{Mutex, MutexGuard};
 
 use super::delegation::{make_room, restore, LiveProcesses, Processes};
 use super::kernel::{Kernel, LiveKernel};
@@ -27,8 +26,23 @@ use super::{Blocker, CgroupError, Version};
 const DOMAIN_CONTROLLERS: [&str; 5] = ["memory", "io", "hugetlb", "rdma", "misc"];
 
 /// The live tests take turns: one may enable a controller at the hierarchy's root, and
-/// another must not disable it under it.
-static ROOT_CONTROL: Mutex<()> = Mutex::new(());
+/// another must not disable it under it. A file lock, not a mutex: test runners such as
+/// nextest run each test in a process of its own.
+fn take_turn() -> fs::File {
+    let path = std::env::temp_dir().join("memwarden-live-v2-tests.lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .expect("the tests' lock file");
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor we own; released when the file is closed.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(rc, 0, "flock {}", path.display());
+    file
+}
 
 /// A test cgroup at the top of the live v2 hierarchy, with `sleep`s in it; everything is
 /// killed and removed, and the root's `cgroup.subtree_control` restored, on drop.
@@ -38,7 +52,7 @@ struct Sandbox {
     sleepers: Vec<Child>,
     /// The root whose `cgroup.subtree_control` the sandbox enabled the controller in.
     enabled_at_root: Option<PathBuf>,
-    _turn: MutexGuard<'static, ()>,
+    _turn: fs::File,
 }
 
 impl Sandbox {
@@ -64,7 +78,7 @@ impl Sandbox {
                 mount.mount_point.display()
             ));
         };
-        let turn = ROOT_CONTROL.lock().unwrap_or_else(|e| e.into_inner());
+        let turn = take_turn();
         let root_subtree = mount.mount_point.join("cgroup.subtree_control");
         let enabled_at_root = if LiveKernel
             .words(&root_subtree)

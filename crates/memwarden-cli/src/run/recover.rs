@@ -1,0 +1,457 @@
+//! Finishing a run whose memwarden died: kill what is left of it, record it as
+//! `supervisor_killed` with the figures of its journal and the stacks of its captures, and
+//! remove its cgroup, captures and journal.
+//!
+//! Done by the run's guardian as soon as memwarden dies, else by the next `memwarden run`
+//! or `memwarden ledger sync` (when the guardian died too). Only runs whose journal lock
+//! could be taken are touched ([`super::journal::DeadRun`]): a live run's never are.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use memwarden_format::report::{
+    Budget, BudgetStatus, Exit, Gpu, Limits, MonitorInfo, Peak, PeakSource, ProcessReport, Report,
+    SCHEMA,
+};
+use memwarden_ledger::LedgerLocation;
+use memwarden_monitor::tree::rss_counter_slack_bytes;
+use memwarden_report::profile;
+
+use super::config::Governance;
+use super::guardian::{cgroup_pids, kill_run};
+use super::journal::{self, DeadRun, Journal, JournalCapture};
+use super::record::{self, Before};
+use super::report::UNMEASURED_RSS;
+use super::supervise::signal_name;
+
+/// What `exit.interrupted` (and the record's `interrupted`) says of such a run.
+pub const SUPERVISOR_KILLED: &str = "supervisor_killed";
+
+/// Finishes every run whose memwarden is provably dead; `invoker`: the ledger this
+/// memwarden was pointed at (with its credentials), used for runs recorded there. Returns
+/// one line per run for stderr.
+pub fn dead_runs(invoker: Option<&LedgerLocation>) -> Vec<String> {
+    journal::dead_runs()
+        .into_iter()
+        .flat_map(|dead| recover(dead, invoker, false))
+        .collect()
+}
+
+/// Finishes the dead run `dead` (see the module documentation); `by_guardian`: memwarden
+/// died just now (else: at its journal's last write, or later). Returns lines for stderr.
+pub fn recover(dead: DeadRun, invoker: Option<&LedgerLocation>, by_guardian: bool) -> Vec<String> {
+    let journal = match &dead.journal {
+        Ok(journal) => journal.clone(),
+        Err(e) => {
+            let line = format!(
+                "warning: removed the run journal {}, which could not be read ({e}): its memwarden died before writing it",
+                dead.json_path().display()
+            );
+            dead.remove();
+            return vec![line];
+        }
+    };
+    let mut lines = Vec::new();
+    let ended_at_unix_s = if by_guardian {
+        now_unix_s()
+    } else {
+        journal.updated_at_unix_s
+    };
+    let kill = !journal.survive_memwarden && journal.command_exit.is_none();
+    let killed = if kill { kill_run(&journal) } else { 0 };
+    let cgroup_peak = journal.cgroup.as_ref().and_then(|c| {
+        let file = if c.version == 1 {
+            "memory.max_usage_in_bytes"
+        } else {
+            "memory.peak"
+        };
+        read_u64(&c.dir.join(file))
+    });
+    let mut report = build_report(&journal, ended_at_unix_s, kill, cgroup_peak);
+    report.warnings.insert(
+        0,
+        death_note(&journal, by_guardian, kill, killed, ended_at_unix_s),
+    );
+    if let Some(capture) = &journal.capture {
+        attach_profile(&mut report, capture, journal.started_at_unix_s);
+    }
+    let report_path = keep_report(&journal, &report, &mut lines);
+    let mut summary = format!(
+        "memwarden (pid {}) of run {} (`{}`) died during the run",
+        journal.memwarden_pid,
+        journal.run_id,
+        journal.command.join(" ")
+    );
+    if kill {
+        summary.push_str(&format!("; killed the {killed} process(es) left of it"));
+    }
+    if let Some(path) = &report_path {
+        summary.push_str(&format!("; report in {}", path.display()));
+    }
+    lines.insert(0, summary);
+    if let Some(governance) = &journal.governance {
+        lines.push(record_run(
+            governance,
+            &journal,
+            &report,
+            report_path.as_deref(),
+            invoker,
+        ));
+    }
+    if let Some(warning) = remove_leftovers(&journal) {
+        lines.push(format!("warning: {warning}"));
+    }
+    dead.remove();
+    lines
+}
+
+fn now_unix_s() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The first warning of the report: what happened, who noticed, what was done.
+fn death_note(
+    journal: &Journal,
+    by_guardian: bool,
+    kill: bool,
+    killed: usize,
+    ended_at_unix_s: f64,
+) -> String {
+    let who = if by_guardian {
+        "its guardian, at once".to_owned()
+    } else {
+        "a later memwarden (the guardian was gone too)".to_owned()
+    };
+    let mut note = format!(
+        "memwarden (pid {}) died {:.1} s into the run; this report was made from the run journal by {who}: figures are those of its last journal write, the timeline and the per-process figures were lost",
+        journal.memwarden_pid,
+        (ended_at_unix_s - journal.started_at_unix_s).max(0.0)
+    );
+    if kill {
+        note.push_str(&format!(
+            "; the {killed} process(es) left of the run were killed"
+        ));
+    } else if journal.command_exit.is_some() {
+        note.push_str("; the command had already ended, and nothing was killed");
+    } else {
+        note.push_str("; --survive-memwarden: the run's processes were left running");
+    }
+    note
+}
+
+fn build_report(
+    journal: &Journal,
+    ended_at_unix_s: f64,
+    killed: bool,
+    cgroup_peak: Option<u64>,
+) -> Report {
+    let mut exit = Exit {
+        memwarden_exit_code: -1,
+        interrupted: Some(SUPERVISOR_KILLED.to_owned()),
+        ..Exit::default()
+    };
+    match journal.command_exit {
+        Some(ended) => {
+            exit.code = ended.code;
+            exit.signal = ended.signal;
+        }
+        None if killed => exit.signal = Some(libc::SIGKILL),
+        None => {}
+    }
+    exit.signal_name = exit.signal.map(signal_name);
+
+    let at_peak = journal.rss_peak;
+    let max = journal.max;
+    let (rss_bytes, source, pid) = match journal.largest_process {
+        Some(p) if p.rss_bytes + rss_counter_slack_bytes() >= at_peak.rss_bytes => {
+            (p.rss_bytes, p.source, Some(p.pid))
+        }
+        _ => (at_peak.rss_bytes, PeakSource::Sampled, None),
+    };
+    let mut sources = BTreeMap::new();
+    sources.insert("rss_bytes".to_owned(), source);
+    let rollup_read = max.pss_bytes > 0;
+    let status_read = at_peak.anon_bytes > 0 || at_peak.file_bytes > 0;
+    for (field, read) in [
+        ("pss_bytes", rollup_read),
+        ("uss_bytes", rollup_read),
+        ("anon_bytes", status_read),
+        ("file_bytes", status_read),
+        ("shmem_bytes", status_read),
+    ] {
+        if read {
+            sources.insert(field.to_owned(), PeakSource::Sampled);
+        }
+    }
+    let cgroup_bytes = cgroup_peak.or(max.cgroup_bytes);
+    if cgroup_bytes.is_some() {
+        let cgroup_source = if cgroup_peak.is_some() {
+            PeakSource::Cgroup
+        } else {
+            PeakSource::Sampled
+        };
+        sources.insert("cgroup_bytes".to_owned(), cgroup_source);
+    }
+    let peak = Peak {
+        rss_bytes,
+        source,
+        pss_bytes: rollup_read.then_some(max.pss_bytes),
+        uss_bytes: rollup_read.then_some(max.uss_bytes),
+        anon_bytes: status_read.then_some(at_peak.anon_bytes),
+        file_bytes: status_read.then_some(at_peak.file_bytes),
+        shmem_bytes: status_read.then_some(at_peak.shmem_bytes),
+        cgroup_bytes,
+        heap_bytes: None,
+        gpu_bytes: max.gpu_bytes,
+        at_s: at_peak.t_s,
+        pid,
+        sources,
+    };
+    let (tightest, tightest_source) = match journal.hard_limit_bytes {
+        Some(limit) if limit < journal.system_total_bytes => (limit, "hard_limit"),
+        _ => (journal.system_total_bytes, "system"),
+    };
+    let duration_s = (ended_at_unix_s - journal.started_at_unix_s).max(0.0);
+    Report {
+        schema: SCHEMA.to_owned(),
+        memwarden_version: env!("CARGO_PKG_VERSION").to_owned(),
+        command: journal.command.clone(),
+        cwd: journal.cwd.clone(),
+        started_at_unix_s: journal.started_at_unix_s,
+        duration_s,
+        exit,
+        limits: Limits {
+            system_total_bytes: journal.system_total_bytes,
+            system_available_at_start_bytes: journal.system_available_at_start_bytes,
+            tightest_limit_bytes: tightest,
+            tightest_limit_source: tightest_source.to_owned(),
+            headroom_bytes: tightest as i64 - rss_bytes as i64,
+            ..Limits::default()
+        },
+        budget: Budget {
+            limit_bytes: journal.budget_bytes,
+            metric: "peak.rss_bytes".to_owned(),
+            status: match journal.budget_bytes {
+                None => BudgetStatus::Unset,
+                Some(limit) if rss_bytes > limit => BudgetStatus::Fail,
+                Some(_) => BudgetStatus::Pass,
+            },
+            hard_limit_bytes: journal.hard_limit_bytes,
+            enforced_by: journal.enforced_by,
+            enforcement_note: None,
+        },
+        gpu: Gpu {
+            status: if max.gpu_bytes.is_some() {
+                "available"
+            } else {
+                "unavailable"
+            }
+            .to_owned(),
+            reason: max
+                .gpu_bytes
+                .is_none()
+                .then(|| "not kept in the run journal".to_owned()),
+            devices: Vec::new(),
+        },
+        monitor: MonitorInfo {
+            interval_ms: journal.interval_ms,
+            samples: journal.samples,
+            own_cgroup: journal.cgroup.is_some(),
+            ..MonitorInfo::default()
+        },
+        processes: Vec::new(),
+        timeline: if journal.samples > 0 {
+            vec![at_peak]
+        } else {
+            Vec::new()
+        },
+        warnings: Vec::new(),
+        profile: None,
+        peak,
+    }
+}
+
+/// The captures' profile, read as `memwarden analyze` reads a kept capture directory.
+fn attach_profile(report: &mut Report, capture: &JournalCapture, started_at_unix_s: f64) {
+    let (captures, errors) = match profile::read_dir(&capture.dir) {
+        Ok(read) => read,
+        Err(e) => {
+            report.warnings.push(format!(
+                "cannot read the captures in {}: {e}; no profile",
+                capture.dir.display()
+            ));
+            return;
+        }
+    };
+    for error in errors {
+        report.warnings.push(format!("profile: {error}"));
+    }
+    if captures.is_empty() {
+        report
+            .warnings
+            .push("profile: no capture holds a recorded allocation".to_owned());
+        return;
+    }
+    let start_ns = (started_at_unix_s * 1e9) as u64;
+    let frames = if capture.raw_frames {
+        profile::Frames::Raw
+    } else {
+        profile::Frames::Folded
+    };
+    let (analysis, tree_error) = profile::analyze_kept(
+        &capture.dir,
+        &captures,
+        capture.mode,
+        capture.sample_bytes,
+        start_ns,
+        frames,
+    );
+    if let Some(e) = tree_error {
+        report.warnings.push(format!(
+            "profile: {e}; the tree's heap peak is the sum of each process's own peak"
+        ));
+    }
+    for (pid, process_profile) in analysis.processes {
+        let capture = captures.iter().find(|c| c.pid == pid);
+        report.processes.push(ProcessReport {
+            pid: pid as i32,
+            ppid: capture.map_or(0, |c| c.ppid as i32),
+            cmdline: capture.and_then(|c| c.exe.clone()).into_iter().collect(),
+            peak_rss_unmeasured: Some(UNMEASURED_RSS.to_owned()),
+            profile: Some(process_profile),
+            ..ProcessReport::default()
+        });
+    }
+    report.peak.heap_bytes = Some(analysis.profile.peak_bytes);
+    report.profile = Some(analysis.profile);
+}
+
+/// Writes the report where the run meant to (`--json`), else, for a recorded run, to the
+/// data directory; returns where it went.
+fn keep_report(journal: &Journal, report: &Report, lines: &mut Vec<String>) -> Option<PathBuf> {
+    let path = match (&journal.json, &journal.governance) {
+        (Some(json), _) => {
+            let _ = fs::remove_file(&json.temporary);
+            json.path.clone()
+        }
+        (None, Some(_)) => record::default_report_path(&journal.run_id),
+        (None, None) => return None,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_owned();
+    let written = fs::create_dir_all(&dir)
+        .and_then(|()| {
+            tempfile::Builder::new()
+                .prefix(".memwarden-report.")
+                .tempfile_in(&dir)
+        })
+        .and_then(|temporary| super::write_report(temporary, &path, report));
+    match written {
+        Ok(()) => Some(path),
+        Err(e) => {
+            lines.push(format!(
+                "warning: cannot write the report of run {} to {}: {e}",
+                journal.run_id,
+                path.display()
+            ));
+            None
+        }
+    }
+}
+
+/// Records the run in its ledger: the invoker's when it is the same ledger (it has the
+/// credentials), else the one the journal names (a PostgreSQL URL there has no password:
+/// the record is then spooled for the next run against that ledger).
+fn record_run(
+    governance: &super::journal::JournalGovernance,
+    journal: &Journal,
+    report: &Report,
+    report_path: Option<&Path>,
+    invoker: Option<&LedgerLocation>,
+) -> String {
+    let ledger = match invoker.filter(|l| l.key() == governance.ledger_key) {
+        Some(location) => location.clone(),
+        None => match LedgerLocation::parse(&governance.ledger_key) {
+            Ok(location) => location,
+            Err(e) => {
+                return format!(
+                    "warning: run {} names a ledger memwarden cannot parse ({e}): not recorded",
+                    journal.run_id
+                )
+            }
+        },
+    };
+    let config = Governance {
+        ledger,
+        model: governance.model.clone(),
+        version: governance.version.clone(),
+        stage: governance.stage.clone(),
+        tags: governance.tags.clone(),
+        inputs: Vec::new(),
+    };
+    let before = Before {
+        run_id: journal.run_id.clone(),
+        git: governance.git.clone(),
+        inputs: governance.inputs.clone(),
+    };
+    let record = record::build(&config, before, report, report_path);
+    match record::write(&config.ledger, &record) {
+        Ok(line) => format!("{line} (interrupted: {SUPERVISOR_KILLED})"),
+        Err(warning) => format!("warning: {warning}"),
+    }
+}
+
+/// Removes the run's cgroup (moving any process left in it to the enclosing one, as a
+/// normal end does) and its temporary capture directory.
+fn remove_leftovers(journal: &Journal) -> Option<String> {
+    let mut problems = Vec::new();
+    if let Some(cgroup) = &journal.cgroup {
+        if let Err(e) = remove_cgroup(&cgroup.dir, &cgroup.parent_dir) {
+            problems.push(format!(
+                "the run's cgroup {} was left behind: {e}",
+                cgroup.dir.display()
+            ));
+        }
+    }
+    if let Some(capture) = journal.capture.as_ref().filter(|c| c.temporary) {
+        if let Err(e) = fs::remove_dir_all(&capture.dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                problems.push(format!(
+                    "the run's captures {} were left behind: {e}",
+                    capture.dir.display()
+                ));
+            }
+        }
+    }
+    (!problems.is_empty()).then(|| problems.join("; "))
+}
+
+/// Removes a cgroup; killed processes leave it as the kernel finishes them, so this tries
+/// for up to 2 s, moving any that still run (left running on purpose) to `parent`.
+fn remove_cgroup(dir: &Path, parent: &Path) -> std::io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => {
+                for pid in cgroup_pids(dir) {
+                    let _ = fs::write(parent.join("cgroup.procs"), pid.to_string());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
