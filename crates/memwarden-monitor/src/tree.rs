@@ -738,12 +738,20 @@ mod tests {
         let me = unsafe { libc::getpid() };
         let mut sampler = TreeSampler::new(me, start, SamplerOptions::default(), None);
         sampler.adopt(child.id() as i32, me, &[]);
+        // A forked child is read as `sh` until it has exec'd `sleep`: under load that can
+        // take several ticks, so sampling goes on until a `sleep` was read too.
+        let saw_sleep = |sampler: &TreeSampler| {
+            sampler
+                .processes()
+                .iter()
+                .any(|r| r.cmdline.first().is_some_and(|c| c.contains("sleep")))
+        };
         let mut seen = 0;
-        for _ in 0..40 {
+        for _ in 0..80 {
             let totals = sampler.sample();
             seen = seen.max(totals.processes);
             assert!(totals.rss_bytes >= totals.anon_bytes);
-            if seen >= 3 {
+            if seen >= 3 && saw_sleep(&sampler) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(25));
@@ -751,9 +759,7 @@ mod tests {
         assert!(seen >= 3, "sh and both sleeps sampled, saw {seen}");
         let records = sampler.processes();
         assert!(records.iter().all(|r| r.peak_rss_bytes > 0));
-        assert!(records
-            .iter()
-            .any(|r| r.cmdline.first().is_some_and(|c| c.contains("sleep"))));
+        assert!(saw_sleep(&sampler), "{records:?}");
         // SAFETY: killpg has no memory-safety preconditions; the group is the child's own.
         unsafe { libc::killpg(child.id() as i32, libc::SIGKILL) };
         child.wait().expect("wait");
