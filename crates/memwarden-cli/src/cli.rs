@@ -152,26 +152,70 @@ safetensors, .npy/.npz, ONNX; HDF5 by signature. Nothing in the files is execute
 #[derive(Debug, Subcommand)]
 pub enum LedgerCommand {
     /// Check the ledger: the hash chain, the heads anchored by earlier runs (truncation,
-    /// recomputed chains), and the append-only guards. Exit 0 when all hold, 4 naming what
-    /// was edited, deleted, reordered, truncated, rewritten or disarmed, 7 when
+    /// recomputed chains), and the append-only guards; with --public-key, that every anchored
+    /// head was signed by a team key for this ledger. Exit 0 when all hold, 4 naming what
+    /// was edited, deleted, reordered, truncated, rewritten, disarmed or not signed, 7 when
     /// --expect-head does not hold.
-    #[command(
-        after_help = "Examples:\n  memwarden ledger verify\n  memwarden --ledger postgres://ci@db/ledger ledger verify --expect-head 42:<64 hex digits>"
-    )]
+    #[command(after_help = VERIFY_EXAMPLES)]
     Verify {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
         /// Record SEQ must have HASH (the full hash, as `memwarden run` prints it: `ledger
-        /// head SEQ:HASH`). Later records by other writers are fine. Repeatable.
-        #[arg(long, value_name = "SEQ:HASH")]
+        /// head SEQ:HASH`). Later records by other writers are fine. With :SIGNATURE (as a
+        /// signing run prints it), the head must also be signed by a --public-key.
+        /// Repeatable.
+        #[arg(long, value_name = "SEQ:HASH[:SIGNATURE]")]
         expect_head: Vec<String>,
+        /// A team's public key (from `memwarden ledger keygen`): every line of the anchor
+        /// file must be a head signed by one of the given keys for this ledger, else exit 4
+        /// naming the line. Repeatable, for a team rotating its key.
+        #[arg(long, value_name = "FILE")]
+        public_key: Vec<PathBuf>,
     },
     /// Write the records spooled while the ledger was unreachable, and record the runs
     /// whose memwarden died (killing what is left of them, removing their cgroups and
     /// captures), unless another process is finishing them.
     Sync,
+    /// Make an ed25519 key pair for signing ledger heads. Runs that have
+    /// MEMWARDEN_LEDGER_KEY=<secret key file> sign every head they anchor; `ledger verify
+    /// --public-key <public key file>` checks them. Existing files are never overwritten
+    /// (exit 2).
+    #[command(after_help = KEYGEN_EXAMPLES)]
+    Keygen {
+        /// Write memwarden-ledger.key (secret, mode 0600) and memwarden-ledger.pub (public)
+        /// in DIR, created when missing.
+        #[arg(
+            long,
+            value_name = "DIR",
+            required_unless_present = "secret",
+            conflicts_with_all = ["secret", "public"]
+        )]
+        out: Option<PathBuf>,
+        /// Write the secret key to FILE (mode 0600); needs --public.
+        #[arg(long, value_name = "FILE", requires = "public")]
+        secret: Option<PathBuf>,
+        /// Write the public key to FILE; needs --secret.
+        #[arg(long, value_name = "FILE", requires = "secret")]
+        public: Option<PathBuf>,
+    },
 }
+
+const VERIFY_EXAMPLES: &str = "\
+Examples:
+  memwarden ledger verify
+  memwarden ledger verify --public-key ci/memwarden-ledger.pub    # heads signed by the team key
+  memwarden --ledger postgres://ci@db/ledger ledger verify --expect-head 42:<64 hex digits>
+  memwarden --ledger postgres://ci@db/ledger ledger verify \\
+            --expect-head 42:<hash>:<signature> --public-key ci/memwarden-ledger.pub";
+
+const KEYGEN_EXAMPLES: &str = "\
+Examples:
+  memwarden ledger keygen --out keys/
+  memwarden ledger keygen --secret ~/.secrets/ledger.key --public ci/memwarden-ledger.pub
+
+Keep the secret key where only recording runs can read it (a CI secret) and set
+MEMWARDEN_LEDGER_KEY to its path there; commit the public key. See docs/ledger.md.";
 
 /// `--profile` modes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -19,7 +19,8 @@ pub enum Status {
     /// `memwarden check`: the version fails its policy.
     PolicyFailed,
     /// `memwarden ledger verify`: the chain is broken (a record edited, deleted, reordered),
-    /// contradicts an anchored head (truncated, recomputed), or its guards were disarmed.
+    /// contradicts an anchored head (truncated, recomputed), its guards were disarmed, or
+    /// (with `--public-key`) an anchored head is unsigned or not signed by the team's key.
     LedgerTampered,
     /// `memwarden ledger verify --expect-head SEQ:HASH`: record SEQ is missing or has
     /// another hash (and nothing else is wrong, else [`Status::LedgerTampered`]).

@@ -1,12 +1,14 @@
-//! The governance commands: `history`, `diff`, `check`, `ledger verify`, `ledger sync`;
-//! and anchoring a new head outside the database (used by `run` and `ledger sync`).
+//! The governance commands: `history`, `diff`, `check`, `ledger verify`, `ledger sync`,
+//! `ledger keygen`; and anchoring a new head outside the database, signed when
+//! `MEMWARDEN_LEDGER_KEY` names a key (used by `run` and `ledger sync`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use memwarden_ledger::anchor::{self, AnchorCheck, AnchorFile, ExpectedHead};
+use memwarden_ledger::anchor::{self, AnchorCheck, AnchorFile, ExpectedHead, SignatureCheck};
 use memwarden_ledger::chain::{verify as verify_chain, Verification};
 use memwarden_ledger::gate::{self, GateError};
 use memwarden_ledger::policy::Policy;
+use memwarden_ledger::signing::{self, HeadSignature, KeyError, PublicKey, SecretKey};
 use memwarden_ledger::spool::Spool;
 use memwarden_ledger::{Ledger, LedgerError, LedgerLocation, RunRecord};
 use serde::Serialize;
@@ -173,9 +175,15 @@ struct AnchorsOutput {
     file: String,
     present: bool,
     anchored: usize,
-    /// `SEQ:HASH` of the highest anchored head.
+    /// `SEQ:HASH` of the highest anchored head (the highest signed one with --public-key).
     highest: Option<String>,
     problems: Vec<String>,
+    /// Anchor lines carrying a signature (checked or not).
+    signed: usize,
+    /// Whether --public-key was given, so that only signed lines were trusted.
+    signatures_checked: bool,
+    /// With --public-key: every anchor line that is not a head signed by a given key.
+    signature_problems: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -192,20 +200,118 @@ struct ExpectedOutput {
     problem: Option<String>,
 }
 
-/// Appends the head to the ledger's anchor file; `None` when done, else a warning saying
-/// what was not protected and what to do.
-pub fn anchor_head(location: &LedgerLocation, seq: i64, hash: &str) -> Option<String> {
+/// The environment variable naming the secret key file that signs anchored heads.
+pub const LEDGER_KEY_VAR: &str = "MEMWARDEN_LEDGER_KEY";
+
+/// What anchoring a head did.
+#[derive(Debug, Default)]
+pub struct Anchored {
+    /// The head's signature, when `MEMWARDEN_LEDGER_KEY` names a usable key (also when the
+    /// anchor file could not be written: the printed head still carries it).
+    pub signature: Option<HeadSignature>,
+    /// What was not protected and what to do, one sentence each, for stderr.
+    pub warnings: Vec<String>,
+}
+
+impl Anchored {
+    /// `SEQ:HASH`, or `SEQ:HASH:SIGNATURE` when signed: what `--expect-head` takes.
+    pub fn head(&self, seq: i64, hash: &str) -> String {
+        match &self.signature {
+            Some(signature) => format!("{seq}:{hash}:{signature}"),
+            None => format!("{seq}:{hash}"),
+        }
+    }
+}
+
+/// The signing key named by `MEMWARDEN_LEDGER_KEY` (unset or empty: none).
+fn signing_key() -> Result<Option<SecretKey>, KeyError> {
+    match std::env::var_os(LEDGER_KEY_VAR).filter(|v| !v.is_empty()) {
+        Some(path) => SecretKey::read(Path::new(&path)).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Appends the head to the ledger's anchor file, signed when `MEMWARDEN_LEDGER_KEY` names
+/// a key. Never fails: what could not be done comes back as warnings saying what was not
+/// protected and what to do (a key that cannot be used leaves an unsigned line, loudly).
+pub fn anchor_head(location: &LedgerLocation, seq: i64, hash: &str) -> Anchored {
     let file = AnchorFile::for_ledger(location);
-    let error = file.append(seq, hash).err()?;
-    Some(format!(
-        "cannot anchor the ledger head {seq}:{hash} in {}: {error}. Without it, `memwarden ledger verify` cannot detect the deletion of this run or a recomputed chain: make {} writable or set MEMWARDEN_ANCHOR_DIR to a writable directory, and keep the head above (e.g. in the CI log) for `ledger verify --expect-head`",
-        file.path().display(),
-        file.path().parent().unwrap_or(file.path()).display(),
-    ))
+    let mut anchored = Anchored::default();
+    let key = match signing_key() {
+        Ok(key) => key,
+        Err(error) => {
+            anchored.warnings.push(format!(
+                "{LEDGER_KEY_VAR}: cannot use the signing key ({error}), so the ledger head {seq}:{hash} is anchored UNSIGNED and `memwarden ledger verify --public-key` will report its line: fix the key file (`memwarden ledger keygen` writes one) or unset {LEDGER_KEY_VAR}"
+            ));
+            None
+        }
+    };
+    match file.append(seq, hash, key.as_ref()) {
+        Ok(signature) => anchored.signature = signature,
+        Err(error) => {
+            anchored.signature = key.map(|key| key.sign_head(file.identity(), seq, hash));
+            anchored.warnings.push(format!(
+                "cannot anchor the ledger head {} in {}: {error}. Without it, `memwarden ledger verify` cannot detect the deletion of this run or a recomputed chain: make {} writable or set MEMWARDEN_ANCHOR_DIR to a writable directory, and keep the head above (e.g. in the CI log) for `ledger verify --expect-head`",
+                anchored.head(seq, hash),
+                file.path().display(),
+                file.path().parent().unwrap_or(file.path()).display(),
+            ));
+        }
+    }
+    anchored
+}
+
+/// `memwarden ledger keygen`.
+pub fn keygen(out: Option<&Path>, secret: Option<&Path>, public: Option<&Path>) -> Status {
+    let (secret, public) = match (out, secret, public) {
+        (Some(dir), _, _) => {
+            use std::os::unix::fs::DirBuilderExt;
+            if let Err(e) = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+            {
+                return fail(Status::Usage, format!("--out {}: {e}", dir.display()));
+            }
+            (
+                dir.join("memwarden-ledger.key"),
+                dir.join("memwarden-ledger.pub"),
+            )
+        }
+        (None, Some(secret), Some(public)) => (secret.to_owned(), public.to_owned()),
+        _ => {
+            return fail(
+                Status::Usage,
+                "give --out DIR, or both --secret FILE and --public FILE",
+            )
+        }
+    };
+    match signing::write_key_pair(&secret, &public) {
+        Ok(key) => {
+            println!(
+                "wrote the secret key {} (mode 0600) and the public key {} (key {})",
+                secret.display(),
+                public.display(),
+                key.fingerprint()
+            );
+            println!(
+                "Keep the secret key where only the runs that record can read it (e.g. a CI secret) and set {LEDGER_KEY_VAR}=<its path> there: every head they anchor is then signed. Commit the public key, and check with: memwarden ledger verify --public-key {}",
+                public.display()
+            );
+            Status::Command(0)
+        }
+        Err(error @ KeyError::Random(_)) => fail(Status::Internal, error),
+        Err(error) => fail(Status::Usage, error),
+    }
 }
 
 /// `memwarden ledger verify`.
-pub fn verify(ledger: Option<&str>, json: bool, expect_heads: &[String]) -> Status {
+pub fn verify(
+    ledger: Option<&str>,
+    json: bool,
+    expect_heads: &[String],
+    public_keys: &[PathBuf],
+) -> Status {
     let expected = match expect_heads
         .iter()
         .map(|text| ExpectedHead::parse(text))
@@ -214,6 +320,22 @@ pub fn verify(ledger: Option<&str>, json: bool, expect_heads: &[String]) -> Stat
         Ok(expected) => expected,
         Err(e) => return fail(Status::Usage, format!("--expect-head: {e}")),
     };
+    let keys = match public_keys
+        .iter()
+        .map(|path| PublicKey::read(path))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(keys) => keys,
+        Err(e) => return fail(Status::Usage, format!("--public-key: {e}")),
+    };
+    if keys.is_empty() {
+        if let Some(head) = expected.iter().find(|e| e.signature.is_some()) {
+            return fail(
+                Status::Usage,
+                format!("--expect-head {}:{}:SIGNATURE carries a signature: give --public-key FILE (the team's public key) to check it, or leave the signature out", head.seq, head.hash),
+            );
+        }
+    }
     let mut opened = match open_for_reading(ledger) {
         Ok(ledger) => ledger,
         Err(status) => return status,
@@ -230,6 +352,7 @@ pub fn verify(ledger: Option<&str>, json: bool, expect_heads: &[String]) -> Stat
     let head_seq = entries.last().map_or(0, |e| e.seq);
     let mut warnings = Vec::new();
     let anchor_file = AnchorFile::for_ledger(opened.location());
+    let identity = anchor_file.identity();
     let anchor_log = match anchor_file.read() {
         Ok(Some(log)) => Some(log),
         Ok(None) => {
@@ -249,19 +372,45 @@ pub fn verify(ledger: Option<&str>, json: bool, expect_heads: &[String]) -> Stat
     if let Some(log) = &anchor_log {
         for (line, text) in &log.malformed {
             warnings.push(format!(
-                "{} line {line} is not SEQ HASH UNIX_S and was ignored: '{text}'",
+                "{} line {line} is not SEQ HASH UNIX_S [SIGNATURE] and was ignored: '{text}'",
                 anchor_file.path().display()
             ));
         }
     }
-    let anchored = anchor_log
-        .as_ref()
-        .map(|log| anchor::check(&log.anchors, &entries))
-        .unwrap_or_default();
+    // With --public-key, only heads signed by a given key for this ledger are trusted.
+    let signatures = (!keys.is_empty()).then(|| {
+        let anchors = anchor_log.as_ref().map_or(&[][..], |log| &log.anchors[..]);
+        let mut check = anchor::check_signatures(anchors, identity, &keys);
+        if anchor_log.is_none() && !expected.iter().any(|e| e.signature.is_some()) {
+            check.problems.push(format!(
+                "no anchor file ({}) holds signed heads to check with --public-key: it was deleted, or no run recorded here; on another machine, check a signed head with --expect-head SEQ:HASH:SIGNATURE",
+                anchor_file.path().display()
+            ));
+        }
+        check
+    });
+    if let Some(check) = &signatures {
+        let highest_signed = check.trusted.iter().map(|a| a.seq).max().unwrap_or(0);
+        if anchor_log.is_some() && head_seq > highest_signed {
+            warnings.push(format!(
+                "records #{}..#{head_seq} come after the highest signed head (#{highest_signed}): no signature covers them (recorded on another machine, or without {LEDGER_KEY_VAR}, or rewritten together with the anchor lines that covered them)",
+                highest_signed + 1
+            ));
+        }
+    }
+    let anchored = match (&anchor_log, &signatures) {
+        (Some(_), Some(check)) => anchor::check(&check.trusted, &entries),
+        (Some(log), None) => anchor::check(&log.anchors, &entries),
+        (None, _) => AnchorCheck::default(),
+    };
     let expected: Vec<ExpectedOutput> = expected
         .iter()
         .map(|head| {
-            let problem = head.mismatch(&entries);
+            let signature_problem = head.signature.as_ref().and_then(|signature| {
+                signing::signature_problem(&keys, identity, head.seq, &head.hash, Some(signature))
+                    .map(|why| format!("the head is not signed by a given key: {why}"))
+            });
+            let problem = signature_problem.or_else(|| head.mismatch(&entries));
             ExpectedOutput {
                 seq: head.seq,
                 hash: head.hash.clone(),
@@ -271,11 +420,20 @@ pub fn verify(ledger: Option<&str>, json: bool, expect_heads: &[String]) -> Stat
         })
         .collect();
     let chain_intact = result.breaks.is_empty();
-    let intact = chain_intact && anchored.problems.is_empty() && guard_problems.is_empty();
+    let signature_problems = signatures
+        .as_ref()
+        .map_or(&[][..], |check| &check.problems[..]);
+    let intact = chain_intact
+        && anchored.problems.is_empty()
+        && signature_problems.is_empty()
+        && guard_problems.is_empty();
     let location = opened.location().display();
     for warning in &warnings {
         eprintln!("memwarden: warning: {warning}");
     }
+    let signed = anchor_log.as_ref().map_or(0, |log| {
+        log.anchors.iter().filter(|a| a.signature.is_some()).count()
+    });
     if json {
         print_json(&VerifyOutput {
             ledger: location,
@@ -296,12 +454,15 @@ pub fn verify(ledger: Option<&str>, json: bool, expect_heads: &[String]) -> Stat
             anchors: AnchorsOutput {
                 file: anchor_file.path().display().to_string(),
                 present: anchor_log.is_some(),
-                anchored: anchored.anchored,
+                anchored: anchor_log.as_ref().map_or(0, |log| log.anchors.len()),
                 highest: anchored
                     .highest
                     .as_ref()
                     .map(|a| format!("{}:{}", a.seq, a.hash)),
                 problems: anchored.problems.clone(),
+                signed,
+                signatures_checked: signatures.is_some(),
+                signature_problems: signature_problems.to_vec(),
             },
             guards: GuardsOutput {
                 intact: guard_problems.is_empty(),
@@ -321,6 +482,7 @@ pub fn verify(ledger: Option<&str>, json: bool, expect_heads: &[String]) -> Stat
             &guard_problems,
             &expected,
         );
+        print_signatures(signed, &keys, signatures.as_ref());
     }
     if !intact {
         Status::LedgerTampered
@@ -328,6 +490,32 @@ pub fn verify(ledger: Option<&str>, json: bool, expect_heads: &[String]) -> Stat
         Status::HeadMismatch
     } else {
         Status::Command(0)
+    }
+}
+
+fn print_signatures(signed: usize, keys: &[PublicKey], check: Option<&SignatureCheck>) {
+    let Some(check) = check else {
+        if signed > 0 {
+            println!("signatures: {signed} anchor line(s) signed, not checked (give --public-key FILE to check them)");
+        }
+        return;
+    };
+    let fingerprints: Vec<String> = keys.iter().map(PublicKey::fingerprint).collect();
+    let fingerprints = fingerprints.join(", ");
+    if check.problems.is_empty() {
+        println!(
+            "signatures: all {} anchor line(s) signed for this ledger by key(s) {fingerprints}",
+            check.trusted.len()
+        );
+    } else {
+        println!(
+            "signatures: {} anchor line(s) signed by key(s) {fingerprints}, {} NOT:",
+            check.trusted.len(),
+            check.problems.len()
+        );
+        for problem in &check.problems {
+            println!("  {problem}");
+        }
     }
 }
 
@@ -429,8 +617,9 @@ pub fn sync(ledger: Option<&str>) -> Status {
     if outcome.written > 0 {
         match opened.head() {
             Ok(Some((seq, hash))) => {
-                println!("ledger head {seq}:{hash}");
-                if let Some(warning) = anchor_head(&location, seq, &hash) {
+                let anchored = anchor_head(&location, seq, &hash);
+                println!("ledger head {}", anchored.head(seq, &hash));
+                for warning in &anchored.warnings {
                     eprintln!("memwarden: warning: {warning}");
                 }
             }

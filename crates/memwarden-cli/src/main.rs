@@ -57,10 +57,17 @@ fn main() -> ExitCode {
         }
         cli::Command::Guardian { lock } => run::guardian::main(&lock, ledger),
         cli::Command::Ledger { command } => match command {
-            cli::LedgerCommand::Verify { json, expect_head } => {
-                govern::verify(ledger, json, &expect_head)
-            }
+            cli::LedgerCommand::Verify {
+                json,
+                expect_head,
+                public_key,
+            } => govern::verify(ledger, json, &expect_head, &public_key),
             cli::LedgerCommand::Sync => govern::sync(ledger),
+            cli::LedgerCommand::Keygen {
+                out,
+                secret,
+                public,
+            } => govern::keygen(out.as_deref(), secret.as_deref(), public.as_deref()),
         },
     };
     ExitCode::from(status.code())

@@ -11,6 +11,11 @@
 //! An anchor file only proves what this machine wrote; [`ExpectedHead`] (`verify
 //! --expect-head SEQ:HASH`) checks a head kept anywhere else (a CI log, a release note),
 //! which is how a shared PostgreSQL ledger with writers on many machines is anchored.
+//!
+//! Whoever can write the anchor file too can make it agree with a rewritten chain. With a
+//! team key ([`crate::signing`]), each line also carries the head's signature
+//! (`SEQ HASH UNIX_S SIGNATURE`), and [`check_signatures`] keeps only the lines signed by
+//! one of the team's public keys for this very ledger.
 
 use std::fs;
 use std::io::{self, Write};
@@ -18,6 +23,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::chain::StoredEntry;
+use crate::signing::{self, HeadSignature, PublicKey, SecretKey};
 use crate::store::LedgerLocation;
 
 /// Why an anchor could not be written or read.
@@ -88,8 +94,12 @@ pub struct Anchor {
     pub seq: i64,
     /// Its hash.
     pub hash: String,
-    /// When it was anchored, seconds since the Unix epoch.
+    /// When it was anchored, seconds since the Unix epoch (not signed).
     pub at_unix_s: u64,
+    /// The head's signature, when the run that anchored it had a signing key.
+    pub signature: Option<HeadSignature>,
+    /// Its line in the anchor file (1-based; 0 when not read from a file).
+    pub line: usize,
 }
 
 /// The anchor file of one ledger.
@@ -104,7 +114,7 @@ pub struct AnchorFile {
 pub struct AnchorLog {
     /// The anchors, in file order.
     pub anchors: Vec<Anchor>,
-    /// Lines that are not `SEQ HASH UNIX_S` (1-based line number, text).
+    /// Lines that are not `SEQ HASH UNIX_S [SIGNATURE]` (1-based line number, text).
     pub malformed: Vec<(usize, String)>,
 }
 
@@ -129,9 +139,20 @@ impl AnchorFile {
         &self.path
     }
 
-    /// Appends `seq hash now` as one line, creating the file (with a header naming the
-    /// ledger) and its directory when missing, and syncs it to disk.
-    pub fn append(&self, seq: i64, hash: &str) -> Result<(), AnchorError> {
+    /// The ledger's identity ([`ledger_identity`]), which signed heads name.
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// Appends `seq hash now` as one line (with the head's signature as a fourth field when
+    /// `signer` is given), creating the file (with a header naming the ledger) and its
+    /// directory when missing, and syncs it to disk. Returns the signature written.
+    pub fn append(
+        &self,
+        seq: i64,
+        hash: &str,
+        signer: Option<&SecretKey>,
+    ) -> Result<Option<HeadSignature>, AnchorError> {
         let io_error = |path: &Path| {
             let path = path.to_owned();
             move |source| AnchorError::Io { path, source }
@@ -153,14 +174,19 @@ impl AnchorFile {
         let mut text = String::new();
         if file.metadata().map_err(io_error(&self.path))?.len() == 0 {
             text.push_str(&format!(
-                "# memwarden ledger heads of {} (SEQ HASH UNIX_S), append-only\n",
+                "# memwarden ledger heads of {} (SEQ HASH UNIX_S [SIGNATURE]), append-only\n",
                 self.identity
             ));
         }
-        text.push_str(&format!("{seq} {hash} {now}\n"));
+        let signature = signer.map(|key| key.sign_head(&self.identity, seq, hash));
+        match &signature {
+            Some(signature) => text.push_str(&format!("{seq} {hash} {now} {signature}\n")),
+            None => text.push_str(&format!("{seq} {hash} {now}\n")),
+        }
         file.write_all(text.as_bytes())
             .and_then(|()| file.sync_all())
-            .map_err(io_error(&self.path))
+            .map_err(io_error(&self.path))?;
+        Ok(signature)
     }
 
     /// The anchors, or `None` when there is no anchor file.
@@ -181,7 +207,7 @@ impl AnchorFile {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            match parse_line(line) {
+            match parse_line(line, index + 1) {
                 Some(anchor) => log.anchors.push(anchor),
                 None => log.malformed.push((index + 1, line.to_owned())),
             }
@@ -190,15 +216,24 @@ impl AnchorFile {
     }
 }
 
-fn parse_line(line: &str) -> Option<Anchor> {
-    let mut fields = line.split_ascii_whitespace();
+fn parse_line(text: &str, line: usize) -> Option<Anchor> {
+    let mut fields = text.split_ascii_whitespace();
     let seq = fields.next()?.parse().ok().filter(|&seq: &i64| seq >= 1)?;
     let hash = fields.next().filter(|h| is_hash(h))?.to_owned();
     let at_unix_s = fields.next()?.parse().ok()?;
+    let signature = match fields.next() {
+        Some(field) => Some(HeadSignature::parse(field)?),
+        None => None,
+    };
+    if fields.next().is_some() {
+        return None;
+    }
     Some(Anchor {
         seq,
         hash,
         at_unix_s,
+        signature,
+        line,
     })
 }
 
@@ -276,22 +311,66 @@ fn when(at_unix_s: u64) -> String {
     format!("at unix time {at_unix_s}")
 }
 
-/// `--expect-head SEQ:HASH`: record `seq` has `hash`.
+/// What the team's public keys say about an anchor file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SignatureCheck {
+    /// The anchors signed by one of the keys for this ledger: the only ones to trust.
+    pub trusted: Vec<Anchor>,
+    /// One sentence per other anchor line, naming its line, its record and why.
+    pub problems: Vec<String>,
+}
+
+/// Splits `anchors` into those signed by one of `keys` for the ledger `identity` and the
+/// rest (unsigned, signed by another key or for another ledger, or altered).
+pub fn check_signatures(anchors: &[Anchor], identity: &str, keys: &[PublicKey]) -> SignatureCheck {
+    let mut check = SignatureCheck::default();
+    for anchor in anchors {
+        match signing::signature_problem(
+            keys,
+            identity,
+            anchor.seq,
+            &anchor.hash,
+            anchor.signature.as_ref(),
+        ) {
+            None => check.trusted.push(anchor.clone()),
+            Some(why) => check.problems.push(format!(
+                "anchor line {} (record #{}, {}:{}) is not a signed head: {why}",
+                anchor.line, anchor.seq, anchor.seq, anchor.hash
+            )),
+        }
+    }
+    check
+}
+
+/// `--expect-head SEQ:HASH[:SIGNATURE]`: record `seq` has `hash` (and the head was signed
+/// by a team key, when a signature is given).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExpectedHead {
     /// Sequence number.
     pub seq: i64,
     /// Full hash (64 hex digits).
     pub hash: String,
+    /// The head's signature, as a run with `MEMWARDEN_LEDGER_KEY` prints it.
+    pub signature: Option<HeadSignature>,
 }
 
 impl ExpectedHead {
-    /// Parses `SEQ:HASH` as printed by `memwarden run` and `ledger verify`.
+    /// Parses `SEQ:HASH` or `SEQ:HASH:SIGNATURE` as printed by `memwarden run` and
+    /// `ledger verify`.
     pub fn parse(text: &str) -> Result<ExpectedHead, String> {
         let (seq, hash) = text
             .trim()
             .split_once(':')
             .ok_or_else(|| format!("'{text}' is not SEQ:HASH (e.g. 42:3fa9…, the full 64-digit hash printed by `memwarden run` or `memwarden ledger verify`)"))?;
+        let (hash, signature) = match hash.split_once(':') {
+            Some((hash, signature)) => (
+                hash,
+                Some(HeadSignature::parse(signature).ok_or_else(|| {
+                    format!("the signature in '{text}' is not 128 hex digits: give the whole SEQ:HASH:SIGNATURE a signing run printed")
+                })?),
+            ),
+            None => (hash, None),
+        };
         let seq: i64 = seq
             .parse()
             .ok()
@@ -303,7 +382,11 @@ impl ExpectedHead {
                 "'{hash}' in '{text}' is not a full hash: give all 64 hex digits, as `memwarden run` and `memwarden ledger verify` print them"
             ));
         }
-        Ok(ExpectedHead { seq, hash })
+        Ok(ExpectedHead {
+            seq,
+            hash,
+            signature,
+        })
     }
 
     /// `None` when record `seq` of `entries` has the expected hash, else why not.
@@ -351,8 +434,8 @@ mod tests {
         let location = LedgerLocation::Sqlite(dir.path().join("l.sqlite"));
         let file = AnchorFile::in_dir(&dir.path().join("anchors"), &location);
         assert_eq!(file.read().expect("reads"), None, "no file yet");
-        file.append(1, &h('a')).expect("append");
-        file.append(2, &h('b')).expect("append");
+        file.append(1, &h('a'), None).expect("append");
+        file.append(2, &h('b'), None).expect("append");
         let mut raw = fs::OpenOptions::new()
             .append(true)
             .open(file.path())
@@ -375,6 +458,8 @@ mod tests {
                     seq,
                     hash: h(c),
                     at_unix_s: 7,
+                    signature: None,
+                    line: 0,
                 })
                 .collect()
         };
@@ -412,6 +497,77 @@ mod tests {
         assert!(missing
             .mismatch(&chain)
             .is_some_and(|m| m.contains("not in the ledger")));
+    }
+
+    #[test]
+    fn signed_anchors_round_trip_and_only_this_ledgers_keys_are_trusted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let location = LedgerLocation::Sqlite(dir.path().join("l.sqlite"));
+        let file = AnchorFile::in_dir(&dir.path().join("anchors"), &location);
+        let team = SecretKey::generate().expect("key");
+        let stranger = SecretKey::generate().expect("key");
+        let signed = file.append(1, &h('a'), Some(&team)).expect("append");
+        file.append(2, &h('b'), None).expect("append");
+        file.append(3, &h('c'), Some(&stranger)).expect("append");
+        // A line signed by the team key for another ledger, copied here.
+        let other = AnchorFile::in_dir(
+            &dir.path().join("anchors"),
+            &LedgerLocation::Sqlite(dir.path().join("other.sqlite")),
+        );
+        let copied = team.sign_head(other.identity(), 4, &h('d'));
+        let mut raw = fs::OpenOptions::new()
+            .append(true)
+            .open(file.path())
+            .expect("open");
+        raw.write_all(format!("4 {} 9 {copied}\n", h('d')).as_bytes())
+            .expect("write");
+        raw.write_all(format!("5 {} 9 {copied} extra\n5 {} 9 abc\n", h('e'), h('e')).as_bytes())
+            .expect("write");
+        let log = file.read().expect("reads").expect("present");
+        assert_eq!(log.anchors.len(), 4);
+        assert_eq!(log.anchors[0].signature, signed);
+        assert_eq!(log.anchors[0].line, 2, "after the header");
+        assert_eq!(
+            log.malformed
+                .iter()
+                .map(|(line, _)| *line)
+                .collect::<Vec<_>>(),
+            [6, 7],
+            "a fifth field, and a fourth that is no signature"
+        );
+
+        let keys = [stranger.public(), team.public()];
+        let both = check_signatures(&log.anchors, file.identity(), &keys);
+        assert_eq!(
+            both.trusted.iter().map(|a| a.seq).collect::<Vec<_>>(),
+            [1, 3],
+            "either key of a rotation"
+        );
+        let team_only = check_signatures(&log.anchors, file.identity(), &[team.public()]);
+        assert_eq!(
+            team_only.trusted.iter().map(|a| a.seq).collect::<Vec<_>>(),
+            [1]
+        );
+        assert_eq!(team_only.problems.len(), 3, "{:?}", team_only.problems);
+        assert!(
+            team_only.problems[0].starts_with("anchor line 3 (record #2,")
+                && team_only.problems[0].contains("unsigned"),
+            "{:?}",
+            team_only.problems
+        );
+        assert!(team_only.problems[1].contains("signed by another key"));
+        assert!(team_only.problems[2].starts_with("anchor line 5 (record #4,"));
+    }
+
+    #[test]
+    fn expected_heads_may_carry_a_signature() {
+        let team = SecretKey::generate().expect("key");
+        let signature = team.sign_head("sqlite:///l", 3, &h('a'));
+        let head = ExpectedHead::parse(&format!("3:{}:{signature}", h('a'))).expect("parses");
+        assert_eq!(head.signature, Some(signature));
+        assert_eq!(head.hash, h('a'));
+        let bad = ExpectedHead::parse(&format!("3:{}:{}", h('a'), "ab")).expect_err("short");
+        assert!(bad.contains("not 128 hex digits"), "{bad}");
     }
 
     #[test]

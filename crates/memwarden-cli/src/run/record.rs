@@ -133,8 +133,10 @@ pub fn write(location: &LedgerLocation, record: &RunRecord) -> Result<String, St
     });
     match appended {
         Ok(((seq, hash), synced)) => {
-            // Loud even with --quiet: an unanchored head is a gap in the tamper evidence.
-            if let Some(warning) = crate::govern::anchor_head(location, seq, &hash) {
+            // Loud even with --quiet: an unanchored (or unsigned) head is a gap in the tamper
+            // evidence.
+            let anchored = crate::govern::anchor_head(location, seq, &hash);
+            for warning in &anchored.warnings {
                 eprintln!("memwarden: warning: {warning}");
             }
             let mut line = format!(
@@ -148,7 +150,7 @@ pub fn write(location: &LedgerLocation, record: &RunRecord) -> Result<String, St
             if synced.written > 0 {
                 line.push_str(&format!("; wrote {} spooled record(s) first", synced.written));
             }
-            line.push_str(&format!("; ledger head {seq}:{hash}"));
+            line.push_str(&format!("; ledger head {}", anchored.head(seq, &hash)));
             Ok(line)
         }
         Err(error) => match spool.keep(location, record, &error.to_string()) {
