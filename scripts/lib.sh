@@ -47,5 +47,4 @@ ensure_postgres() {
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
     fi
     id postgres >/dev/null 2>&1 || useradd --system --home-dir /var/lib/postgresql postgres
-    export MEMWARDEN_REQUIRE_POSTGRES=1
 }

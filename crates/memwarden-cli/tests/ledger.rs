@@ -391,9 +391,10 @@ fn a_malformed_policy_names_file_line_and_key() {
 
 #[test]
 fn a_read_only_ledger_keeps_the_record_in_the_spool_until_sync() {
-    let probe = Command::new("unshare").args(["-m", "true"]).output();
-    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
-        eprintln!("SKIPPED a_read_only_ledger_keeps_the_record_in_the_spool_until_sync: unshare -m needs root");
+    if !util::require(
+        "a_read_only_ledger_keeps_the_record_in_the_spool_until_sync",
+        util::mount_namespace(),
+    ) {
         return;
     }
     let home = tempfile::tempdir().expect("tempdir");

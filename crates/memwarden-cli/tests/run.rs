@@ -434,11 +434,10 @@ fn quiet_runs_print_nothing_and_terminals_get_a_live_status_line() {
 fn hard_limit_falls_back_to_the_watchdog_when_cgroups_are_read_only() {
     // A private mount namespace in which every cgroup filesystem is read-only: memwarden
     // cannot create a cgroup and must say so, then enforce the limit itself.
-    let probe = std::process::Command::new("unshare")
-        .args(["-m", "true"])
-        .output();
-    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
-        eprintln!("SKIPPED hard_limit_falls_back_to_the_watchdog_when_cgroups_are_read_only: unshare -m is not permitted here (needs root)");
+    if !util::require(
+        "hard_limit_falls_back_to_the_watchdog_when_cgroups_are_read_only",
+        util::mount_namespace(),
+    ) {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -503,11 +502,13 @@ fn cgroup_off_enforces_the_hard_limit_with_the_watchdog() {
 fn the_command_gets_a_cgroup_of_its_own_with_an_exact_peak_when_the_kernel_allows() {
     let run = run_python(&["--cgroup", "require"], &numpy_hold(200, 0.3));
     if run.code() == 2 && run.stderr().contains("--cgroup require") {
-        eprintln!(
-            "SKIPPED: this machine gives memwarden no writable memory cgroup: {}",
-            run.stderr()
+        return util::skip(
+            "the_command_gets_a_cgroup_of_its_own_with_an_exact_peak_when_the_kernel_allows",
+            &format!(
+                "this machine gives memwarden no writable memory cgroup: {}",
+                run.stderr().trim()
+            ),
         );
-        return;
     }
     assert_eq!(run.code(), 0, "{}", run.stderr());
     assert_eq!(run.report()["monitor"]["own_cgroup"], Value::Bool(true));

@@ -70,7 +70,8 @@ static SUBSTITUTES: [Substitute; HOOKED] = [const {
 }; HOOKED];
 
 /// The functions `hooks.rs` interposes: libc's name and symbol version for each (x86-64's,
-/// fixed by the ABI), and our hook's address.
+/// fixed by the ABI), and our hook's address. Taking an `unsafe fn`'s address is safe: the
+/// code that gets it from `dlsym` calls it under C's contract, as it would glibc's function.
 fn hooked() -> [(&'static CStr, &'static CStr, *const ()); HOOKED] {
     const BASE: &CStr = c"GLIBC_2.2.5";
     [

@@ -29,7 +29,11 @@
 //! on the allocation fast path, and no Rust panic can cross the C boundary (every exported
 //! function is `extern "C"`, which aborts instead of unwinding; the code is written not to
 //! panic). Without `MEMWARDEN_CAPTURE_DIR` the library only forwards.
-#![allow(unsafe_code)] // An allocator interposer is unsafe by nature; each block says why it holds.
+// An allocator interposer is unsafe by nature; each block says why it holds. The exported
+// hooks that take the caller's pointers are `unsafe fn`s (`hooks.rs`), and in them too each
+// unsafe operation sits in a block of its own that says why it holds.
+#![allow(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
 mod dlsym;
 mod hooks;

@@ -9,9 +9,9 @@ use memwarden_format::capture::kind;
 use crate::writer::CAPTURE;
 use crate::{current_node, forked_child};
 
-type StartRoutine = extern "C" fn(*mut c_void) -> *mut c_void;
+type StartRoutine = unsafe extern "C" fn(*mut c_void) -> *mut c_void;
 type CreateFn =
-    extern "C" fn(*mut pthread_t, *const pthread_attr_t, StartRoutine, *mut c_void) -> c_int;
+    unsafe extern "C" fn(*mut pthread_t, *const pthread_attr_t, StartRoutine, *mut c_void) -> c_int;
 
 /// glibc's `pthread_create`, found at start.
 static REAL_CREATE: AtomicUsize = AtomicUsize::new(0);
@@ -53,7 +53,12 @@ struct Handoff {
     node: u32,
 }
 
-extern "C" fn trampoline(handoff: *mut c_void) -> *mut c_void {
+/// The new thread's start: takes the creator's node, then runs the caller's routine.
+///
+/// # Safety
+///
+/// `handoff` is the block `pthread_create` filled, owned by this thread from now on.
+unsafe extern "C" fn trampoline(handoff: *mut c_void) -> *mut c_void {
     let handoff = handoff.cast::<Handoff>();
     // SAFETY: `handoff` was filled by `pthread_create` below and is owned by this thread.
     let (start, argument, node) =
@@ -61,12 +66,19 @@ extern "C" fn trampoline(handoff: *mut c_void) -> *mut c_void {
     // SAFETY: allocated with __libc_malloc below.
     unsafe { __libc_free(handoff.cast()) };
     crate::thread().inherited.set(node);
-    start(argument)
+    // SAFETY: the routine and argument that `pthread_create`'s caller vouched for.
+    unsafe { start(argument) }
 }
 
 /// `pthread_create`: remembers the creator's stack for the new thread.
+///
+/// # Safety
+///
+/// C's contract: `thread` is valid for writing a `pthread_t`; `attributes` is null or an
+/// initialised attribute object; `start` may be run with `argument` on a new thread, with
+/// whatever `argument` points to living as long as `start` uses it.
 #[no_mangle]
-pub extern "C" fn pthread_create(
+pub unsafe extern "C" fn pthread_create(
     thread: *mut pthread_t,
     attributes: *const pthread_attr_t,
     start: StartRoutine,
@@ -89,12 +101,14 @@ pub extern "C" fn pthread_create(
         None
     };
     let Some(node) = node else {
-        return real(thread, attributes, start, argument);
+        // SAFETY: our caller's arguments, under the contract it vouched for.
+        return unsafe { real(thread, attributes, start, argument) };
     };
     // SAFETY: glibc's malloc, for a block the new thread frees.
     let handoff = unsafe { __libc_malloc(std::mem::size_of::<Handoff>()) }.cast::<Handoff>();
     if handoff.is_null() {
-        return real(thread, attributes, start, argument);
+        // SAFETY: as above.
+        return unsafe { real(thread, attributes, start, argument) };
     }
     // SAFETY: `handoff` is a fresh block of the right size.
     unsafe {
@@ -104,7 +118,9 @@ pub extern "C" fn pthread_create(
             node,
         })
     };
-    let result = real(thread, attributes, trampoline, handoff.cast());
+    // SAFETY: our caller's `thread` and `attributes`; the trampoline runs the caller's
+    // `start` with its `argument` from the block it owns from here on.
+    let result = unsafe { real(thread, attributes, trampoline, handoff.cast()) };
     if result != 0 {
         // SAFETY: the thread was not created, so the block is still ours.
         unsafe { __libc_free(handoff.cast()) };

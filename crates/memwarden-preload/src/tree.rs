@@ -82,8 +82,7 @@ pub fn attach(dir: &[u8]) {
         return;
     }
     word::<AtomicU64>(page, field::LOADED).fetch_add(1, Ordering::Relaxed);
-    // SAFETY: getpid has no preconditions.
-    IMAGE_PID.store(unsafe { libc::getpid() } as u64, Ordering::Relaxed);
+    IMAGE_PID.store(u64::from(std::process::id()), Ordering::Relaxed);
     TREE.store(page, Ordering::Release);
 }
 
@@ -101,8 +100,7 @@ static EXIT_RECORDED: AtomicBool = AtomicBool::new(false);
 /// two ticks, or not memwarden's child).
 pub fn record_exit() {
     let tree = TREE.load(Ordering::Acquire);
-    // SAFETY: getpid has no preconditions.
-    let pid = unsafe { libc::getpid() } as u64;
+    let pid = u64::from(std::process::id());
     if tree.is_null()
         || pid != IMAGE_PID.load(Ordering::Relaxed)
         || EXIT_RECORDED.swap(true, Ordering::AcqRel)
@@ -147,8 +145,7 @@ pub fn begin_capture() {
 pub fn forked() {
     COUNTING.store(false, Ordering::Release);
     EXIT_RECORDED.store(false, Ordering::Relaxed);
-    // SAFETY: getpid has no preconditions.
-    IMAGE_PID.store(unsafe { libc::getpid() } as u64, Ordering::Relaxed);
+    IMAGE_PID.store(u64::from(std::process::id()), Ordering::Relaxed);
 }
 
 /// Raises the tree's heap peak (live less reserved) to `committed` if that is a new high.
@@ -241,9 +238,9 @@ pub fn withdraw() {
     if !COUNTING.load(Ordering::Acquire) || !CAPTURE.is_open() {
         return;
     }
-    // SAFETY: getpid has no preconditions (glibc no longer caches it, so a vfork child
-    // gets its own pid, not its parent's).
-    let pid = unsafe { libc::getpid() } as u64;
+    // `std::process::id` is a getpid system call each time (neither std nor glibc caches
+    // it), so a vfork child gets its own pid, not its parent's; it does not allocate.
+    let pid = u64::from(std::process::id());
     if CAPTURE.header(capture_field::PID).load(Ordering::Relaxed) != pid {
         return;
     }

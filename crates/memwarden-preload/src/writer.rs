@@ -123,8 +123,8 @@ impl Writer {
     /// a program too small to record anything (`true`, `sleep` in sampled mode) creates no
     /// file, which on a disk file system costs milliseconds of journal work.
     pub fn open(&self, dir: &[u8], settings: &Settings) -> bool {
-        // SAFETY: getpid/getppid have no preconditions.
-        let (pid, ppid) = unsafe { (libc::getpid(), libc::getppid()) };
+        // getpid and getppid system calls: neither allocates.
+        let (pid, ppid) = (std::process::id(), std::os::unix::process::parent_id());
         let mut fd = -1;
         for attempt in 0..1000u64 {
             let mut path = StackBuf::<4096>::new();

@@ -31,6 +31,50 @@ pub fn python() -> PathBuf {
     panic!("these tests need Python with numpy: run scripts/test.sh, or set MEMWARDEN_TEST_PYTHON");
 }
 
+/// Set to `1` by `scripts/test.sh`, the README's test command (which CI runs): that script
+/// installs what the tests need on a machine that can run them all, so there a test that
+/// cannot run is a failure, not a skip.
+pub const REQUIRE_ALL: &str = "MEMWARDEN_TEST_REQUIRE_ALL";
+
+/// Says that `test` cannot run on this machine, and why: a `SKIPPED <test>: <why>` line, or
+/// a failure with that reason when [`REQUIRE_ALL`] is `1`. Skipped loudly, never silently
+/// green. The line goes to the real stderr, past the test harness's capture of
+/// `eprintln!`, so that `cargo test` shows it even for a passing test (nextest shows it with
+/// `--no-capture` or `--success-output immediate`).
+pub fn skip(test: &str, why: &str) {
+    assert!(
+        std::env::var(REQUIRE_ALL).as_deref() != Ok("1"),
+        "{test} cannot run here: {why} ({REQUIRE_ALL}=1, as scripts/test.sh sets, requires it)"
+    );
+    let line = format!("SKIPPED {test}: {why} (scripts/test.sh requires it)\n");
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+}
+
+/// Whether `test` can run: true when `capability` is there; else [`skip`] with its reason,
+/// then false.
+pub fn require(test: &str, capability: Result<(), String>) -> bool {
+    match capability {
+        Ok(()) => true,
+        Err(why) => {
+            skip(test, &why);
+            false
+        }
+    }
+}
+
+/// A capability: whether this process may make a private mount namespace (`unshare -m`,
+/// which needs root), for tests that make a file system read-only for one command.
+pub fn mount_namespace() -> Result<(), String> {
+    match Command::new("unshare").args(["-m", "true"]).output() {
+        Ok(output) if output.status.success() => Ok(()),
+        Ok(output) => Err(format!(
+            "unshare -m is not permitted here (needs root): {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )),
+        Err(e) => Err(format!("unshare (util-linux) does not run: {e}")),
+    }
+}
+
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")

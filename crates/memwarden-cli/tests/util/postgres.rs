@@ -35,24 +35,22 @@ fn as_postgres(program: PathBuf) -> Command {
 }
 
 impl PgServer {
-    /// Starts a server, or says loudly why it cannot (and fails when
-    /// `MEMWARDEN_REQUIRE_POSTGRES=1`, as in scripts/test.sh).
+    /// Starts a server, or says loudly why it cannot ([`super::skip`]: a failure under
+    /// scripts/test.sh, which installs PostgreSQL).
     pub fn start(test: &str) -> Option<PgServer> {
-        let required = std::env::var("MEMWARDEN_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
-        let skip = |why: String| -> Option<PgServer> {
-            assert!(!required, "{test} needs PostgreSQL: {why}");
-            eprintln!("SKIPPED {test}: {why} (scripts/test.sh installs and requires it)");
+        let skip = |why: &str| -> Option<PgServer> {
+            super::skip(test, &format!("needs PostgreSQL: {why}"));
             None
         };
         let Some(bin) = bin_dir() else {
-            return skip("no PostgreSQL binaries (initdb, pg_ctl) found".into());
+            return skip("no PostgreSQL binaries (initdb, pg_ctl) found");
         };
         if Command::new("id")
             .arg("postgres")
             .output()
             .map_or(true, |o| !o.status.success())
         {
-            return skip("no 'postgres' system user to run the server as".into());
+            return skip("no 'postgres' system user to run the server as");
         }
         let dir = tempfile::Builder::new()
             .prefix("memwarden-pg-")
