@@ -7,7 +7,7 @@ use memwarden_format::capture::SUFFIX;
 use memwarden_format::report::ProfileMode;
 use memwarden_report::profile;
 
-use crate::exit::Status;
+use crate::exit::{Failure, Status};
 
 /// Capture files named by `paths` (directories are listed).
 fn capture_files(paths: &[PathBuf]) -> Vec<PathBuf> {
@@ -27,18 +27,26 @@ pub fn main(
     json: Option<&Path>,
     folded: Option<&Path>,
     raw_frames: bool,
-) -> Status {
+) -> Result<Status, Failure> {
     let (captures, errors) = profile::read_captures(&capture_files(paths));
-    for error in &errors {
-        eprintln!("memwarden: error: {error}");
-    }
-    let unreadable = !errors.is_empty();
+    // Captures that cannot be read fail the command once those that can are analysed.
+    let unreadable: Vec<String> = errors.iter().map(ToString::to_string).collect();
     if captures.is_empty() {
-        if !unreadable {
-            eprintln!("memwarden: error: no capture with recorded allocations in the given paths (captures are *.{SUFFIX} files)");
-        }
-        return Status::Unreadable;
+        return Err(if unreadable.is_empty() {
+            Failure::new(Status::Unreadable, format!("no capture with recorded allocations in the given paths (captures are *.{SUFFIX} files)"))
+        } else {
+            Failure {
+                status: Status::Unreadable,
+                messages: unreadable,
+            }
+        });
     }
+    // An output that cannot be written is a usage failure, which still names the
+    // unreadable captures first.
+    let usage = |message: String| Failure {
+        status: Status::Usage,
+        messages: unreadable.iter().cloned().chain([message]).collect(),
+    };
     let mode = if captures[0].exact {
         ProfileMode::Exact
     } else {
@@ -69,10 +77,8 @@ pub fn main(
         eprintln!("memwarden: warning: {e}; the tree's peak is the sum of each process's");
     }
     if let Some(path) = folded {
-        if let Err(e) = std::fs::write(path, profile::folded(&analysis.all_at_peak)) {
-            eprintln!("memwarden: error: --folded {}: {e}", path.display());
-            return Status::Usage;
-        }
+        std::fs::write(path, profile::folded(&analysis.all_at_peak))
+            .map_err(|e| usage(format!("--folded {}: {e}", path.display())))?;
     }
     match json {
         Some(path) => {
@@ -82,10 +88,7 @@ pub fn main(
             } else {
                 std::fs::write(path, text)
             };
-            if let Err(e) = written {
-                eprintln!("memwarden: error: --json {}: {e}", path.display());
-                return Status::Usage;
-            }
+            written.map_err(|e| usage(format!("--json {}: {e}", path.display())))?;
         }
         None => {
             let cwd = std::env::current_dir()
@@ -96,9 +99,12 @@ pub fn main(
             print!("{out}");
         }
     }
-    if unreadable {
-        Status::Unreadable
+    if unreadable.is_empty() {
+        Ok(Status::Command(0))
     } else {
-        Status::Command(0)
+        Err(Failure {
+            status: Status::Unreadable,
+            messages: unreadable,
+        })
     }
 }

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::exit::Failure;
+
 /// Memory governance for Python machine-learning workloads.
 #[derive(Debug, Parser)]
 #[command(name = "memwarden", version, about, long_about = None)]
@@ -378,15 +380,15 @@ pub struct RunArgs {
     pub command: Vec<OsString>,
 }
 
-/// Parses the process's arguments; on an error, prints it and exits with status 2, as
-/// clap does, naming the argument when one is not valid UTF-8 where text is expected.
-pub fn parse() -> Cli {
+/// Parses the process's arguments. An argument that is not valid UTF-8 where text is
+/// expected comes back as a usage failure naming it; on any other error clap prints its
+/// own message (and help, version) and exits with status 2.
+pub fn parse() -> Result<Cli, Failure> {
     let args: Vec<OsString> = std::env::args_os().collect();
     match Cli::try_parse_from(&args) {
-        Ok(cli) => cli,
+        Ok(cli) => Ok(cli),
         Err(error) if error.kind() == clap::error::ErrorKind::InvalidUtf8 => {
-            eprintln!("memwarden: error: {}", refused_argument(&args));
-            std::process::exit(2);
+            Err(Failure::usage(refused_argument(&args)))
         }
         Err(error) => error.exit(),
     }

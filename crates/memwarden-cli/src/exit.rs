@@ -60,3 +60,66 @@ impl fmt::Display for Status {
         write!(f, "{}", self.code())
     }
 }
+
+/// A failure of memwarden itself: the status to exit with and what to tell the user.
+/// Every subcommand returns `Result<Status, Failure>`: the status once its work is done
+/// (the command's own, a failed policy, a broken chain), or a failure that `main` prints
+/// once (see [`Failure::print`]). What a subcommand reports on the way (warnings, its
+/// normal output) is not a failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The status memwarden exits with.
+    pub status: Status,
+    /// What went wrong, one problem each (`analyze` given several unreadable files has
+    /// several). A problem may span lines, e.g. toml's pointer at the offending key of a
+    /// policy file: it is printed as it is, after one prefix.
+    pub messages: Vec<String>,
+}
+
+impl Failure {
+    pub fn new(status: Status, message: impl fmt::Display) -> Failure {
+        Failure {
+            status,
+            messages: vec![message.to_string()],
+        }
+    }
+
+    /// Bad arguments ([`Status::Usage`]).
+    pub fn usage(message: impl fmt::Display) -> Failure {
+        Failure::new(Status::Usage, message)
+    }
+
+    /// Prints every problem to stderr as `memwarden: error: PROBLEM` and returns the
+    /// status to exit with.
+    pub fn print(&self) -> Status {
+        eprint!("{self}");
+        self.status
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for message in &self.messages {
+            writeln!(f, "memwarden: error: {message}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_problem_of_a_failure_carries_the_prefix() {
+        let failure = Failure {
+            status: Status::Unreadable,
+            messages: vec!["a.cap: truncated".into(), "b.cap: not a capture".into()],
+        };
+        assert_eq!(
+            failure.to_string(),
+            "memwarden: error: a.cap: truncated\nmemwarden: error: b.cap: not a capture\n"
+        );
+        assert_eq!(Failure::usage("x").status.code(), 2);
+    }
+}

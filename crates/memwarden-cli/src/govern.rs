@@ -13,137 +13,108 @@ use memwarden_ledger::spool::Spool;
 use memwarden_ledger::{Ledger, LedgerError, LedgerLocation, RunRecord};
 use serde::Serialize;
 
-use crate::exit::Status;
+use crate::exit::{Failure, Status};
 
-fn fail(status: Status, message: impl std::fmt::Display) -> Status {
-    eprintln!("memwarden: error: {message}");
-    status
+fn location(ledger: Option<&str>) -> Result<LedgerLocation, Failure> {
+    LedgerLocation::resolve(ledger).map_err(|e| Failure::usage(format!("--ledger: {e}")))
 }
 
-fn location(ledger: Option<&str>) -> Result<LedgerLocation, Status> {
-    LedgerLocation::resolve(ledger).map_err(|e| fail(Status::Usage, format!("--ledger: {e}")))
+impl From<LedgerError> for Failure {
+    fn from(error: LedgerError) -> Failure {
+        let status = match error {
+            LedgerError::BadLocation(_) => Status::Usage,
+            _ => Status::LedgerUnavailable,
+        };
+        Failure::new(status, error)
+    }
 }
 
-fn ledger_failure(error: LedgerError) -> Status {
-    let status = match error {
-        LedgerError::BadLocation(_) => Status::Usage,
-        _ => Status::LedgerUnavailable,
-    };
-    fail(status, error)
+/// A gate refuses what it was asked (a malformed spec, an unknown version).
+impl From<GateError> for Failure {
+    fn from(error: GateError) -> Failure {
+        Failure::usage(error)
+    }
 }
 
 /// Opens the ledger for reading: a ledger that does not exist yet is not created by a
 /// read-only command.
-fn open_for_reading(ledger: Option<&str>) -> Result<Ledger, Status> {
+fn open_for_reading(ledger: Option<&str>) -> Result<Ledger, Failure> {
     let location = location(ledger)?;
     if let LedgerLocation::Sqlite(path) = &location {
         if !path.exists() {
-            return Err(fail(
+            return Err(Failure::new(
                 Status::LedgerUnavailable,
                 format!("no ledger at {}: record runs with `memwarden run --model NAME --version V -- CMD`, or point --ledger at an existing one", path.display()),
             ));
         }
     }
-    Ledger::open(&location).map_err(ledger_failure)
+    Ok(Ledger::open(&location)?)
 }
 
-fn records(ledger: Option<&str>) -> Result<Vec<RunRecord>, Status> {
-    open_for_reading(ledger)?
-        .records(None)
-        .map_err(ledger_failure)
+fn records(ledger: Option<&str>) -> Result<Vec<RunRecord>, Failure> {
+    Ok(open_for_reading(ledger)?.records(None)?)
 }
 
-fn gate_failure(error: GateError) -> Status {
-    fail(Status::Usage, error)
-}
-
-fn print_json<T: Serialize>(value: &T) -> Status {
-    match serde_json::to_string_pretty(value) {
-        Ok(text) => {
-            println!("{text}");
-            Status::Command(0)
-        }
-        Err(e) => fail(Status::Internal, e),
-    }
+fn print_json<T: Serialize>(value: &T) -> Result<(), Failure> {
+    let text =
+        serde_json::to_string_pretty(value).map_err(|e| Failure::new(Status::Internal, e))?;
+    println!("{text}");
+    Ok(())
 }
 
 /// `memwarden history MODEL`.
-pub fn history(ledger: Option<&str>, model: &str, json: bool) -> Status {
-    let records = match records(ledger) {
-        Ok(records) => records,
-        Err(status) => return status,
-    };
-    match gate::history(&records, model) {
-        Ok(rows) if json => print_json(&rows),
-        Ok(rows) => {
-            print!("{}", gate::render_history(model, &rows));
-            Status::Command(0)
-        }
-        Err(e) => gate_failure(e),
+pub fn history(ledger: Option<&str>, model: &str, json: bool) -> Result<Status, Failure> {
+    let rows = gate::history(&records(ledger)?, model)?;
+    if json {
+        print_json(&rows)?;
+    } else {
+        print!("{}", gate::render_history(model, &rows));
     }
+    Ok(Status::Command(0))
 }
 
 /// `memwarden diff A B`.
-pub fn diff(ledger: Option<&str>, a: &str, b: &str, json: bool) -> Status {
-    let (model, version_a) = match gate::parse_spec(a) {
-        Ok(spec) => spec,
-        Err(e) => return gate_failure(e),
-    };
+pub fn diff(ledger: Option<&str>, a: &str, b: &str, json: bool) -> Result<Status, Failure> {
+    let (model, version_a) = gate::parse_spec(a)?;
     let (model_b, version_b) = match gate::parse_spec(b) {
         Ok(spec) => spec,
         Err(_) if !b.contains('@') => (model.clone(), b.to_owned()),
-        Err(e) => return gate_failure(e),
+        Err(e) => return Err(e.into()),
     };
     if model_b != model {
-        return fail(
-            Status::Usage,
-            format!("diff compares versions of one model: {model} and {model_b} differ"),
-        );
+        return Err(Failure::usage(format!(
+            "diff compares versions of one model: {model} and {model_b} differ"
+        )));
     }
-    let records = match records(ledger) {
-        Ok(records) => records,
-        Err(status) => return status,
-    };
-    match gate::diff(&records, &model, &version_a, &version_b) {
-        Ok(report) if json => print_json(&report),
-        Ok(report) => {
-            print!("{}", gate::render_diff(&report));
-            Status::Command(0)
-        }
-        Err(e) => gate_failure(e),
+    let report = gate::diff(&records(ledger)?, &model, &version_a, &version_b)?;
+    if json {
+        print_json(&report)?;
+    } else {
+        print!("{}", gate::render_diff(&report));
     }
+    Ok(Status::Command(0))
 }
 
 /// `memwarden check MODEL@VERSION`.
-pub fn check(ledger: Option<&str>, spec: &str, policy_path: Option<&Path>, json: bool) -> Status {
-    let (model, version) = match gate::parse_spec(spec) {
-        Ok(spec) => spec,
-        Err(e) => return gate_failure(e),
-    };
-    let policy = match Policy::find(policy_path) {
-        Ok(policy) => policy,
-        Err(e) => return fail(Status::Usage, e),
-    };
-    let records = match records(ledger) {
-        Ok(records) => records,
-        Err(status) => return status,
-    };
-    match gate::check(&records, &model, &version, &policy) {
-        Ok(report) => {
-            let status = if report.pass {
-                Status::Command(0)
-            } else {
-                Status::PolicyFailed
-            };
-            if json {
-                print_json(&report);
-            } else {
-                print!("{}", gate::render_check(&report));
-            }
-            status
-        }
-        Err(e) => gate_failure(e),
+pub fn check(
+    ledger: Option<&str>,
+    spec: &str,
+    policy_path: Option<&Path>,
+    json: bool,
+) -> Result<Status, Failure> {
+    let (model, version) = gate::parse_spec(spec)?;
+    let policy = Policy::find(policy_path).map_err(Failure::usage)?;
+    let report = gate::check(&records(ledger)?, &model, &version, &policy)?;
+    if json {
+        print_json(&report)?;
+    } else {
+        print!("{}", gate::render_check(&report));
     }
+    Ok(if report.pass {
+        Status::Command(0)
+    } else {
+        Status::PolicyFailed
+    })
 }
 
 #[derive(Serialize)]
@@ -262,17 +233,19 @@ pub fn anchor_head(location: &LedgerLocation, seq: i64, hash: &str) -> Anchored 
 }
 
 /// `memwarden ledger keygen`.
-pub fn keygen(out: Option<&Path>, secret: Option<&Path>, public: Option<&Path>) -> Status {
+pub fn keygen(
+    out: Option<&Path>,
+    secret: Option<&Path>,
+    public: Option<&Path>,
+) -> Result<Status, Failure> {
     let (secret, public) = match (out, secret, public) {
         (Some(dir), _, _) => {
             use std::os::unix::fs::DirBuilderExt;
-            if let Err(e) = std::fs::DirBuilder::new()
+            std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
-            {
-                return fail(Status::Usage, format!("--out {}: {e}", dir.display()));
-            }
+                .map_err(|e| Failure::usage(format!("--out {}: {e}", dir.display())))?;
             (
                 dir.join("memwarden-ledger.key"),
                 dir.join("memwarden-ledger.pub"),
@@ -280,10 +253,9 @@ pub fn keygen(out: Option<&Path>, secret: Option<&Path>, public: Option<&Path>) 
         }
         (None, Some(secret), Some(public)) => (secret.to_owned(), public.to_owned()),
         _ => {
-            return fail(
-                Status::Usage,
+            return Err(Failure::usage(
                 "give --out DIR, or both --secret FILE and --public FILE",
-            )
+            ))
         }
     };
     match signing::write_key_pair(&secret, &public) {
@@ -298,10 +270,10 @@ pub fn keygen(out: Option<&Path>, secret: Option<&Path>, public: Option<&Path>) 
                 "Keep the secret key where only the runs that record can read it (e.g. a CI secret) and set {LEDGER_KEY_VAR}=<its path> there: every head they anchor is then signed. Commit the public key, and check with: memwarden ledger verify --public-key {}",
                 public.display()
             );
-            Status::Command(0)
+            Ok(Status::Command(0))
         }
-        Err(error @ KeyError::Random(_)) => fail(Status::Internal, error),
-        Err(error) => fail(Status::Usage, error),
+        Err(error @ KeyError::Random(_)) => Err(Failure::new(Status::Internal, error)),
+        Err(error) => Err(Failure::usage(error)),
     }
 }
 
@@ -311,43 +283,25 @@ pub fn verify(
     json: bool,
     expect_heads: &[String],
     public_keys: &[PathBuf],
-) -> Status {
-    let expected = match expect_heads
+) -> Result<Status, Failure> {
+    let expected = expect_heads
         .iter()
         .map(|text| ExpectedHead::parse(text))
         .collect::<Result<Vec<_>, _>>()
-    {
-        Ok(expected) => expected,
-        Err(e) => return fail(Status::Usage, format!("--expect-head: {e}")),
-    };
-    let keys = match public_keys
+        .map_err(|e| Failure::usage(format!("--expect-head: {e}")))?;
+    let keys = public_keys
         .iter()
         .map(|path| PublicKey::read(path))
         .collect::<Result<Vec<_>, _>>()
-    {
-        Ok(keys) => keys,
-        Err(e) => return fail(Status::Usage, format!("--public-key: {e}")),
-    };
+        .map_err(|e| Failure::usage(format!("--public-key: {e}")))?;
     if keys.is_empty() {
         if let Some(head) = expected.iter().find(|e| e.signature.is_some()) {
-            return fail(
-                Status::Usage,
-                format!("--expect-head {}:{}:SIGNATURE carries a signature: give --public-key FILE (the team's public key) to check it, or leave the signature out", head.seq, head.hash),
-            );
+            return Err(Failure::usage(format!("--expect-head {}:{}:SIGNATURE carries a signature: give --public-key FILE (the team's public key) to check it, or leave the signature out", head.seq, head.hash)));
         }
     }
-    let mut opened = match open_for_reading(ledger) {
-        Ok(ledger) => ledger,
-        Err(status) => return status,
-    };
-    let entries = match opened.entries() {
-        Ok(entries) => entries,
-        Err(e) => return ledger_failure(e),
-    };
-    let guard_problems = match opened.guard_problems() {
-        Ok(problems) => problems,
-        Err(e) => return ledger_failure(e),
-    };
+    let mut opened = open_for_reading(ledger)?;
+    let entries = opened.entries()?;
+    let guard_problems = opened.guard_problems()?;
     let result = verify_chain(&entries);
     let head_seq = entries.last().map_or(0, |e| e.seq);
     let mut warnings = Vec::new();
@@ -470,7 +424,7 @@ pub fn verify(
             },
             expected_heads: &expected,
             warnings: &warnings,
-        });
+        })?;
     } else {
         print_verification(
             &location,
@@ -484,13 +438,13 @@ pub fn verify(
         );
         print_signatures(signed, &keys, signatures.as_ref());
     }
-    if !intact {
+    Ok(if !intact {
         Status::LedgerTampered
     } else if !expected.iter().all(|e| e.holds) {
         Status::HeadMismatch
     } else {
         Status::Command(0)
-    }
+    })
 }
 
 fn print_signatures(signed: usize, keys: &[PublicKey], check: Option<&SignatureCheck>) {
@@ -586,11 +540,8 @@ fn print_verification(
 }
 
 /// `memwarden ledger sync`.
-pub fn sync(ledger: Option<&str>) -> Status {
-    let location = match location(ledger) {
-        Ok(location) => location,
-        Err(status) => return status,
-    };
+pub fn sync(ledger: Option<&str>) -> Result<Status, Failure> {
+    let location = location(ledger)?;
     // Runs whose memwarden died: recorded (or spooled) first, so the sync below writes
     // what could not be.
     for line in crate::run::recover::dead_runs(Some(&location)) {
@@ -600,12 +551,9 @@ pub fn sync(ledger: Option<&str>) -> Status {
     let pending = spool.pending(&location).len();
     if pending == 0 {
         println!("nothing spooled for {}", location.display());
-        return Status::Command(0);
+        return Ok(Status::Command(0));
     }
-    let mut opened = match Ledger::open(&location) {
-        Ok(ledger) => ledger,
-        Err(e) => return ledger_failure(e),
-    };
+    let mut opened = Ledger::open(&location)?;
     let outcome = spool.sync(&mut opened);
     println!(
         "{}: wrote {} spooled record(s), {} already present, {} remaining",
@@ -628,7 +576,7 @@ pub fn sync(ledger: Option<&str>) -> Status {
         }
     }
     match outcome.error {
-        Some(error) => fail(Status::LedgerUnavailable, error),
-        None => Status::Command(0),
+        Some(error) => Err(Failure::new(Status::LedgerUnavailable, error)),
+        None => Ok(Status::Command(0)),
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! `main` parses the arguments ([`cli`]), validates them into a configuration before any
 //! work starts, runs the subcommand, and maps the outcome to a documented exit status
-//! ([`exit`]).
+//! ([`exit`]): a subcommand returns its status, or a [`exit::Failure`] that `main` prints,
+//! once, as `memwarden: error: ...`.
 
 mod analyze;
 mod cli;
@@ -21,9 +22,12 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = cli::parse();
+    let cli = match cli::parse() {
+        Ok(cli) => cli,
+        Err(failure) => return ExitCode::from(failure.print().code()),
+    };
     let ledger = cli.ledger.as_deref();
-    let status = match cli.command {
+    let outcome = match cli.command {
         cli::Command::Run(args) => run::main(args, ledger),
         cli::Command::Analyze {
             paths,
@@ -70,5 +74,6 @@ fn main() -> ExitCode {
             } => govern::keygen(out.as_deref(), secret.as_deref(), public.as_deref()),
         },
     };
+    let status = outcome.unwrap_or_else(|failure| failure.print());
     ExitCode::from(status.code())
 }

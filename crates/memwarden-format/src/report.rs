@@ -454,21 +454,30 @@ pub struct ProcessReport {
     /// high-water mark of its own (not profiled, or killed before it could write one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_rss_unmeasured: Option<String>,
-    /// Peak proportional set size (sampled).
-    pub peak_pss_bytes: Option<u64>,
-    /// Peak unique set size (sampled).
-    pub peak_uss_bytes: Option<u64>,
-    /// Peak anonymous resident bytes (sampled).
-    pub peak_anon_bytes: Option<u64>,
-    /// Peak file-backed resident bytes (sampled).
-    pub peak_file_bytes: Option<u64>,
-    /// Peak shared-memory resident bytes (sampled).
-    pub peak_shmem_bytes: Option<u64>,
-    /// Peak GPU memory (sampled through NVML).
-    pub peak_gpu_bytes: Option<u64>,
+    /// Its sampled peaks, as keys of this object (`peak_pss_bytes`...).
+    #[serde(flatten)]
+    pub peaks: ProcessPeaks,
     /// Its allocation profile, from `--profile`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<ProcessProfile>,
+}
+
+/// A process's peaks as the monitor sampled them, each `None` until read: kept by the
+/// monitor as the process runs, and reported as they are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessPeaks {
+    /// Peak proportional set size.
+    pub peak_pss_bytes: Option<u64>,
+    /// Peak unique set size.
+    pub peak_uss_bytes: Option<u64>,
+    /// Peak anonymous resident bytes.
+    pub peak_anon_bytes: Option<u64>,
+    /// Peak file-backed resident bytes.
+    pub peak_file_bytes: Option<u64>,
+    /// Peak shared-memory resident bytes.
+    pub peak_shmem_bytes: Option<u64>,
+    /// Peak GPU memory (through NVML).
+    pub peak_gpu_bytes: Option<u64>,
 }
 
 /// Tree totals at one moment.
@@ -557,6 +566,50 @@ mod tests {
             serde_json::to_string(&Enforcement::Watchdog).expect("ok"),
             "\"watchdog\""
         );
+    }
+
+    /// The process entries of a report keep their JSON: keys, order and `null`s.
+    #[test]
+    fn a_process_serializes_as_documented_and_reads_back() {
+        let process = ProcessReport {
+            pid: 7,
+            ppid: 1,
+            cmdline: vec!["python".to_owned()],
+            first_seen_s: 0.5,
+            last_seen_s: 2.0,
+            exit_code: Some(0),
+            exit_signal: None,
+            peak_rss_bytes: None,
+            peak_rss_source: None,
+            peak_rss_unmeasured: Some("gone".to_owned()),
+            peaks: ProcessPeaks {
+                peak_pss_bytes: Some(1),
+                peak_uss_bytes: Some(2),
+                peak_anon_bytes: Some(3),
+                peak_file_bytes: Some(4),
+                peak_shmem_bytes: Some(5),
+                peak_gpu_bytes: None,
+            },
+            profile: None,
+        };
+        let json = serde_json::to_string(&process).expect("serializes");
+        assert_eq!(
+            json,
+            concat!(
+                r#"{"pid":7,"ppid":1,"cmdline":["python"],"first_seen_s":0.5,"last_seen_s":2.0,"#,
+                r#""exit_code":0,"exit_signal":null,"peak_rss_bytes":null,"peak_rss_source":null,"#,
+                r#""peak_rss_unmeasured":"gone","peak_pss_bytes":1,"peak_uss_bytes":2,"#,
+                r#""peak_anon_bytes":3,"peak_file_bytes":4,"peak_shmem_bytes":5,"peak_gpu_bytes":null}"#
+            )
+        );
+        let read: ProcessReport = serde_json::from_str(&json).expect("reads back");
+        assert_eq!(read, process);
+        let without_peaks: ProcessReport = serde_json::from_str(
+            r#"{"pid":7,"ppid":1,"cmdline":[],"first_seen_s":0,"last_seen_s":1,"exit_code":null,"exit_signal":null,"peak_rss_bytes":9,"peak_rss_source":"VmHWM"}"#,
+        )
+        .expect("a process without sampled peaks reads");
+        assert_eq!(without_peaks.peaks, ProcessPeaks::default());
+        assert_eq!(without_peaks.last_seen_s, 1.0);
     }
 
     #[test]

@@ -29,10 +29,10 @@ use serde::Serialize;
 
 pub use formats::inspect_file;
 
-/// The serialization advisor's child-process script (`memwarden inspect --measure`): it
+/// The serialization format trials' child-process script (`memwarden inspect --measure`): it
 /// loads a model with its usual loader, re-saves it in every format that fits, and loads
 /// each back; the caller measures those loads with memwarden's own monitor.
-pub const ADVISOR_PY: &str = include_str!("advisor.py");
+pub const FORMAT_TRIALS_PY: &str = include_str!("format_trials.py");
 
 /// What an inspection is allowed and told: bounds on hostile input, and the names a pickle
 /// may call.

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use memwarden_format::report::StackBytes;
 use serde::{Deserialize, Serialize};
 
 /// One run of a model version, as the ledger keeps it.
@@ -51,8 +52,9 @@ pub struct RunRecord {
     pub hard_limit_bytes: Option<u64>,
     /// What enforced the hard limit.
     pub enforced_by: String,
-    /// The profile's top stacks at the peak (empty until the allocation profiler runs).
-    pub top_stacks_at_peak: Vec<serde_json::Value>,
+    /// The profile's top stacks at the peak (empty when the run was not profiled), as the
+    /// report writes them.
+    pub top_stacks_at_peak: Vec<StackBytes>,
     /// Where the full report was written.
     pub report_path: Option<String>,
     /// memwarden version that made the record.

@@ -21,7 +21,7 @@ use std::fs::{self, File};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use memwarden_format::report::{PeakSource, TimelinePoint};
+use memwarden_format::report::{PeakSource, ProcessPeaks, TimelinePoint};
 
 use crate::cgroup::Cgroup;
 use crate::gpu::{GpuMonitor, GpuReading};
@@ -119,18 +119,8 @@ pub struct ProcessRecord {
     pub peak_rss_source: PeakSource,
     sampled_rss_bytes: u64,
     kernel_rss: Option<(u64, PeakSource)>,
-    /// Peak PSS (sampled).
-    pub peak_pss_bytes: Option<u64>,
-    /// Peak USS (sampled).
-    pub peak_uss_bytes: Option<u64>,
-    /// Peak anonymous resident bytes (sampled).
-    pub peak_anon_bytes: Option<u64>,
-    /// Peak file-backed resident bytes (sampled).
-    pub peak_file_bytes: Option<u64>,
-    /// Peak shared-memory resident bytes (sampled).
-    pub peak_shmem_bytes: Option<u64>,
-    /// Peak GPU memory (sampled).
-    pub peak_gpu_bytes: Option<u64>,
+    /// The other peaks (sampled).
+    pub peaks: ProcessPeaks,
 }
 
 impl ProcessRecord {
@@ -147,12 +137,7 @@ impl ProcessRecord {
             peak_rss_source: PeakSource::Sampled,
             sampled_rss_bytes: 0,
             kernel_rss: None,
-            peak_pss_bytes: None,
-            peak_uss_bytes: None,
-            peak_anon_bytes: None,
-            peak_file_bytes: None,
-            peak_shmem_bytes: None,
-            peak_gpu_bytes: None,
+            peaks: ProcessPeaks::default(),
         }
     }
 
@@ -411,7 +396,7 @@ impl TreeSampler {
             };
             if let Some(reading) = &gpu {
                 if let Some(&bytes) = reading.by_pid.get(&(pid as u32)) {
-                    raise(&mut record.peak_gpu_bytes, bytes);
+                    raise(&mut record.peaks.peak_gpu_bytes, bytes);
                     totals.gpu_bytes = totals.gpu_bytes.map(|t| t + bytes);
                 }
             }
@@ -661,7 +646,7 @@ fn sample_process(
             }
             live.name = Some(status.name);
             record.raise_rss(status.hwm_bytes, PeakSource::VmHwm);
-            raise(&mut record.peak_shmem_bytes, status.shmem_bytes);
+            raise(&mut record.peaks.peak_shmem_bytes, status.shmem_bytes);
         }
     }
     if reread_cmdline {
@@ -694,12 +679,15 @@ fn sample_process(
     }
     let (pss, uss) = estimate_pss_uss(live, rss);
     if live.last_smaps.is_some() {
-        raise(&mut record.peak_pss_bytes, pss);
-        raise(&mut record.peak_uss_bytes, uss);
+        raise(&mut record.peaks.peak_pss_bytes, pss);
+        raise(&mut record.peaks.peak_uss_bytes, uss);
     }
     let shmem = live.shmem_bytes.min(statm.shared_bytes);
-    raise(&mut record.peak_anon_bytes, rss - statm.shared_bytes);
-    raise(&mut record.peak_file_bytes, statm.shared_bytes - shmem);
+    raise(&mut record.peaks.peak_anon_bytes, rss - statm.shared_bytes);
+    raise(
+        &mut record.peaks.peak_file_bytes,
+        statm.shared_bytes - shmem,
+    );
 }
 
 /// PSS and USS now: the last walk's figures moved by the change in RSS since that walk.
@@ -734,8 +722,7 @@ mod tests {
             .process_group(0)
             .spawn()
             .expect("spawn sh");
-        // SAFETY: getpid has no preconditions.
-        let me = unsafe { libc::getpid() };
+        let me = std::process::id() as i32;
         let mut sampler = TreeSampler::new(me, start, SamplerOptions::default(), None);
         sampler.adopt(child.id() as i32, me, &[]);
         // A forked child is read as `sh` until it has exec'd `sleep`: under load that can
@@ -766,10 +753,8 @@ mod tests {
     }
 
     #[test]
-    #[allow(unsafe_code)]
     fn a_zombie_waiting_to_be_reaped_is_one_process_not_two() {
-        // SAFETY: getpid has no preconditions.
-        let me = unsafe { libc::getpid() };
+        let me = std::process::id() as i32;
         let mut sampler = TreeSampler::new(me, Instant::now(), SamplerOptions::default(), None);
         let mut child = Command::new("sh")
             .args(["-c", "exit 3"])
@@ -798,10 +783,8 @@ mod tests {
     }
 
     #[test]
-    #[allow(unsafe_code)]
     fn a_process_that_exited_between_reads_is_not_a_survivor() {
-        // SAFETY: getpid has no preconditions.
-        let me = unsafe { libc::getpid() };
+        let me = std::process::id() as i32;
         let mut sampler = TreeSampler::new(me, Instant::now(), SamplerOptions::default(), None);
         let mut child = Command::new("sleep")
             .arg("30")

@@ -10,9 +10,9 @@ use memwarden_inspect::{Options, Verdict};
 use memwarden_ledger::policy::{Policy, RequiredSafety};
 use serde::Serialize;
 
-use crate::exit::Status;
+use crate::exit::{Failure, Status};
 
-mod advisor;
+mod trials;
 
 /// `--measure` settings.
 #[derive(Debug)]
@@ -27,13 +27,13 @@ pub struct Measure {
     pub ledger: Option<String>,
 }
 
-/// The JSON document: the gate's outcome, plus the advisor's measurements when asked.
+/// The JSON document: the gate's outcome, plus the format trials' measurements when asked.
 #[derive(Serialize)]
 struct Document<'a> {
     #[serde(flatten)]
     outcome: &'a Outcome,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    measurements: &'a [advisor::Measurement],
+    measurements: &'a [trials::FileTrials],
 }
 
 /// `memwarden inspect PATH...`.
@@ -42,14 +42,8 @@ pub fn main(
     json: Option<&Path>,
     policy_path: Option<&Path>,
     measure: Option<&Measure>,
-) -> Status {
-    let policy = match Policy::find(policy_path) {
-        Ok(policy) => policy,
-        Err(e) => {
-            eprintln!("memwarden: error: {e}");
-            return Status::Usage;
-        }
-    };
+) -> Result<Status, Failure> {
+    let policy = Policy::find(policy_path).map_err(Failure::usage)?;
     let gate = GatePolicy {
         require: match policy.inspect.require {
             Some(RequiredSafety::Review) => Verdict::Review,
@@ -61,23 +55,17 @@ pub fn main(
         allowlist: Allowlist::with_extra(policy.inspect.allowed_pairs()),
         ..Options::default()
     };
-    let outcome = match inspect_paths(paths, &gate, &options) {
-        Ok(outcome) => outcome,
-        Err(e) => {
-            eprintln!("memwarden: error: {e}");
-            return Status::Usage;
-        }
-    };
+    let outcome = inspect_paths(paths, &gate, &options).map_err(Failure::usage)?;
     let mut measurements = Vec::new();
     if let Some(measure) = measure {
         for report in &outcome.files {
-            match advisor::measure(report, measure) {
-                Ok(m) => measurements.push(m),
-                Err(e) => {
-                    eprintln!("memwarden: error: --measure {}: {e}", report.path);
-                    return Status::PolicyFailed;
-                }
-            }
+            let measurement = trials::measure(report, measure).map_err(|e| {
+                Failure::new(
+                    Status::PolicyFailed,
+                    format!("--measure {}: {e}", report.path),
+                )
+            })?;
+            measurements.push(measurement);
         }
     }
     if let Some(path) = json {
@@ -95,23 +83,25 @@ pub fn main(
                     std::fs::write(path, bytes)
                 }
             });
-        if let Err(e) = written {
-            eprintln!("memwarden: error: cannot write {}: {e}", path.display());
-            return Status::Internal;
-        }
+        written.map_err(|e| {
+            Failure::new(
+                Status::Internal,
+                format!("cannot write {}: {e}", path.display()),
+            )
+        })?;
     }
     if json != Some(Path::new("-")) {
         print!("{}", render_text(&outcome));
         for m in &measurements {
-            print!("{}", advisor::render(m));
+            print!("{}", trials::render(m));
         }
     }
     // A file judged unsafe outranks one that could not be read at all.
-    if !outcome.violations.is_empty() {
+    Ok(if !outcome.violations.is_empty() {
         Status::PolicyFailed
     } else if !outcome.unreadable.is_empty() {
         Status::Unreadable
     } else {
         Status::Command(0)
-    }
+    })
 }

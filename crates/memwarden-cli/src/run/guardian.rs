@@ -26,7 +26,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::journal::{Journal, RUN_ID_VARIABLE};
-use crate::exit::Status;
+use crate::exit::{Failure, Status};
 
 /// The hidden subcommand that runs the guardian.
 pub const SUBCOMMAND: &str = "__guardian";
@@ -85,20 +85,19 @@ pub fn spawn(lock_path: &Path, ledger: Option<&str>) -> io::Result<Guardian> {
 /// `memwarden __guardian LOCK`: see the module documentation. Returns at once in the
 /// middle process, after the run in the guardian.
 #[allow(unsafe_code)]
-pub fn main(lock_path: &Path, ledger: Option<&str>) -> Status {
+pub fn main(lock_path: &Path, ledger: Option<&str>) -> Result<Status, Failure> {
     // SAFETY: the process is single-threaded here (nothing has started a thread), so the
     // child may run any code after fork.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
-        eprintln!(
-            "memwarden: error: cannot start the guardian: {}",
-            io::Error::last_os_error()
-        );
-        return Status::Internal;
+        return Err(Failure::new(
+            Status::Internal,
+            format!("cannot start the guardian: {}", io::Error::last_os_error()),
+        ));
     }
     if pid > 0 {
         println!("{pid}");
-        return Status::Command(0);
+        return Ok(Status::Command(0));
     }
     // The guardian. Its standard output is memwarden's pipe: let it go.
     if let Ok(null) = fs::OpenOptions::new().write(true).open("/dev/null") {
@@ -121,17 +120,17 @@ pub fn main(lock_path: &Path, ledger: Option<&str>) -> Status {
     set_oom_score_adj("0");
     // A normal end removed the journal before closing the pipe; otherwise memwarden died.
     if !lock_path.exists() {
-        return Status::Command(0);
+        return Ok(Status::Command(0));
     }
     let location = memwarden_ledger::LedgerLocation::resolve(ledger).ok();
     // memwarden's files are closed as it exits, the pipe perhaps before the lock.
     let Some(dead) = super::journal::DeadRun::lock(lock_path, Duration::from_secs(2)) else {
-        return Status::Command(0);
+        return Ok(Status::Command(0));
     };
     for line in super::recover::recover(dead, location.as_ref(), true) {
         eprintln!("memwarden: {line}");
     }
-    Status::Command(0)
+    Ok(Status::Command(0))
 }
 
 fn set_oom_score_adj(value: &str) {
@@ -212,9 +211,7 @@ fn environment_holds(pid: i32, entry: &[u8]) -> bool {
 /// start time), those whose environment carries the run's id, and every descendant of
 /// these. Never this process.
 fn run_members(journal: &Journal) -> HashSet<i32> {
-    // SAFETY: getpid has no preconditions.
-    #[allow(unsafe_code)]
-    let me = unsafe { libc::getpid() };
+    let me = std::process::id() as i32;
     let all = processes();
     let mut members = HashSet::new();
     if let Some(cgroup) = &journal.cgroup {

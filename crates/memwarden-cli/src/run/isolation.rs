@@ -47,9 +47,7 @@ impl Isolation {
                 Some("no memory cgroup controller is mounted and visible to memwarden".to_owned())
             }
             (_, Some(enclosing)) => {
-                // SAFETY: getpid has no preconditions.
-                #[allow(unsafe_code)]
-                let name = format!("memwarden-{}", unsafe { libc::getpid() });
+                let name = format!("memwarden-{}", std::process::id());
                 match enclosing.create_child(&name, hard_limit_bytes) {
                     Ok(own) => match own.open_procs_for_join() {
                         Ok(join) => {

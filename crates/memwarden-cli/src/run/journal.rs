@@ -311,13 +311,11 @@ impl JournalFile {
 /// The journal of a run about to start: what is known before the command runs.
 pub fn initial(
     config: &super::config::RunConfig,
-    before: Option<&super::record::Before>,
+    before: Option<&super::ledger_record::Before>,
     run_id: String,
     protection: &super::Protection,
 ) -> Journal {
-    // SAFETY: getpid has no preconditions.
-    #[allow(unsafe_code)]
-    let memwarden_pid = unsafe { libc::getpid() };
+    let memwarden_pid = std::process::id() as i32;
     let meminfo = memwarden_monitor::procfs::read_meminfo().unwrap_or_default();
     let governance = config
         .governance
@@ -440,12 +438,12 @@ impl JournalFile {
     /// Writes the running figures and the tree's members now.
     pub fn update(
         &mut self,
-        recorder: &super::recorder::Recorder,
+        figures: &super::tree_figures::TreeFigures,
         sampler: &memwarden_monitor::tree::TreeSampler,
     ) {
-        self.journal.samples = recorder.samples;
-        self.journal.rss_peak = recorder.rss_peak;
-        self.journal.max = recorder.max;
+        self.journal.samples = figures.samples;
+        self.journal.rss_peak = figures.rss_peak;
+        self.journal.max = figures.max;
         self.journal.largest_process = sampler
             .processes()
             .into_iter()

@@ -4,13 +4,13 @@ mod config;
 pub mod guardian;
 mod isolation;
 mod journal;
+mod ledger_record;
 mod profiling;
-mod record;
-mod recorder;
 pub mod recover;
 mod report;
 mod status_line;
 mod supervise;
+mod tree_figures;
 mod tree_heap;
 
 use std::io::{self, Write};
@@ -24,13 +24,13 @@ use memwarden_monitor::procfs;
 use memwarden_monitor::tree::{ExitStatus, SamplerOptions, TreeSampler};
 
 use crate::cli::RunArgs;
-use crate::exit::Status;
+use crate::exit::{Failure, Status};
 use config::RunConfig;
 use isolation::Isolation;
 use journal::JournalFile;
-use recorder::Recorder;
 use status_line::StatusLine;
 use supervise::{Event, Supervisor};
+use tree_figures::TreeFigures;
 
 /// While a watchdog enforces a hard limit, samples come at least this often, so that a fast
 /// allocator overshoots the limit by as little as the kernel's page-fault rate allows.
@@ -63,20 +63,14 @@ struct Protection {
 }
 
 /// Runs `memwarden run` and returns the exit status.
-pub fn main(args: RunArgs, ledger: Option<&str>) -> Status {
+pub fn main(args: RunArgs, ledger: Option<&str>) -> Result<Status, Failure> {
     let protection = Protection {
         survive_memwarden: args.survive_memwarden,
         kept_captures: args.capture_dir.is_some(),
         raw_frames: args.raw_frames,
     };
     let quiet = args.quiet;
-    let config = match RunConfig::from_args(args, ledger) {
-        Ok(config) => config,
-        Err(message) => {
-            eprintln!("memwarden: error: {message}");
-            return Status::Usage;
-        }
-    };
+    let config = RunConfig::from_args(args, ledger).map_err(Failure::usage)?;
     // Earlier runs whose memwarden and guardian both died: finished before this one.
     let invoker = LedgerLocation::resolve(ledger).ok();
     for line in recover::dead_runs(invoker.as_ref()) {
@@ -84,13 +78,7 @@ pub fn main(args: RunArgs, ledger: Option<&str>) -> Status {
             eprintln!("memwarden: {line}");
         }
     }
-    match execute(config, ledger, &protection) {
-        Ok(status) => status,
-        Err((status, message)) => {
-            eprintln!("memwarden: error: {message}");
-            status
-        }
-    }
+    execute(config, ledger, &protection)
 }
 
 /// Journals the run and starts its guardian, supervises it, then removes the journal: the
@@ -99,11 +87,11 @@ fn execute(
     config: RunConfig,
     ledger: Option<&str>,
     protection: &Protection,
-) -> Result<Status, (Status, String)> {
+) -> Result<Status, Failure> {
     // The code and inputs the command runs on, read before it can change them.
     let before = match &config.governance {
         Some(governance) => {
-            Some(record::before(governance, SystemTime::now()).map_err(|m| (Status::Usage, m))?)
+            Some(ledger_record::before(governance, SystemTime::now()).map_err(Failure::usage)?)
         }
         None => None,
     };
@@ -129,7 +117,7 @@ fn execute(
     };
     let mut guardian = None;
     let result = Isolation::prepare(config.cgroup, config.hard_limit_bytes)
-        .map_err(|m| (Status::Usage, m))
+        .map_err(Failure::usage)
         .and_then(|isolation| {
             // The guardian starts once memwarden's cgroup is settled (on v2 memwarden may
             // have moved into a leaf), so that it lives where memwarden lives, never in
@@ -159,16 +147,16 @@ fn execute(
 
 fn supervise(
     mut config: RunConfig,
-    before: Option<record::Before>,
+    before: Option<ledger_record::Before>,
     mut isolation: Isolation,
     mut journal: Option<&mut JournalFile>,
     early_warnings: Vec<String>,
-) -> Result<Status, (Status, String)> {
+) -> Result<Status, Failure> {
     let supervisor = match Supervisor::install() {
         Ok(supervisor) => supervisor,
         Err(e) => {
             let _ = isolation.cleanup();
-            return Err((
+            return Err(Failure::new(
                 Status::Internal,
                 format!("cannot set up signal handling: {e}"),
             ));
@@ -181,9 +169,7 @@ fn supervise(
         Ok(gpu) => (Some(gpu), None),
         Err(reason) => (None, Some(reason)),
     };
-    // SAFETY: getpid has no preconditions.
-    #[allow(unsafe_code)]
-    let monitor_pid = unsafe { libc::getpid() };
+    let monitor_pid = std::process::id() as i32;
 
     let started_at = SystemTime::now();
     let start = Instant::now();
@@ -209,15 +195,15 @@ fn supervise(
             let _ = isolation.cleanup();
             let program = &config.command[0];
             return Err(match e.kind() {
-                io::ErrorKind::NotFound => (
+                io::ErrorKind::NotFound => Failure::new(
                     Status::NotFound,
                     format!("command not found: {program}: check the name and PATH"),
                 ),
-                io::ErrorKind::PermissionDenied => (
+                io::ErrorKind::PermissionDenied => Failure::new(
                     Status::CannotExecute,
                     format!("cannot execute {program}: permission denied (is it executable?)"),
                 ),
-                _ => (
+                _ => Failure::new(
                     Status::CannotExecute,
                     format!("cannot execute {program}: {e}"),
                 ),
@@ -238,7 +224,7 @@ fn supervise(
         (Enforcement::Watchdog, Some(_)) => config.interval.min(WATCHDOG_INTERVAL),
         _ => config.interval,
     };
-    let mut recorder = Recorder::new();
+    let mut figures = TreeFigures::new();
     let mut status_line = StatusLine::new(config.quiet);
     let mut forwarded_signals = Vec::new();
     let mut watchdog_kill_at_bytes = None;
@@ -248,7 +234,7 @@ fn supervise(
         let now = Instant::now();
         if now >= next_sample {
             let totals = sampler.sample();
-            recorder.push(totals);
+            figures.push(totals);
             if let Some(profiling) = config.profiling.as_mut() {
                 profiling.tick();
             }
@@ -265,12 +251,12 @@ fn supervise(
                 }
             }
             if let Some(journal) = journal.as_deref_mut().filter(|j| j.due()) {
-                journal.update(&recorder, &sampler);
+                journal.update(&figures, &sampler);
             }
             status_line.update(
                 totals.t_s,
                 totals.rss_bytes,
-                recorder.rss_peak.rss_bytes,
+                figures.rss_peak.rss_bytes,
                 totals.processes,
                 config.budget_bytes,
             );
@@ -305,7 +291,7 @@ fn supervise(
     // The command is gone; whatever it left running is sampled once more and reported.
     let totals = sampler.sample();
     if totals.processes > 0 {
-        recorder.push(totals);
+        figures.push(totals);
     }
     for reaped in supervisor.reap() {
         sampler.record_exit(reaped.pid, reaped.status, reaped.max_rss_bytes);
@@ -325,9 +311,7 @@ fn supervise(
         meminfo,
         enclosing_usage_at_start,
     };
-    let mut report = report::build(
-        &config, &isolation, &sampler, &recorder, &observed, interval,
-    );
+    let mut report = report::build(&config, &isolation, &sampler, &figures, &observed, interval);
     report.warnings.extend(early_warnings);
     if let Some(failure) = journal.as_deref_mut().and_then(|j| j.failure.take()) {
         report.warnings.push(failure);
@@ -365,7 +349,7 @@ fn supervise(
     }
     // A recorded run always has its full report on disk, for the record to point to.
     if let (Some(before), None) = (&before, &report_path) {
-        let path = record::default_report_path(&before.run_id);
+        let path = ledger_record::default_report_path(&before.run_id);
         let written = path
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
@@ -385,8 +369,8 @@ fn supervise(
         eprint!("{}", memwarden_report::text::summary(&report));
     }
     if let (Some(governance), Some(before)) = (&config.governance, before) {
-        let record = record::build(governance, before, &report, report_path.as_deref());
-        match record::write(&governance.ledger, &record) {
+        let record = ledger_record::build(governance, before, &report, report_path.as_deref());
+        match ledger_record::write(&governance.ledger, &record) {
             Ok(line) if !config.quiet => eprintln!("  ledger       {line}"),
             Ok(_) => {}
             Err(warning) => eprintln!("memwarden: warning: {warning}"),
@@ -397,7 +381,7 @@ fn supervise(
             if let Some(kept) = report_path {
                 message.push_str(&format!("; the report is kept in {}", kept.display()));
             }
-            Err((Status::Internal, message))
+            Err(Failure::new(Status::Internal, message))
         }
         None => Ok(status),
     }

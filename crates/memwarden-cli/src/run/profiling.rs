@@ -422,7 +422,7 @@ fn unseen_threshold(anon_bytes: u64) -> u64 {
 fn warn_of_unseen_memory(report: &mut Report) {
     let mut warnings = Vec::new();
     for process in &report.processes {
-        let Some(anon) = process.peak_anon_bytes else {
+        let Some(anon) = process.peaks.peak_anon_bytes else {
             continue;
         };
         let heap = process.profile.as_ref().map_or(0, |p| p.peak_bytes);

@@ -22,7 +22,7 @@ use memwarden_report::profile;
 use super::config::Governance;
 use super::guardian::{cgroup_pids, kill_run};
 use super::journal::{self, DeadRun, Journal, JournalCapture};
-use super::record::{self, Before};
+use super::ledger_record::{self, Before};
 use super::report::UNMEASURED_RSS;
 use super::supervise::signal_name;
 
@@ -342,7 +342,7 @@ fn keep_report(journal: &Journal, report: &Report, lines: &mut Vec<String>) -> O
             let _ = fs::remove_file(&json.temporary);
             json.path.clone()
         }
-        (None, Some(_)) => record::default_report_path(&journal.run_id),
+        (None, Some(_)) => ledger_record::default_report_path(&journal.run_id),
         (None, None) => return None,
     };
     let dir = path
@@ -405,8 +405,8 @@ fn record_run(
         git: governance.git.clone(),
         inputs: governance.inputs.clone(),
     };
-    let record = record::build(&config, before, report, report_path);
-    match record::write(&config.ledger, &record) {
+    let record = ledger_record::build(&config, before, report, report_path);
+    match ledger_record::write(&config.ledger, &record) {
         Ok(line) => format!("{line} (interrupted: {SUPERVISOR_KILLED})"),
         Err(warning) => format!("warning: {warning}"),
     }

@@ -12,8 +12,8 @@ use memwarden_monitor::tree::{rss_counter_slack_bytes, ExitStatus, TreeSampler};
 
 use super::config::RunConfig;
 use super::isolation::Isolation;
-use super::recorder::Recorder;
 use super::supervise::signal_name;
+use super::tree_figures::TreeFigures;
 use super::Observed;
 
 /// Builds the report; `memwarden_exit_code` is filled in by the caller.
@@ -21,7 +21,7 @@ pub fn build(
     config: &RunConfig,
     isolation: &Isolation,
     sampler: &TreeSampler,
-    recorder: &Recorder,
+    figures: &TreeFigures,
     observed: &Observed,
     interval: Duration,
 ) -> Report {
@@ -60,7 +60,7 @@ pub fn build(
         .into_iter()
         .map(process_report)
         .collect();
-    let peak = build_peak(recorder, sampler, own_cgroup_peak);
+    let peak = build_peak(figures, sampler, own_cgroup_peak);
     if peak.pss_bytes.is_none() {
         warnings.push(
             "peak.pss_bytes and uss_bytes were not measured: the command ended before the \
@@ -146,7 +146,7 @@ pub fn build(
         gpu: build_gpu(sampler, observed),
         monitor: MonitorInfo {
             interval_ms: interval.as_millis() as u64,
-            samples: recorder.samples,
+            samples: figures.samples,
             self_cpu_s: observed.self_cpu_s,
             self_cpu_share: if duration_s > 0.0 {
                 observed.self_cpu_s / duration_s
@@ -156,7 +156,7 @@ pub fn build(
             own_cgroup: isolation.own.is_some(),
         },
         processes,
-        timeline: recorder.timeline(),
+        timeline: figures.timeline(),
         warnings,
         profile: None,
     }
@@ -189,8 +189,8 @@ fn build_exit(
     exit
 }
 
-fn build_peak(recorder: &Recorder, sampler: &TreeSampler, own_cgroup_peak: Option<u64>) -> Peak {
-    let at_peak = recorder.rss_peak;
+fn build_peak(figures: &TreeFigures, sampler: &TreeSampler, own_cgroup_peak: Option<u64>) -> Peak {
+    let at_peak = figures.rss_peak;
     let largest = sampler
         .processes()
         .into_iter()
@@ -206,9 +206,9 @@ fn build_peak(recorder: &Recorder, sampler: &TreeSampler, own_cgroup_peak: Optio
     };
     // A live process always has resident pages, so all-zero figures mean the tree was gone
     // before any tick could read them (`run -- true`): not measured, not zero.
-    let rollup_read = recorder.samples > 0 && recorder.max.pss_bytes > 0;
+    let rollup_read = figures.samples > 0 && figures.max.pss_bytes > 0;
     let status_read =
-        recorder.samples > 0 && (recorder.max.anon_bytes > 0 || recorder.max.file_bytes > 0);
+        figures.samples > 0 && (figures.max.anon_bytes > 0 || figures.max.file_bytes > 0);
     let mut sources = BTreeMap::new();
     sources.insert("rss_bytes".to_owned(), source);
     for (field, read) in [
@@ -222,7 +222,7 @@ fn build_peak(recorder: &Recorder, sampler: &TreeSampler, own_cgroup_peak: Optio
             sources.insert(field.to_owned(), PeakSource::Sampled);
         }
     }
-    let cgroup_bytes = own_cgroup_peak.or(recorder.max.cgroup_bytes);
+    let cgroup_bytes = own_cgroup_peak.or(figures.max.cgroup_bytes);
     if cgroup_bytes.is_some() {
         let source = if own_cgroup_peak.is_some() {
             PeakSource::Cgroup
@@ -231,20 +231,20 @@ fn build_peak(recorder: &Recorder, sampler: &TreeSampler, own_cgroup_peak: Optio
         };
         sources.insert("cgroup_bytes".to_owned(), source);
     }
-    if recorder.max.gpu_bytes.is_some() {
+    if figures.max.gpu_bytes.is_some() {
         sources.insert("gpu_bytes".to_owned(), PeakSource::Nvml);
     }
     Peak {
         rss_bytes,
         source,
-        pss_bytes: rollup_read.then_some(recorder.max.pss_bytes),
-        uss_bytes: rollup_read.then_some(recorder.max.uss_bytes),
+        pss_bytes: rollup_read.then_some(figures.max.pss_bytes),
+        uss_bytes: rollup_read.then_some(figures.max.uss_bytes),
         anon_bytes: status_read.then_some(at_peak.anon_bytes),
         file_bytes: status_read.then_some(at_peak.file_bytes),
         shmem_bytes: status_read.then_some(at_peak.shmem_bytes),
         cgroup_bytes,
         heap_bytes: None,
-        gpu_bytes: recorder.max.gpu_bytes,
+        gpu_bytes: figures.max.gpu_bytes,
         at_s: at_peak.t_s,
         pid: largest.map(|p| p.pid),
         sources,
@@ -331,12 +331,7 @@ fn process_report(record: &memwarden_monitor::tree::ProcessRecord) -> ProcessRep
         peak_rss_bytes: (record.peak_rss_bytes > 0).then_some(record.peak_rss_bytes),
         peak_rss_source: (record.peak_rss_bytes > 0).then_some(record.peak_rss_source),
         peak_rss_unmeasured: (record.peak_rss_bytes == 0).then(|| UNMEASURED_RSS.to_owned()),
-        peak_pss_bytes: record.peak_pss_bytes,
-        peak_uss_bytes: record.peak_uss_bytes,
-        peak_anon_bytes: record.peak_anon_bytes,
-        peak_file_bytes: record.peak_file_bytes,
-        peak_shmem_bytes: record.peak_shmem_bytes,
-        peak_gpu_bytes: record.peak_gpu_bytes,
+        peaks: record.peaks,
         profile: None,
     }
 }

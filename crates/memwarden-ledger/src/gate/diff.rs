@@ -26,6 +26,20 @@ pub struct MetricDiff {
     pub runs: (usize, usize),
 }
 
+/// One allocation site whose bytes at the peak changed between two versions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SiteChange {
+    /// The allocating function and file (`fit (train.py)`; an import's memory is a site of
+    /// its own: `<module> [import numpy] (train.py)`).
+    pub site: String,
+    /// Bytes at the peak in the first version.
+    pub a_bytes: u64,
+    /// Bytes at the peak in the second version.
+    pub b_bytes: u64,
+    /// `b_bytes - a_bytes`.
+    pub change_bytes: i64,
+}
+
 /// The outcome of `diff`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DiffReport {
@@ -37,8 +51,9 @@ pub struct DiffReport {
     pub b: String,
     /// Per stage and metric.
     pub metrics: Vec<MetricDiff>,
-    /// Stacks that grew or shrank, when both versions were profiled.
-    pub stacks: Vec<serde_json::Value>,
+    /// Allocation sites whose bytes at the peak grew or shrank, when both versions were
+    /// profiled (largest change first).
+    pub stacks: Vec<SiteChange>,
     /// Why `stacks` is empty, when it is.
     pub stacks_note: Option<String>,
 }
@@ -118,41 +133,40 @@ fn latest_stacks(runs: &[&RunRecord], version: &str) -> Option<BTreeMap<String, 
         .max_by(|x, y| x.started_at_unix_s.total_cmp(&y.started_at_unix_s))?;
     let mut by_site = BTreeMap::new();
     for entry in &run.top_stacks_at_peak {
-        let leaf = &entry["stack"][0];
         // An import's memory is its own site: `<module> [import numpy] (train.py)`.
-        let imports = leaf["imports"]
-            .as_str()
-            .map(|module| format!(" [import {module}]"))
-            .unwrap_or_default();
-        let site = format!(
-            "{}{imports} ({})",
-            leaf["function"].as_str().unwrap_or("?"),
-            leaf["file"].as_str().unwrap_or("?")
-        );
-        *by_site.entry(site).or_insert(0) += entry["bytes"].as_u64().unwrap_or(0);
+        let site = match entry.stack.first() {
+            Some(leaf) => format!("{}{} ({})", leaf.function, leaf.import_note(), leaf.file),
+            None => "? (?)".to_owned(),
+        };
+        *by_site.entry(site).or_insert(0) += entry.bytes;
     }
     Some(by_site)
 }
 
 /// Allocation sites whose bytes at the peak changed, largest change first.
-fn compare_stacks(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>) -> Vec<serde_json::Value> {
+fn compare_stacks(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>) -> Vec<SiteChange> {
     let mut sites: Vec<&String> = a.keys().chain(b.keys()).collect();
     sites.sort();
     sites.dedup();
-    let mut changes: Vec<(i64, serde_json::Value)> = sites
+    let mut changes: Vec<SiteChange> = sites
         .into_iter()
         .map(|site| {
-            let (x, y) = (a.get(site).copied().unwrap_or(0), b.get(site).copied().unwrap_or(0));
-            let change = y as i64 - x as i64;
-            (
-                change,
-                serde_json::json!({"site": site, "a_bytes": x, "b_bytes": y, "change_bytes": change}),
-            )
+            let (a_bytes, b_bytes) = (
+                a.get(site).copied().unwrap_or(0),
+                b.get(site).copied().unwrap_or(0),
+            );
+            SiteChange {
+                site: site.clone(),
+                a_bytes,
+                b_bytes,
+                change_bytes: b_bytes as i64 - a_bytes as i64,
+            }
         })
-        .filter(|(change, _)| *change != 0)
+        .filter(|change| change.change_bytes != 0)
         .collect();
-    changes.sort_by_key(|(change, _)| std::cmp::Reverse(change.unsigned_abs()));
-    changes.into_iter().map(|(_, value)| value).collect()
+    // A stable sort: equal changes stay in site order.
+    changes.sort_by_key(|change| std::cmp::Reverse(change.change_bytes.unsigned_abs()));
+    changes
 }
 
 /// A figure `diff` compares, by name.
@@ -217,16 +231,14 @@ pub fn render_diff(report: &DiffReport) -> String {
             "allocation sites at the peak that changed (largest change first):"
         );
         for site in report.stacks.iter().take(STACK_CHANGES_SHOWN) {
-            let bytes = |key: &str| site[key].as_u64().unwrap_or(0);
-            let change = site["change_bytes"].as_i64().unwrap_or(0);
-            let sign = if change < 0 { "-" } else { "+" };
+            let sign = if site.change_bytes < 0 { "-" } else { "+" };
             let _ = writeln!(
                 out,
                 "  {sign}{:>10}  {}  ({} -> {})",
-                format_size(change.unsigned_abs()),
-                site["site"].as_str().unwrap_or("?"),
-                format_size(bytes("a_bytes")),
-                format_size(bytes("b_bytes"))
+                format_size(site.change_bytes.unsigned_abs()),
+                site.site,
+                format_size(site.a_bytes),
+                format_size(site.b_bytes)
             );
         }
     }
@@ -240,14 +252,17 @@ const STACK_CHANGES_SHOWN: usize = 10;
 mod tests {
     use super::*;
     use crate::gate::test_runs::runs;
+    use memwarden_format::report::StackBytes;
 
     #[test]
     fn diff_names_the_allocation_sites_that_grew() {
-        let stack = |function: &str, line: u64, bytes: u64| {
-            serde_json::json!({
+        // As records hold them: the report's JSON of a stack.
+        let stack = |function: &str, line: u64, bytes: u64| -> StackBytes {
+            serde_json::from_value(serde_json::json!({
                 "stack": [{"file": "train.py", "line": line, "function": function}],
                 "bytes": bytes
-            })
+            }))
+            .expect("a stack")
         };
         let mut records = runs("1", 1 << 30, 1, 0);
         records.extend(runs("2", 3 << 29, 1, 1));
@@ -263,19 +278,20 @@ mod tests {
             vec![stack("load", 12, 600 << 20), stack("fit", 25, 900 << 20)];
         let report = diff(&records, "fraud", "1", "2").expect("diff");
         assert_eq!(report.stacks.len(), 1, "{:?}", report.stacks);
-        assert_eq!(report.stacks[0]["site"], "fit (train.py)");
-        assert_eq!(report.stacks[0]["change_bytes"], 500 << 20);
+        assert_eq!(report.stacks[0].site, "fit (train.py)");
+        assert_eq!(report.stacks[0].change_bytes, 500 << 20);
         let text = render_diff(&report);
         assert!(text.contains("+500.00 MiB  fit (train.py)"), "{text}");
     }
 
     #[test]
     fn imports_are_sites_of_their_own() {
-        let import = |module: &str, bytes: u64| {
-            serde_json::json!({
+        let import = |module: &str, bytes: u64| -> StackBytes {
+            serde_json::from_value(serde_json::json!({
                 "stack": [{"file": "train.py", "line": 1, "function": "<module>", "imports": module}],
                 "bytes": bytes
-            })
+            }))
+            .expect("a stack")
         };
         let mut records = runs("1", 1 << 30, 1, 0);
         records.extend(runs("2", 1 << 30, 1, 1));
@@ -283,9 +299,6 @@ mod tests {
         records[1].top_stacks_at_peak = vec![import("numpy", 70 << 20), import("torch", 300 << 20)];
         let report = diff(&records, "fraud", "1", "2").expect("diff");
         assert_eq!(report.stacks.len(), 1, "{:?}", report.stacks);
-        assert_eq!(
-            report.stacks[0]["site"],
-            "<module> [import torch] (train.py)"
-        );
+        assert_eq!(report.stacks[0].site, "<module> [import torch] (train.py)");
     }
 }

@@ -28,7 +28,7 @@ mod diff;
 mod history;
 
 pub use check::{check, render_check, CheckReport, Verdict, MIN_NOISE_RUNS};
-pub use diff::{diff, render_diff, DiffReport, MetricDiff};
+pub use diff::{diff, render_diff, DiffReport, MetricDiff, SiteChange};
 pub use history::{history, render_history, HistoryRow};
 
 use std::cmp::Ordering;

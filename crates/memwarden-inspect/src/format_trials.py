@@ -1,13 +1,13 @@
-"""memwarden's serialization advisor, run by `memwarden inspect --measure` in a child
+"""memwarden's serialization format trials, run by `memwarden inspect --measure` in a child
 Python process (never in memwarden itself).
 
-  advisor.py save SOURCE FORMAT OUT_DIR   load SOURCE with its usual loader, re-save it in
-                                          every format that fits it, print JSON lines
-                                          {"format", "path", "file_bytes", "save_s"} or
-                                          {"format", "skipped": reason}
-  advisor.py load PATH FORMAT             load PATH the way FORMAT is loaded, print JSON
-                                          {"baseline_rss_bytes", "load_s"}; the caller
-                                          measures the process's peak around it
+  format_trials.py save SOURCE FORMAT OUT_DIR   load SOURCE with its usual loader, re-save
+                                                it in every format that fits it, print JSON
+                                                lines {"format", "path", "file_bytes",
+                                                "save_s"} or {"format", "skipped": reason}
+  format_trials.py load PATH FORMAT             load PATH the way FORMAT is loaded, print
+                                                JSON {"baseline_rss_bytes", "load_s"}; the
+                                                caller measures the process's peak around it
 """
 
 import json

@@ -1,4 +1,5 @@
-//! `memwarden inspect --measure`: the serialization advisor.
+//! `memwarden inspect --measure`: format trials, each serialization format that fits the
+//! model measured as it loads.
 //!
 //! The model is loaded only in child Python processes, and only when it was judged safe
 //! (or with `--trust`). One child re-saves it in every format that fits; then each file,
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use memwarden_format::units::format_size;
-use memwarden_inspect::{FileReport, Verdict, ADVISOR_PY};
+use memwarden_inspect::{FileReport, Verdict, FORMAT_TRIALS_PY};
 use serde::Serialize;
 
 use super::Measure;
@@ -35,9 +36,9 @@ pub struct Trial {
     pub load_peak_bytes: u64,
 }
 
-/// The advisor's findings for one file.
+/// The trials of one file and the format they recommend.
 #[derive(Debug, Clone, Serialize)]
-pub struct Measurement {
+pub struct FileTrials {
     /// The file.
     pub path: String,
     /// Every format tried.
@@ -138,7 +139,7 @@ fn runs_code(format: &str) -> bool {
 }
 
 /// Measures one inspected file.
-pub fn measure(report: &FileReport, settings: &Measure) -> Result<Measurement, String> {
+pub fn measure(report: &FileReport, settings: &Measure) -> Result<FileTrials, String> {
     if report.verdict != Verdict::Safe && !settings.trust {
         return Err(format!(
             "refusing to load a file judged {:?}: loading it would run code memwarden cannot vouch for; pass --trust to load it anyway",
@@ -149,11 +150,11 @@ pub fn measure(report: &FileReport, settings: &Measure) -> Result<Measurement, S
     let format = python_format(&report.format)
         .ok_or_else(|| format!("cannot load {} files to measure them", report.format))?;
     let scratch = tempfile::Builder::new()
-        .prefix("memwarden-advisor-")
+        .prefix("memwarden-format-trials-")
         .tempdir()
         .map_err(|e| e.to_string())?;
-    let script = scratch.path().join("advisor.py");
-    std::fs::write(&script, ADVISOR_PY).map_err(|e| e.to_string())?;
+    let script = scratch.path().join("format_trials.py");
+    std::fs::write(&script, FORMAT_TRIALS_PY).map_err(|e| e.to_string())?;
     let saved_dir = scratch.path().join("formats");
     let output = Command::new(&settings.python)
         .arg(&script)
@@ -228,7 +229,7 @@ pub fn measure(report: &FileReport, settings: &Measure) -> Result<Measurement, S
         ),
         None => (None, 0),
     };
-    Ok(Measurement {
+    Ok(FileTrials {
         path: report.path.clone(),
         saving_pct: if original_peak > 0 {
             saving_bytes as f64 * 100.0 / original_peak as f64
@@ -242,12 +243,12 @@ pub fn measure(report: &FileReport, settings: &Measure) -> Result<Measurement, S
     })
 }
 
-/// The advisor's table.
-pub fn render(m: &Measurement) -> String {
+/// The trials' table.
+pub fn render(m: &FileTrials) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{}: serialization advisor (measured, each load in a fresh process)",
+        "{}: serialization format trials (measured, each load in a fresh process)",
         m.path
     );
     let _ = writeln!(

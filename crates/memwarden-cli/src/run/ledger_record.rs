@@ -87,7 +87,7 @@ pub fn build(
             .profile
             .iter()
             .flat_map(|p| p.at_peak.iter().take(STACKS_RECORDED))
-            .filter_map(|entry| serde_json::to_value(entry).ok())
+            .cloned()
             .collect(),
         report_path: report_path.map(|p| {
             std::path::absolute(p)

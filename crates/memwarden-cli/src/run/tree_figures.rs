@@ -1,4 +1,5 @@
-//! Tree totals over time: the bounded timeline and the sampled peaks.
+//! The tree's figures as the run goes: each tick's totals kept in a bounded timeline, the
+//! sample at the RSS peak and each figure's largest value.
 
 use memwarden_format::report::TimelinePoint;
 
@@ -6,9 +7,9 @@ use memwarden_format::report::TimelinePoint;
 /// so an hour-long run keeps its peaks in a report of a few hundred kilobytes.
 const MAX_POINTS: usize = 2000;
 
-/// Collects samples.
+/// The tree's totals sampled so far, folded as they come.
 #[derive(Debug, Default)]
-pub struct Recorder {
+pub struct TreeFigures {
     timeline: Vec<TimelinePoint>,
     pending: Option<(TimelinePoint, usize)>,
     stride: usize,
@@ -20,10 +21,10 @@ pub struct Recorder {
     pub samples: u64,
 }
 
-impl Recorder {
-    /// An empty recorder.
+impl TreeFigures {
+    /// No samples yet.
     pub fn new() -> Self {
-        Recorder {
+        TreeFigures {
             stride: 1,
             ..Default::default()
         }
@@ -75,21 +76,21 @@ mod tests {
 
     #[test]
     fn long_runs_keep_a_bounded_timeline_and_every_peak() {
-        let mut recorder = Recorder::new();
+        let mut figures = TreeFigures::new();
         for i in 0..50_000_u64 {
             let rss = if i == 31_337 {
                 10 << 30
             } else {
                 (i % 100) << 20
             };
-            recorder.push(TimelinePoint {
+            figures.push(TimelinePoint {
                 t_s: i as f64 * 0.05,
                 rss_bytes: rss,
                 processes: 1,
                 ..Default::default()
             });
         }
-        let timeline = recorder.timeline();
+        let timeline = figures.timeline();
         assert!(timeline.len() <= MAX_POINTS, "{}", timeline.len());
         assert!(timeline.len() >= MAX_POINTS / 2);
         assert_eq!(
@@ -97,8 +98,8 @@ mod tests {
             Some(10 << 30),
             "the spike survives merging"
         );
-        assert_eq!(recorder.rss_peak.rss_bytes, 10 << 30);
-        assert!((recorder.rss_peak.t_s - 31_337.0 * 0.05).abs() < 1e-6);
+        assert_eq!(figures.rss_peak.rss_bytes, 10 << 30);
+        assert!((figures.rss_peak.t_s - 31_337.0 * 0.05).abs() < 1e-6);
         assert!(
             timeline.windows(2).all(|w| w[0].t_s <= w[1].t_s),
             "time order kept"
