@@ -11,6 +11,7 @@ use memwarden_ledger::policy::Policy;
 use memwarden_ledger::signing::{self, HeadSignature, KeyError, PublicKey, SecretKey};
 use memwarden_ledger::spool::Spool;
 use memwarden_ledger::{Ledger, LedgerError, LedgerLocation, RunRecord};
+use memwarden_report::text;
 use serde::Serialize;
 
 use crate::exit::{Failure, Status};
@@ -68,7 +69,7 @@ pub fn history(ledger: Option<&str>, model: &str, json: bool) -> Result<Status, 
     if json {
         print_json(&rows)?;
     } else {
-        print!("{}", gate::render_history(model, &rows));
+        print!("{}", text::render_history(model, &rows));
     }
     Ok(Status::Command(0))
 }
@@ -90,7 +91,7 @@ pub fn diff(ledger: Option<&str>, a: &str, b: &str, json: bool) -> Result<Status
     if json {
         print_json(&report)?;
     } else {
-        print!("{}", gate::render_diff(&report));
+        print!("{}", text::render_diff(&report));
     }
     Ok(Status::Command(0))
 }
@@ -108,7 +109,7 @@ pub fn check(
     if json {
         print_json(&report)?;
     } else {
-        print!("{}", gate::render_check(&report));
+        print!("{}", text::render_check(&report));
     }
     Ok(if report.pass {
         Status::Command(0)

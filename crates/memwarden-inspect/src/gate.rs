@@ -1,16 +1,16 @@
 //! The inspect gate: every path walked, every file inspected, the policy applied, and the
-//! `memwarden.inspect/1` document and its terminal text produced. The CLI, the Python
-//! package and CI all call [`inspect_paths`].
+//! `memwarden.inspect/1` document produced (its terminal text is
+//! `memwarden_report::text::inspect`). The CLI, the Python package and CI all call
+//! [`inspect_paths`].
 
 use std::collections::HashSet;
-use std::fmt::Write as _;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use memwarden_format::units::format_size;
 use serde::Serialize;
 
-use crate::{inspect_file, FileReport, InspectError, Options, Severity, Verdict};
+use crate::{inspect_file, FileReport, InspectError, Options, Verdict};
 
 /// The schema name of the JSON document.
 pub const SCHEMA: &str = "memwarden.inspect/1";
@@ -152,7 +152,8 @@ pub fn inspect_paths(
     Ok(outcome)
 }
 
-fn verdict_word(verdict: Verdict) -> &'static str {
+/// A verdict as the gate's sentences and the terminal text name it.
+pub fn verdict_word(verdict: Verdict) -> &'static str {
     match verdict {
         Verdict::Safe => "safe",
         Verdict::Review => "review",
@@ -196,177 +197,4 @@ fn walk(
         }
     }
     Ok(())
-}
-
-/// The gate's result as terminal text: each file, then what could not be read, then the
-/// policy's violations.
-pub fn render_text(outcome: &Outcome) -> String {
-    let mut out = String::new();
-    for report in &outcome.files {
-        out.push_str(&render_file(report));
-    }
-    for unreadable in &outcome.unreadable {
-        let _ = writeln!(
-            out,
-            "{}\n  UNREADABLE  {}",
-            unreadable.path, unreadable.error
-        );
-    }
-    if !outcome.skipped.is_empty() {
-        let _ = writeln!(
-            out,
-            "skipped {} file(s) that are not model files",
-            outcome.skipped.len()
-        );
-    }
-    for violation in &outcome.violations {
-        let _ = writeln!(out, "policy: {violation}");
-    }
-    out
-}
-
-fn render_file(report: &FileReport) -> String {
-    let mut out = String::new();
-    let protocol = report
-        .pickle_protocol
-        .map(|p| format!(", pickle protocol {p}"))
-        .unwrap_or_default();
-    let also = if report.read_as.is_empty() {
-        String::new()
-    } else {
-        format!(", also read as {}", report.read_as.join(", "))
-    };
-    let _ = writeln!(
-        out,
-        "{}  ({}{protocol}{also}, {})",
-        report.path,
-        report.format,
-        format_size(report.file_bytes)
-    );
-    let flagged: Vec<_> = report
-        .imports
-        .iter()
-        .filter(|i| i.severity.is_some())
-        .collect();
-    let serious = report
-        .findings
-        .iter()
-        .filter(|f| f.severity > Severity::Info)
-        .count();
-    let cannot_verify = report
-        .findings
-        .iter()
-        .any(|f| f.message.starts_with("cannot be verified"));
-    let why = if cannot_verify && flagged.is_empty() {
-        "cannot be verified".to_owned()
-    } else if report.imports.is_empty() && serious == 0 {
-        "loading runs no code from the file".to_owned()
-    } else if flagged.is_empty() && serious == 0 {
-        format!(
-            "every import is an allowlisted constructor ({} distinct)",
-            report.imports.len()
-        )
-    } else {
-        format!(
-            "{} of {} distinct imports flagged, {serious} finding(s)",
-            flagged.len(),
-            report.imports.len()
-        )
-    };
-    let _ = writeln!(
-        out,
-        "  verdict   {}: {why}",
-        verdict_word(report.verdict).to_uppercase()
-    );
-    for import in &flagged {
-        let _ = writeln!(
-            out,
-            "    {:<8} {}.{}: {}",
-            severity_word(import.severity.unwrap_or(Severity::Info)),
-            import.module,
-            import.name,
-            import.reason
-        );
-    }
-    for finding in report
-        .findings
-        .iter()
-        .filter(|f| f.severity > Severity::Info)
-    {
-        let at = finding
-            .offset
-            .map(|o| format!(" (byte {o})"))
-            .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "    {:<8} {}{at}",
-            severity_word(finding.severity),
-            finding.message
-        );
-    }
-    let _ = writeln!(
-        out,
-        "  payload   {} in {} array(s)",
-        format_size(report.payload_bytes),
-        report.arrays.len()
-    );
-    let mut largest: Vec<_> = report.arrays.iter().collect();
-    largest.sort_by_key(|a| std::cmp::Reverse(a.bytes));
-    for array in largest.iter().take(8) {
-        let shape = array
-            .shape
-            .as_ref()
-            .map(|s| format!("{s:?}"))
-            .unwrap_or_else(|| "?".to_owned());
-        let _ = writeln!(
-            out,
-            "    {:<40} {:<10} {:<18} {}",
-            array.name.as_deref().unwrap_or("-"),
-            array.dtype,
-            shape,
-            format_size(array.bytes)
-        );
-    }
-    if largest.len() > 8 {
-        let _ = writeln!(out, "    ... and {} more", largest.len() - 8);
-    }
-    match report.predicted_load_peak_bytes {
-        Some(peak) => {
-            let _ = writeln!(
-                out,
-                "  load      {}: predicted peak +{} ({})",
-                report.loader,
-                format_size(peak),
-                report.prediction_rule
-            );
-        }
-        None => {
-            let _ = writeln!(out, "  load      {}", report.prediction_rule);
-        }
-    }
-    for other in &report.other_loaders {
-        let _ = writeln!(
-            out,
-            "            {}: predicted peak +{} ({})",
-            other.loader,
-            format_size(other.predicted_load_peak_bytes),
-            other.rule
-        );
-    }
-    let _ = writeln!(
-        out,
-        "  mmap      {}: {}",
-        if report.mmappable { "yes" } else { "no" },
-        report.mmap_note
-    );
-    out
-}
-
-fn severity_word(severity: Severity) -> &'static str {
-    match severity {
-        Severity::Info => "INFO",
-        Severity::Medium => "MEDIUM",
-        Severity::High => "HIGH",
-        Severity::Critical => "CRITICAL",
-    }
 }

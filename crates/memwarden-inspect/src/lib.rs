@@ -13,7 +13,8 @@
 //! - [`gate`]: paths walked, the policy applied, the `memwarden.inspect/1` document;
 //! - [`safety`]: every import a pickle performs, judged against a generated allowlist of
 //!   exact names;
-//! - [`source`]: readers that skip by seeking, or by discarding within a decompression cap.
+//! - [`source`]: readers that skip by seeking, or by discarding within a decompression cap;
+//! - [`trials`]: the format trials' results (`memwarden inspect --measure`).
 
 pub mod archive;
 pub mod formats;
@@ -21,6 +22,7 @@ pub mod gate;
 pub mod pickle;
 pub mod safety;
 pub mod source;
+pub mod trials;
 
 use std::io;
 use std::path::Path;

@@ -1,13 +1,16 @@
 //! `memwarden inspect`: model files judged before anyone loads them. The gate itself
-//! (walking, judging, the schema and its text) is `memwarden_inspect::gate`; this module
-//! reads the policy file, chooses the rendering and maps the outcome to an exit status.
+//! (walking, judging, the schema) is `memwarden_inspect::gate`, its text
+//! `memwarden_report::text`; this module reads the policy file, chooses the rendering and
+//! maps the outcome to an exit status.
 
 use std::path::{Path, PathBuf};
 
-use memwarden_inspect::gate::{inspect_paths, render_text, GatePolicy, Outcome};
+use memwarden_inspect::gate::{inspect_paths, GatePolicy, Outcome};
 use memwarden_inspect::safety::Allowlist;
+use memwarden_inspect::trials::FileTrials;
 use memwarden_inspect::{Options, Verdict};
 use memwarden_ledger::policy::{Policy, RequiredSafety};
+use memwarden_report::text::{render_inspect, render_trials};
 use serde::Serialize;
 
 use crate::exit::{Failure, Status};
@@ -33,7 +36,7 @@ struct Document<'a> {
     #[serde(flatten)]
     outcome: &'a Outcome,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    measurements: &'a [trials::FileTrials],
+    measurements: &'a [FileTrials],
 }
 
 /// `memwarden inspect PATH...`.
@@ -91,9 +94,9 @@ pub fn main(
         })?;
     }
     if json != Some(Path::new("-")) {
-        print!("{}", render_text(&outcome));
+        print!("{}", render_inspect(&outcome));
         for m in &measurements {
-            print!("{}", trials::render(m));
+            print!("{}", render_trials(m));
         }
     }
     // A file judged unsafe outranks one that could not be read at all.

@@ -9,50 +9,13 @@
 //! `--model`/`--version`, each of those runs is recorded in the ledger (stage inference,
 //! tagged `serialization=FORMAT`), so the figures are kept with the model version.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use memwarden_format::units::format_size;
+use memwarden_inspect::trials::{runs_code, FileTrials, Trial};
 use memwarden_inspect::{FileReport, Verdict, FORMAT_TRIALS_PY};
-use serde::Serialize;
 
 use super::Measure;
-
-/// One format measured.
-#[derive(Debug, Clone, Serialize)]
-pub struct Trial {
-    /// Format name (`pickle`, `joblib`, `safetensors`...).
-    pub format: String,
-    /// Whether this is the file as given.
-    pub original: bool,
-    /// File size.
-    pub file_bytes: u64,
-    /// Seconds to save (`None` for the original).
-    pub save_s: Option<f64>,
-    /// Seconds to load.
-    pub load_s: f64,
-    /// Peak memory the load added.
-    pub load_peak_bytes: u64,
-}
-
-/// The trials of one file and the format they recommend.
-#[derive(Debug, Clone, Serialize)]
-pub struct FileTrials {
-    /// The file.
-    pub path: String,
-    /// Every format tried.
-    pub trials: Vec<Trial>,
-    /// Formats that do not fit this model, with why.
-    pub skipped: Vec<(String, String)>,
-    /// The recommended format: among those within 5% (or 1 MiB) of the lowest load peak,
-    /// one that runs no code when loaded, then the smallest file, then the fastest load.
-    pub recommended: Option<String>,
-    /// Load peak saved by the recommendation against the original, in bytes.
-    pub saving_bytes: i64,
-    /// The same, in percent of the original's load peak.
-    pub saving_pct: f64,
-}
 
 fn python_format(format: &str) -> Option<&'static str> {
     Some(match format {
@@ -131,11 +94,6 @@ fn measure_load(
         child["load_s"].as_f64().unwrap_or(0.0),
         peak.saturating_sub(baseline),
     ))
-}
-
-/// Whether loading the format unpickles (and so can run code).
-fn runs_code(format: &str) -> bool {
-    !matches!(format, "npy" | "npz" | "safetensors")
 }
 
 /// Measures one inspected file.
@@ -241,54 +199,4 @@ pub fn measure(report: &FileReport, settings: &Measure) -> Result<FileTrials, St
         recommended,
         saving_bytes,
     })
-}
-
-/// The trials' table.
-pub fn render(m: &FileTrials) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{}: serialization format trials (measured, each load in a fresh process)",
-        m.path
-    );
-    let _ = writeln!(
-        out,
-        "  {:<20} {:>12} {:>9} {:>9} {:>12}",
-        "format", "file", "save", "load", "load peak"
-    );
-    for t in &m.trials {
-        let save = t
-            .save_s
-            .map_or_else(|| "(as given)".to_owned(), |s| format!("{s:.2} s"));
-        let _ = writeln!(
-            out,
-            "  {:<20} {:>12} {:>9} {:>7.2} s {:>12}",
-            t.format,
-            format_size(t.file_bytes),
-            save,
-            t.load_s,
-            format_size(t.load_peak_bytes)
-        );
-    }
-    for (format, why) in &m.skipped {
-        let _ = writeln!(out, "  {format:<20} skipped: {why}");
-    }
-    if let Some(best) = &m.recommended {
-        let change = if m.saving_bytes >= 0 {
-            format!("{} lower", format_size(m.saving_bytes as u64))
-        } else {
-            format!("{} higher", format_size(m.saving_bytes.unsigned_abs()))
-        };
-        let safety = if runs_code(best) {
-            ""
-        } else {
-            ", and loading it runs no code"
-        };
-        let _ = writeln!(
-            out,
-            "  recommendation: {best}: load peak {change} than the file as given ({:+.0}%){safety}",
-            -m.saving_pct
-        );
-    }
-    out
 }

@@ -10,7 +10,7 @@
 //! `_rebuild_tensor_v2` over persistent storages.
 //!
 //! Hostile input is bounded: opcodes, memo entries, stack depth, string lengths and the
-//! depth of analysis are all limited ([`Limits`]), and malformed input is an error with
+//! depth of analysis are all limited ([`crate::Limits`]), and malformed input is an error with
 //! the offset, never a panic.
 
 use std::cell::RefCell;

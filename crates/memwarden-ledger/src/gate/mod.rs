@@ -1,4 +1,5 @@
 //! `check`, `diff` and `history`: a model's runs against policy and against each other.
+//! This module builds the typed reports; `memwarden_report::text` renders them.
 //!
 //! **Versions** are ordered naturally: digit runs compare as numbers, so `2 < 10` and
 //! `v1.9 < v1.10`. The **baseline** of a version is the closest earlier version with runs
@@ -27,9 +28,9 @@ mod check;
 mod diff;
 mod history;
 
-pub use check::{check, render_check, CheckReport, Verdict, MIN_NOISE_RUNS};
-pub use diff::{diff, render_diff, DiffReport, MetricDiff, SiteChange};
-pub use history::{history, render_history, HistoryRow};
+pub use check::{check, CheckReport, Verdict, MIN_NOISE_RUNS};
+pub use diff::{diff, DiffReport, MetricDiff, SiteChange};
+pub use history::{history, HistoryRow};
 
 use std::cmp::Ordering;
 use std::collections::BTreeSet;

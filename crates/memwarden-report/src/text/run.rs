@@ -1,4 +1,5 @@
-//! The terminal summary: peak, when, which process, headroom, budget verdict.
+//! The run summary printed at the end of `memwarden run`: peak, when, which process,
+//! headroom, budget verdict, and the profile's stacks (also `memwarden analyze`).
 
 use std::fmt::Write;
 
@@ -323,92 +324,5 @@ mod tests {
         );
         assert_eq!(display_command(&args(&["a", "b"]), 1), "a...");
         assert_eq!(display_command(&[], 10), "command line unknown");
-    }
-}
-
-#[cfg(test)]
-mod summary_tests {
-    use super::*;
-    use memwarden_format::report::{
-        Budget, Exit, Gpu, Limits, MonitorInfo, Peak, ProcessReport, SCHEMA,
-    };
-
-    fn report() -> Report {
-        Report {
-            schema: SCHEMA.to_owned(),
-            memwarden_version: "0.1.0".to_owned(),
-            command: vec!["python".to_owned(), "train.py".to_owned()],
-            cwd: "/work".to_owned(),
-            started_at_unix_s: 0.0,
-            duration_s: 12.5,
-            exit: Exit {
-                signal: Some(9),
-                signal_name: Some("SIGKILL".to_owned()),
-                oom_killed: true,
-                oom_killed_by: Some("kernel".to_owned()),
-                oom_at_bytes: Some(300 << 20),
-                memwarden_exit_code: 137,
-                ..Exit::default()
-            },
-            peak: Peak {
-                rss_bytes: 310 << 20,
-                source: PeakSource::VmHwm,
-                pss_bytes: Some(305 << 20),
-                uss_bytes: Some(300 << 20),
-                anon_bytes: None,
-                file_bytes: None,
-                shmem_bytes: None,
-                cgroup_bytes: Some(300 << 20),
-                heap_bytes: None,
-                gpu_bytes: None,
-                at_s: 4.25,
-                pid: Some(42),
-                sources: Default::default(),
-            },
-            limits: Limits {
-                tightest_limit_bytes: 300 << 20,
-                tightest_limit_source: "hard_limit".to_owned(),
-                headroom_bytes: -(10 << 20),
-                ..Limits::default()
-            },
-            budget: Budget {
-                limit_bytes: Some(256 << 20),
-                metric: "peak.rss_bytes".to_owned(),
-                status: BudgetStatus::Fail,
-                hard_limit_bytes: Some(300 << 20),
-                enforced_by: Enforcement::Cgroup,
-                enforcement_note: None,
-            },
-            gpu: Gpu {
-                status: "unavailable".to_owned(),
-                ..Gpu::default()
-            },
-            monitor: MonitorInfo::default(),
-            processes: vec![ProcessReport {
-                pid: 42,
-                cmdline: vec!["python".to_owned(), "train.py".to_owned()],
-                ..ProcessReport::default()
-            }],
-            timeline: Vec::new(),
-            warnings: vec!["something to know".to_owned()],
-            profile: None,
-        }
-    }
-
-    #[test]
-    fn an_oom_killed_run_over_budget_reads_as_such() {
-        let text = summary(&report());
-        let expected = "\
-memwarden: `python train.py` was killed by SIGKILL after 12.50 s
-  OOM-KILLED   by the kernel at 300.00 MiB
-  peak RSS     310.00 MiB (325.06 MB) at 4.25 s in pid 42 (python train.py)  [kernel high-water mark, VmHWM]
-  peak PSS     305.00 MiB, USS 300.00 MiB  (tree total, shared pages counted once)
-  cgroup peak  300.00 MiB  (includes page cache)
-  limit        300.00 MiB (--hard-limit); OVER by 10.00 MiB
-  budget       FAIL: 310.00 MiB of 256.00 MiB (121%)
-  hard limit   300.00 MiB enforced by the kernel (cgroup)
-  warning: something to know
-";
-        assert_eq!(text, expected);
     }
 }
