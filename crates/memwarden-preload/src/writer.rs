@@ -83,8 +83,14 @@ pub static CAPTURE: Writer = Writer {
     reserved: [const { AtomicU64::new(0) }; 4],
 };
 
+/// The hash of a two-word key, for the tables' slot indices (their low bits). Every bit of
+/// both words reaches the low bits: the multiply-and-xor used before left the low 29 bits
+/// of the product blind to `b`, so all instruction offsets of one code object (and all
+/// lines of one function) started at the same slot; past the 16 probes of the code cache
+/// every lookup missed and decoded the line table again (5% of the instructions of a
+/// threaded numpy workload in exact mode).
 fn mix(a: u64, b: u64) -> u64 {
-    (a ^ b.rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (a >> 31)
+    crate::mix64(a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(32))
 }
 
 fn fnv(bytes: &[u8]) -> u64 {
@@ -707,5 +713,29 @@ impl Writer {
             .store(sys::now_ns(), Ordering::Relaxed);
         self.header(field::FLAGS)
             .fetch_or(flag::CLOSED, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_differing_in_the_second_word_spread_over_the_slots() {
+        // One code object, many instruction offsets; one function, many lines.
+        let code = 0x7f12_3456_7890u64;
+        let mut slots: Vec<usize> = (0..4096u64)
+            .map(|offset| mix(code, offset * 2) as usize & (CODE_SLOTS - 1))
+            .collect();
+        slots.sort_unstable();
+        slots.dedup();
+        assert!(slots.len() > 3900, "{} distinct slots of 4096", slots.len());
+        let function = (7u64 << 32) | 9;
+        let mut lines: Vec<usize> = (1..=2000u64)
+            .map(|line| mix(function, line << 32) as usize & (FRAME_SLOTS - 1))
+            .collect();
+        lines.sort_unstable();
+        lines.dedup();
+        assert!(lines.len() > 1900, "{} distinct slots of 2000", lines.len());
     }
 }
