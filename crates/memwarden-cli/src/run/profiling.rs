@@ -340,15 +340,9 @@ impl Profiling {
                 Some(process) => process.profile = Some(process_profile),
                 None => {
                     // Too short-lived for the monitor to see; its capture still counts.
-                    let capture = captures.iter().find(|c| c.pid as i32 == pid);
-                    report.processes.push(ProcessReport {
-                        pid,
-                        ppid: capture.map_or(0, |c| c.ppid as i32),
-                        cmdline: capture.and_then(|c| c.exe.clone()).into_iter().collect(),
-                        peak_rss_unmeasured: Some(UNMEASURED_RSS.to_owned()),
-                        profile: Some(process_profile),
-                        ..ProcessReport::default()
-                    });
+                    report
+                        .processes
+                        .push(profiled_process(pid as u32, &captures, process_profile));
                 }
             }
         }
@@ -363,6 +357,25 @@ impl Profiling {
             }
         }
         report.profile = Some(analysis.profile);
+    }
+}
+
+/// A process known only from its captures (too short-lived for the monitor to see, or
+/// recovered after memwarden died): its identity as the capture gives it, its profile, and
+/// no peak RSS until an exit record gives one.
+pub(super) fn profiled_process(
+    pid: u32,
+    captures: &[memwarden_format::capture::Capture],
+    profile: memwarden_format::report::ProcessProfile,
+) -> ProcessReport {
+    let capture = captures.iter().find(|c| c.pid == pid);
+    ProcessReport {
+        pid: pid as i32,
+        ppid: capture.map_or(0, |c| c.ppid as i32),
+        cmdline: capture.and_then(|c| c.exe.clone()).into_iter().collect(),
+        peak_rss_unmeasured: Some(UNMEASURED_RSS.to_owned()),
+        profile: Some(profile),
+        ..ProcessReport::default()
     }
 }
 

@@ -6,14 +6,12 @@
 //! or `memwarden ledger sync` (when the guardian died too). Only runs whose journal lock
 //! could be taken are touched ([`super::journal::DeadRun`]): a live run's never are.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use memwarden_format::report::{
-    Budget, BudgetStatus, Exit, Gpu, Limits, MonitorInfo, Peak, PeakSource, ProcessReport, Report,
-    SCHEMA,
+    Budget, BudgetStatus, Exit, Gpu, Limits, MonitorInfo, Peak, PeakSource, Report, SCHEMA,
 };
 use memwarden_ledger::LedgerLocation;
 use memwarden_monitor::tree::rss_counter_slack_bytes;
@@ -23,7 +21,8 @@ use super::config::Governance;
 use super::guardian::{cgroup_pids, kill_run};
 use super::journal::{self, DeadRun, Journal, JournalCapture};
 use super::ledger_record::{self, Before};
-use super::report::UNMEASURED_RSS;
+use super::profiling::profiled_process;
+use super::report::peak_sources;
 use super::supervise::signal_name;
 
 /// What `exit.interrupted` (and the record's `interrupted`) says of such a run.
@@ -176,21 +175,9 @@ fn build_report(
         }
         _ => (at_peak.rss_bytes, PeakSource::Sampled, None),
     };
-    let mut sources = BTreeMap::new();
-    sources.insert("rss_bytes".to_owned(), source);
     let rollup_read = max.pss_bytes > 0;
     let status_read = at_peak.anon_bytes > 0 || at_peak.file_bytes > 0;
-    for (field, read) in [
-        ("pss_bytes", rollup_read),
-        ("uss_bytes", rollup_read),
-        ("anon_bytes", status_read),
-        ("file_bytes", status_read),
-        ("shmem_bytes", status_read),
-    ] {
-        if read {
-            sources.insert(field.to_owned(), PeakSource::Sampled);
-        }
-    }
+    let mut sources = peak_sources(source, rollup_read, status_read);
     let cgroup_bytes = cgroup_peak.or(max.cgroup_bytes);
     if cgroup_bytes.is_some() {
         let cgroup_source = if cgroup_peak.is_some() {
@@ -320,15 +307,9 @@ fn attach_profile(report: &mut Report, capture: &JournalCapture, started_at_unix
         ));
     }
     for (pid, process_profile) in analysis.processes {
-        let capture = captures.iter().find(|c| c.pid == pid);
-        report.processes.push(ProcessReport {
-            pid: pid as i32,
-            ppid: capture.map_or(0, |c| c.ppid as i32),
-            cmdline: capture.and_then(|c| c.exe.clone()).into_iter().collect(),
-            peak_rss_unmeasured: Some(UNMEASURED_RSS.to_owned()),
-            profile: Some(process_profile),
-            ..ProcessReport::default()
-        });
+        report
+            .processes
+            .push(profiled_process(pid, &captures, process_profile));
     }
     report.peak.heap_bytes = Some(analysis.profile.peak_bytes);
     report.profile = Some(analysis.profile);

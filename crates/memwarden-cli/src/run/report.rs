@@ -209,19 +209,7 @@ fn build_peak(figures: &TreeFigures, sampler: &TreeSampler, own_cgroup_peak: Opt
     let rollup_read = figures.samples > 0 && figures.max.pss_bytes > 0;
     let status_read =
         figures.samples > 0 && (figures.max.anon_bytes > 0 || figures.max.file_bytes > 0);
-    let mut sources = BTreeMap::new();
-    sources.insert("rss_bytes".to_owned(), source);
-    for (field, read) in [
-        ("pss_bytes", rollup_read),
-        ("uss_bytes", rollup_read),
-        ("anon_bytes", status_read),
-        ("file_bytes", status_read),
-        ("shmem_bytes", status_read),
-    ] {
-        if read {
-            sources.insert(field.to_owned(), PeakSource::Sampled);
-        }
-    }
+    let mut sources = peak_sources(source, rollup_read, status_read);
     let cgroup_bytes = own_cgroup_peak.or(figures.max.cgroup_bytes);
     if cgroup_bytes.is_some() {
         let source = if own_cgroup_peak.is_some() {
@@ -309,6 +297,30 @@ fn build_gpu(sampler: &TreeSampler, observed: &Observed) -> Gpu {
             devices: Vec::new(),
         },
     }
+}
+
+/// The source of each tree peak figure: RSS's own, and `sampled` for the figures that
+/// were read (PSS and USS from `smaps_rollup`, the anonymous, file and shared-memory parts
+/// from `status`); a figure never read has no source.
+pub(super) fn peak_sources(
+    rss_source: PeakSource,
+    rollup_read: bool,
+    status_read: bool,
+) -> BTreeMap<String, PeakSource> {
+    let mut sources = BTreeMap::new();
+    sources.insert("rss_bytes".to_owned(), rss_source);
+    for (field, read) in [
+        ("pss_bytes", rollup_read),
+        ("uss_bytes", rollup_read),
+        ("anon_bytes", status_read),
+        ("file_bytes", status_read),
+        ("shmem_bytes", status_read),
+    ] {
+        if read {
+            sources.insert(field.to_owned(), PeakSource::Sampled);
+        }
+    }
+    sources
 }
 
 /// Why a process has no peak RSS (see `ProcessReport::peak_rss_unmeasured`).
