@@ -31,29 +31,6 @@ fn unseen_warnings(run: &Run) -> Vec<String> {
         .collect()
 }
 
-/// Bytes of the entries of `/profile/at_peak` or `/profile/leaked` whose stack passes
-/// through workload.py at the line marked `name`.
-fn bytes_at(run: &Run, script: &str, list: &str, name: &str) -> u64 {
-    let line = line_of(script, name);
-    run.report()
-        .pointer(&format!("/profile/{list}"))
-        .and_then(Value::as_array)
-        .unwrap_or_else(|| panic!("profile.{list} missing: {}", run.stderr()))
-        .iter()
-        .filter(|entry| {
-            entry["stack"].as_array().is_some_and(|stack| {
-                stack.iter().any(|frame| {
-                    frame["file"]
-                        .as_str()
-                        .is_some_and(|f| f.ends_with("workload.py"))
-                        && frame["line"].as_u64() == Some(line)
-                })
-            })
-        })
-        .map(|entry| entry["bytes"].as_u64().unwrap_or(0))
-        .sum()
-}
-
 /// Each allocation is made on its own marked line through a different way of reaching
 /// libc (`CDLL(None)`, the program's scope, always found the hooks; the two others open
 /// libc itself), written whole, and held across the peak; the first is then freed through
@@ -111,7 +88,7 @@ fn malloc_and_mmap_from_a_ctypes_libc_are_charged_to_their_lines() {
         ("process", 40),
         ("mapped", 30),
     ] {
-        let bytes = bytes_at(&run, CTYPES, "at_peak", name);
+        let bytes = util::bytes_at(&run, CTYPES, "at_peak", name);
         assert!(
             within(bytes, mib * MIB, 0.03),
             "at the peak, @{name} holds {bytes} bytes, expected {mib} MiB\n{:#}",
@@ -119,7 +96,7 @@ fn malloc_and_mmap_from_a_ctypes_libc_are_charged_to_their_lines() {
         );
     }
     // Freed through libc's handle too: released from the line that allocated it.
-    let leaked = bytes_at(&run, CTYPES, "leaked", "by_name");
+    let leaked = util::bytes_at(&run, CTYPES, "leaked", "by_name");
     assert!(leaked < MIB, "@by_name still holds {leaked} bytes at exit");
     let top = &run.report()["profile"]["at_peak"][0]["stack"][0];
     assert_eq!(

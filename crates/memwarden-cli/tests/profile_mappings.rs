@@ -13,8 +13,7 @@
 
 mod util;
 
-use serde_json::Value;
-use util::{line_of, python, run_in_with, within, Run};
+use util::{python, run_in_with, within, Run};
 
 const MIB: u64 = 1 << 20;
 /// What a marked line may hold besides its mappings: the Python objects it keeps.
@@ -80,33 +79,10 @@ fn profile(mode: &str, script: &str) -> Run {
     run
 }
 
-/// Bytes of the stacks in `list` (`at_peak` or `leaked`) that pass through workload.py
-/// at the line marked `name`.
-fn bytes_at(run: &Run, script: &str, list: &str, name: &str) -> u64 {
-    let line = line_of(script, name);
-    run.report()
-        .pointer(&format!("/profile/{list}"))
-        .and_then(Value::as_array)
-        .unwrap_or_else(|| panic!("profile.{list} missing: {}", run.stderr()))
-        .iter()
-        .filter(|entry| {
-            entry["stack"].as_array().is_some_and(|stack| {
-                stack.iter().any(|frame| {
-                    frame["file"]
-                        .as_str()
-                        .is_some_and(|f| f.ends_with("workload.py"))
-                        && frame["line"].as_u64() == Some(line)
-                })
-            })
-        })
-        .map(|entry| entry["bytes"].as_u64().unwrap_or(0))
-        .sum()
-}
-
 /// Asserts that the line marked `name` holds `mib` MiB in `list` (within [`SLACK`]).
 #[track_caller]
 fn assert_holds(run: &Run, script: &str, list: &str, name: &str, mib: u64) {
-    let bytes = bytes_at(run, script, list, name);
+    let bytes = util::bytes_at(run, script, list, name);
     let expected = mib * MIB;
     assert!(
         bytes.abs_diff(expected) <= SLACK,
@@ -289,8 +265,8 @@ print('ok')
 ",
     );
     let run = profile("--profile", &script);
-    let held = bytes_at(&run, &script, "leaked", "small");
-    let at_peak = bytes_at(&run, &script, "at_peak", "small");
+    let held = util::bytes_at(&run, &script, "leaked", "small");
+    let at_peak = util::bytes_at(&run, &script, "at_peak", "small");
     let sample_bytes = run.u64_at("/profile/sample_bytes");
     // The report's bound on the standard error of a total of B bytes: sqrt(B × R).
     let bound = |bytes: u64| ((bytes as f64) * (sample_bytes as f64)).sqrt();

@@ -210,3 +210,26 @@ pub fn line_of(script: &str, name: &str) -> u64 {
         .map(|i| i as u64 + 1)
         .unwrap_or_else(|| panic!("no marker {marker}"))
 }
+
+/// Bytes of the stacks in `/profile/<list>` (`at_peak` or `leaked`) that pass through
+/// workload.py at the line marked `# @name`.
+pub fn bytes_at(run: &Run, script: &str, list: &str, name: &str) -> u64 {
+    let line = line_of(script, name);
+    run.report()
+        .pointer(&format!("/profile/{list}"))
+        .and_then(Value::as_array)
+        .unwrap_or_else(|| panic!("profile.{list} missing: {}", run.stderr()))
+        .iter()
+        .filter(|entry| {
+            entry["stack"].as_array().is_some_and(|stack| {
+                stack.iter().any(|frame| {
+                    frame["file"]
+                        .as_str()
+                        .is_some_and(|f| f.ends_with("workload.py"))
+                        && frame["line"].as_u64() == Some(line)
+                })
+            })
+        })
+        .map(|entry| entry["bytes"].as_u64().unwrap_or(0))
+        .sum()
+}
