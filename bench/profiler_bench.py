@@ -55,18 +55,28 @@ def peak_line(workload):
     raise SystemExit(f"{workload}.py has no # @peak line")
 
 
-def command(tool, script, out, args):
+def command(tool, script, out, args, script_args=(), wrap=()):
+    """The command line that runs `script` (with `script_args`) under `tool`, writing into `out`.
+
+    `wrap` is a prefix (valgrind, for the instruction count) for the process that runs the
+    workload: memwarden supervises from outside, so it goes after memwarden's `--`, around
+    python alone; memray, Fil and scalene profile in-process, so it goes around all of it."""
     python = args.python
     bin_dir = os.path.dirname(python)
+    wrap, script_args = list(wrap), list(script_args)
     memwarden = [args.memwarden, "run", "--quiet", "--cgroup", "off", "--json", os.path.join(out, "report.json"),
                  "--capture-dir", os.path.join(out, "captures")]
     return {
-        "bare": [python, script],
-        "memwarden": memwarden + ["--profile", "--", python, script],
-        "memwarden-exact": memwarden + ["--profile=exact", "--", python, script],
-        "memray": [python, "-m", "memray", "run", "--quiet", "--follow-fork", "-o", os.path.join(out, "memray.bin"), script],
-        "fil": [os.path.join(bin_dir, "fil-profile"), "-o", os.path.join(out, "fil"), "--no-browser", "run", script],
-        "scalene": [os.path.join(bin_dir, "scalene"), "run", "-o", os.path.join(out, "scalene.json"), script],
+        "bare": wrap + [python, script] + script_args,
+        "memwarden": memwarden + ["--profile", "--"] + wrap + [python, script] + script_args,
+        "memwarden-exact": memwarden + ["--profile=exact", "--"] + wrap + [python, script] + script_args,
+        "memray": wrap + [python, "-m", "memray", "run", "--quiet", "--follow-fork", "-o", os.path.join(out, "memray.bin"),
+                          script] + script_args,
+        "fil": wrap + [os.path.join(bin_dir, "fil-profile"), "-o", os.path.join(out, "fil"), "--no-browser", "run", script]
+        + script_args,
+        # scalene passes the program its arguments after `---`.
+        "scalene": wrap + [os.path.join(bin_dir, "scalene"), "run", "-o", os.path.join(out, "scalene.json"), script]
+        + (["---"] + script_args if script_args else []),
     }[tool]
 
 
@@ -157,16 +167,20 @@ def truth(workload, python):
         return sum(int(open(p).read()) for p in glob.glob(os.path.join(directory, "*.peak")))
 
 
+def workload_env(**extra):
+    """The environment every tool runs a workload in."""
+    # Fil runs the script without putting its directory on sys.path; _truth.py lives there.
+    return dict(os.environ, PYTHONPATH=os.path.join(HERE, "workloads"), **extra)
+
+
 def run_once(tool, workload, args):
     script = os.path.join(HERE, "workloads", workload + ".py")
     out = tempfile.mkdtemp(prefix=f"bench-{tool}-{workload}-")
     rss_file = os.path.join(out, "maxrss")
     start = time.perf_counter()
     try:
-        # Fil runs the script without putting its directory on sys.path; _truth.py lives there.
-        env = dict(os.environ, PYTHONPATH=os.path.join(HERE, "workloads"))
         code = subprocess.run([args.python, "-c", WRAPPER, rss_file] + command(tool, script, out, args),
-                              cwd=out, env=env, timeout=TIMEOUT_S).returncode
+                              cwd=out, env=workload_env(), timeout=TIMEOUT_S).returncode
     except subprocess.TimeoutExpired:
         return {"wall_s": None, "error": f"timed out after {TIMEOUT_S} s"}
     wall = time.perf_counter() - start

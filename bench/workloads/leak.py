@@ -1,5 +1,6 @@
 """A 200 MiB leak: a cache that is filled and never emptied, plus temporary churn."""
 import numpy as np
+from _scale import scaled
 from _truth import report
 
 CACHE = []
@@ -13,7 +14,7 @@ def predict(batch, keep):
 
 
 total = 0.0
-for i in range(3000):
+for i in range(scaled(3000)):
     total += predict(1024, i % 30 == 0)
 print(total, len(CACHE))
 report()

@@ -1,4 +1,5 @@
 """Pure-Python objects: a feature table built as a list of tuples, then aggregated."""
+from _scale import scaled
 from _truth import report
 
 
@@ -14,7 +15,7 @@ def aggregate(rows):
 
 
 for _ in range(4):
-    rows = build_rows(1_200_000)
+    rows = build_rows(scaled(1_200_000))
     print(len(aggregate(rows)))
     del rows
 report()

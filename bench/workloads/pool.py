@@ -1,6 +1,7 @@
 """A 2-worker multiprocessing pool; each task holds 300 MiB at its peak."""
 import multiprocessing as mp
 import numpy as np
+from _scale import scaled
 from _truth import report
 
 
@@ -13,5 +14,5 @@ def task(seed):
 
 if __name__ == "__main__":
     with mp.get_context("fork").Pool(2) as pool:
-        print(pool.map(task, range(80)))
+        print(pool.map(task, range(scaled(80, minimum=2))))
     report()

@@ -1,5 +1,6 @@
 """4 x 10^5 small numpy arrays kept in a list (many allocations of a few hundred bytes)."""
 import numpy as np
+from _scale import scaled
 from _truth import report
 
 
@@ -8,7 +9,7 @@ def embeddings(n):
 
 
 for _ in range(3):
-    vectors = embeddings(400_000)
+    vectors = embeddings(scaled(400_000))
     print(len(vectors), float(vectors[-1][-1]))
     del vectors
 report()
