@@ -1,4 +1,4 @@
-//! Command-line arguments (clap derive). Raw arguments only: `run::config` validates them.
+//! Command-line arguments (clap derive). Raw arguments only: `memwarden_run::RunConfig` validates them.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -270,7 +270,7 @@ killed it), else 2 for bad arguments, 3 when the command succeeded but exceeded
 
 /// How the command gets a cgroup of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum CgroupMode {
+pub enum CgroupArg {
     /// Use a cgroup of its own when the kernel allows it, else go on without (a hard limit
     /// then falls back to the watchdog).
     Auto,
@@ -299,8 +299,8 @@ pub struct RunArgs {
 
     /// Whether the command runs in a memory cgroup of its own (exact tree peak, kernel-enforced
     /// hard limit).
-    #[arg(long, value_enum, default_value_t = CgroupMode::Auto)]
-    pub cgroup: CgroupMode,
+    #[arg(long, value_enum, default_value_t = CgroupArg::Auto)]
+    pub cgroup: CgroupArg,
 
     /// Write the report as JSON (schema memwarden.report/1, see docs/report-schema.md).
     /// Parent directories are created; the path is checked before the command starts.

@@ -59,7 +59,7 @@ fn main() -> ExitCode {
             });
             inspect::main(&paths, json.as_deref(), policy.as_deref(), measure.as_ref())
         }
-        cli::Command::Guardian { lock } => run::guardian::main(&lock, ledger),
+        cli::Command::Guardian { lock } => run::guardian(&lock, ledger),
         cli::Command::Ledger { command } => match command {
             cli::LedgerCommand::Verify {
                 json,

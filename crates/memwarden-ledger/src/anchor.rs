@@ -15,7 +15,8 @@
 //! Whoever can write the anchor file too can make it agree with a rewritten chain. With a
 //! team key ([`crate::signing`]), each line also carries the head's signature
 //! (`SEQ HASH UNIX_S SIGNATURE`), and [`check_signatures`] keeps only the lines signed by
-//! one of the team's public keys for this very ledger.
+//! one of the team's public keys for this very ledger. [`anchor_head`] anchors a new head,
+//! signed when `MEMWARDEN_LEDGER_KEY` names a key (used by `run` and `ledger sync`).
 
 use std::fs;
 use std::io::{self, Write};
@@ -23,7 +24,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::chain::StoredEntry;
-use crate::signing::{self, HeadSignature, PublicKey, SecretKey};
+use crate::signing::{self, HeadSignature, KeyError, PublicKey, SecretKey};
 use crate::store::LedgerLocation;
 
 /// Why an anchor could not be written or read.
@@ -405,6 +406,67 @@ impl ExpectedHead {
             )),
         }
     }
+}
+
+/// The environment variable naming the secret key file that signs anchored heads.
+pub const LEDGER_KEY_VAR: &str = "MEMWARDEN_LEDGER_KEY";
+
+/// What anchoring a head did.
+#[derive(Debug, Default)]
+pub struct Anchored {
+    /// The head's signature, when `MEMWARDEN_LEDGER_KEY` names a usable key (also when the
+    /// anchor file could not be written: the printed head still carries it).
+    pub signature: Option<HeadSignature>,
+    /// What was not protected and what to do, one sentence each, for stderr.
+    pub warnings: Vec<String>,
+}
+
+impl Anchored {
+    /// `SEQ:HASH`, or `SEQ:HASH:SIGNATURE` when signed: what `--expect-head` takes.
+    pub fn head(&self, seq: i64, hash: &str) -> String {
+        match &self.signature {
+            Some(signature) => format!("{seq}:{hash}:{signature}"),
+            None => format!("{seq}:{hash}"),
+        }
+    }
+}
+
+/// The signing key named by `MEMWARDEN_LEDGER_KEY` (unset or empty: none).
+fn signing_key() -> Result<Option<SecretKey>, KeyError> {
+    match std::env::var_os(LEDGER_KEY_VAR).filter(|v| !v.is_empty()) {
+        Some(path) => SecretKey::read(Path::new(&path)).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Appends the head to the ledger's anchor file, signed when `MEMWARDEN_LEDGER_KEY` names
+/// a key. Never fails: what could not be done comes back as warnings saying what was not
+/// protected and what to do (a key that cannot be used leaves an unsigned line, loudly).
+pub fn anchor_head(location: &LedgerLocation, seq: i64, hash: &str) -> Anchored {
+    let file = AnchorFile::for_ledger(location);
+    let mut anchored = Anchored::default();
+    let key = match signing_key() {
+        Ok(key) => key,
+        Err(error) => {
+            anchored.warnings.push(format!(
+                "{LEDGER_KEY_VAR}: cannot use the signing key ({error}), so the ledger head {seq}:{hash} is anchored UNSIGNED and `memwarden ledger verify --public-key` will report its line: fix the key file (`memwarden ledger keygen` writes one) or unset {LEDGER_KEY_VAR}"
+            ));
+            None
+        }
+    };
+    match file.append(seq, hash, key.as_ref()) {
+        Ok(signature) => anchored.signature = signature,
+        Err(error) => {
+            anchored.signature = key.map(|key| key.sign_head(file.identity(), seq, hash));
+            anchored.warnings.push(format!(
+                "cannot anchor the ledger head {} in {}: {error}. Without it, `memwarden ledger verify` cannot detect the deletion of this run or a recomputed chain: make {} writable or set MEMWARDEN_ANCHOR_DIR to a writable directory, and keep the head above (e.g. in the CI log) for `ledger verify --expect-head`",
+                anchored.head(seq, hash),
+                file.path().display(),
+                file.path().parent().unwrap_or(file.path()).display(),
+            ));
+        }
+    }
+    anchored
 }
 
 #[cfg(test)]

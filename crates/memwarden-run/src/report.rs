@@ -102,7 +102,7 @@ pub fn build(
         ));
     }
     if let Some(note) = &isolation.note {
-        if config.hard_limit_bytes.is_some() || config.cgroup != crate::cli::CgroupMode::Auto {
+        if config.hard_limit_bytes.is_some() || config.cgroup != crate::config::CgroupMode::Auto {
             warnings.push(note.clone());
         }
     }

@@ -26,7 +26,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::journal::{Journal, RUN_ID_VARIABLE};
-use crate::exit::{Failure, Status};
+use crate::{RunError, RunErrorKind};
 
 /// The hidden subcommand that runs the guardian.
 pub const SUBCOMMAND: &str = "__guardian";
@@ -85,19 +85,19 @@ pub fn spawn(lock_path: &Path, ledger: Option<&str>) -> io::Result<Guardian> {
 /// `memwarden __guardian LOCK`: see the module documentation. Returns at once in the
 /// middle process, after the run in the guardian.
 #[allow(unsafe_code)]
-pub fn main(lock_path: &Path, ledger: Option<&str>) -> Result<Status, Failure> {
+pub fn main(lock_path: &Path, ledger: Option<&str>) -> Result<(), RunError> {
     // SAFETY: the process is single-threaded here (nothing has started a thread), so the
     // child may run any code after fork.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
-        return Err(Failure::new(
-            Status::Internal,
+        return Err(RunError::new(
+            RunErrorKind::Internal,
             format!("cannot start the guardian: {}", io::Error::last_os_error()),
         ));
     }
     if pid > 0 {
         println!("{pid}");
-        return Ok(Status::Command(0));
+        return Ok(());
     }
     // The guardian. Its standard output is memwarden's pipe: let it go.
     if let Ok(null) = fs::OpenOptions::new().write(true).open("/dev/null") {
@@ -120,17 +120,17 @@ pub fn main(lock_path: &Path, ledger: Option<&str>) -> Result<Status, Failure> {
     set_oom_score_adj("0");
     // A normal end removed the journal before closing the pipe; otherwise memwarden died.
     if !lock_path.exists() {
-        return Ok(Status::Command(0));
+        return Ok(());
     }
     let location = memwarden_ledger::LedgerLocation::resolve(ledger).ok();
     // memwarden's files are closed as it exits, the pipe perhaps before the lock.
     let Some(dead) = super::journal::DeadRun::lock(lock_path, Duration::from_secs(2)) else {
-        return Ok(Status::Command(0));
+        return Ok(());
     };
     for line in super::recover::recover(dead, location.as_ref(), true) {
         eprintln!("memwarden: {line}");
     }
-    Ok(Status::Command(0))
+    Ok(())
 }
 
 fn set_oom_score_adj(value: &str) {
@@ -253,7 +253,7 @@ pub fn cgroup_pids(dir: &Path) -> Vec<i32> {
         .unwrap_or_default()
 }
 
-/// Kills every process of the run (see [`run_members`]), stopping each before killing it so
+/// Kills every process of the run (see `run_members`), stopping each before killing it so
 /// that none can fork meanwhile, round after round until none is left (or 5 s have
 /// passed). On cgroup v2, `cgroup.kill` kills the cgroup at once. Returns how many
 /// processes were killed.

@@ -14,7 +14,6 @@ use memwarden_report::tree::TreeWatch;
 
 use super::report::UNMEASURED_RSS;
 use super::tree_heap::{process_start, SharedTree};
-use crate::cli::ProfileArg;
 
 /// The library's file name, as cargo builds it.
 const LIBRARY: &str = "libmemwarden_preload.so";
@@ -95,16 +94,12 @@ fn check_writable(dir: &Path) -> Result<(), String> {
 impl Profiling {
     /// Validates the profiling options; the error is a sentence for the user.
     pub fn from_args(
-        mode: ProfileArg,
+        mode: ProfileMode,
         sample_bytes: Option<&str>,
         capture_dir: Option<PathBuf>,
         folded: Option<PathBuf>,
         raw_frames: bool,
     ) -> Result<Profiling, String> {
-        let mode = match mode {
-            ProfileArg::Sampled => ProfileMode::Sampled,
-            ProfileArg::Exact => ProfileMode::Exact,
-        };
         let sample_bytes = match sample_bytes {
             None => 512 << 10,
             Some(text) => {

@@ -13,7 +13,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use memwarden_format::report::Enforcement;
 use memwarden_monitor::cgroup::{self, Cgroup};
 
-use crate::cli::CgroupMode;
+use crate::config::CgroupMode;
 
 /// The cgroups of a run.
 #[derive(Debug)]

@@ -4,7 +4,7 @@
 //!
 //! Done by the run's guardian as soon as memwarden dies, else by the next `memwarden run`
 //! or `memwarden ledger sync` (when the guardian died too). Only runs whose journal lock
-//! could be taken are touched ([`super::journal::DeadRun`]): a live run's never are.
+//! could be taken are touched (`journal::DeadRun`): a live run's never are.
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! `memwarden run` arguments, validated before anything starts.
+//! A run's options, validated before anything starts.
 
 use std::ffi::OsString;
 use std::fs;
@@ -10,8 +10,64 @@ use std::collections::BTreeMap;
 use memwarden_format::units::parse_size;
 use memwarden_ledger::LedgerLocation;
 
+use memwarden_format::report::ProfileMode;
+
 use super::profiling::Profiling;
-use crate::cli::{CgroupMode, RunArgs};
+use crate::{Protection, RunError};
+
+/// How the command gets a cgroup of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupMode {
+    /// Use a cgroup of its own when the kernel allows it, else go on without (a hard limit
+    /// then falls back to the watchdog).
+    Auto,
+    /// Fail if the command cannot get a cgroup of its own.
+    Require,
+    /// Never create a cgroup (a hard limit is enforced by the watchdog).
+    Off,
+}
+
+/// The options of a run as a user gives them (`memwarden run`'s arguments): plain text
+/// and paths, validated by [`RunConfig::new`]. The defaults are `memwarden run`'s.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The command, program first (any bytes: it is passed on as given).
+    pub command: Vec<OsString>,
+    /// Sampling interval, e.g. `50ms`, `0.2s` (see [`parse_interval`]).
+    pub interval: String,
+    /// Memory budget, a size such as `2GiB`.
+    pub budget: Option<String>,
+    /// Hard memory limit, a size.
+    pub hard_limit: Option<String>,
+    /// Whether the command runs in a memory cgroup of its own.
+    pub cgroup: CgroupMode,
+    /// Where to write the report as JSON.
+    pub json: Option<PathBuf>,
+    /// No status line while the command runs.
+    pub quiet: bool,
+    /// Record the run in the ledger under this model (with `model_version`).
+    pub model: Option<String>,
+    /// The model's version, for the ledger (with `model`).
+    pub model_version: Option<String>,
+    /// The stage's name in the ledger (`train`, `eval`, `inference`, `test`).
+    pub stage: String,
+    /// Tags for the ledger record, `KEY=VALUE`.
+    pub tags: Vec<String>,
+    /// Input files or directories whose hashes go into the record.
+    pub inputs: Vec<PathBuf>,
+    /// Profile allocations, in this mode.
+    pub profile: Option<ProfileMode>,
+    /// Mean bytes between samples in sampled mode, a size (default 512KiB).
+    pub sample_bytes: Option<String>,
+    /// Where to write the stacks at the peak as folded stacks.
+    pub folded: Option<PathBuf>,
+    /// Keep the per-process capture files in this directory.
+    pub capture_dir: Option<PathBuf>,
+    /// Show every frame as recorded, import machinery included.
+    pub raw_frames: bool,
+    /// Leave the command running should memwarden itself die.
+    pub survive_memwarden: bool,
+}
 
 /// Where and under which key a run is recorded (`--model`, `--version`...).
 #[derive(Debug)]
@@ -30,7 +86,32 @@ pub struct Governance {
     pub inputs: Vec<PathBuf>,
 }
 
-/// A validated `memwarden run`.
+impl Default for RunOptions {
+    fn default() -> RunOptions {
+        RunOptions {
+            command: Vec::new(),
+            interval: "50ms".into(),
+            budget: None,
+            hard_limit: None,
+            cgroup: CgroupMode::Auto,
+            json: None,
+            quiet: false,
+            model: None,
+            model_version: None,
+            stage: "train".into(),
+            tags: Vec::new(),
+            inputs: Vec::new(),
+            profile: None,
+            sample_bytes: None,
+            folded: None,
+            capture_dir: None,
+            raw_frames: false,
+            survive_memwarden: false,
+        }
+    }
+}
+
+/// A validated run.
 #[derive(Debug)]
 pub struct RunConfig {
     /// The command, program first, as given (any bytes): what is executed.
@@ -55,11 +136,25 @@ pub struct RunConfig {
     pub governance: Option<Governance>,
     /// `--profile` and its options.
     pub profiling: Option<Profiling>,
+    /// What the guardian needs should memwarden die.
+    pub protection: Protection,
+    /// The `--ledger` given (a path or URL), passed on to the guardian.
+    pub ledger: Option<String>,
 }
 
 impl RunConfig {
-    /// Validates raw arguments; the error is a sentence for the user.
-    pub fn from_args(args: RunArgs, ledger: Option<&str>) -> Result<RunConfig, String> {
+    /// Validates `options`; `ledger`: the `--ledger` given, else the environment's or the
+    /// default ledger is used. The error is a [`crate::RunErrorKind::Usage`] sentence.
+    pub fn new(options: RunOptions, ledger: Option<&str>) -> Result<RunConfig, RunError> {
+        RunConfig::from_options(options, ledger).map_err(RunError::usage)
+    }
+
+    fn from_options(args: RunOptions, ledger: Option<&str>) -> Result<RunConfig, String> {
+        let protection = Protection {
+            survive_memwarden: args.survive_memwarden,
+            kept_captures: args.capture_dir.is_some(),
+            raw_frames: args.raw_frames,
+        };
         let interval = parse_interval(&args.interval)?;
         let budget_bytes = args
             .budget
@@ -88,7 +183,7 @@ impl RunConfig {
             (Some(model), Some(version)) => Some(governance(
                 model,
                 version,
-                args.stage.name(),
+                &args.stage,
                 args.tags,
                 args.inputs,
                 ledger,
@@ -127,6 +222,8 @@ impl RunConfig {
             quiet: args.quiet,
             governance,
             profiling,
+            protection,
+            ledger: ledger.map(str::to_owned),
         })
     }
 }

@@ -135,7 +135,7 @@ pub fn write(location: &LedgerLocation, record: &RunRecord) -> Result<String, St
         Ok(((seq, hash), synced)) => {
             // Loud even with --quiet: an unanchored (or unsigned) head is a gap in the tamper
             // evidence.
-            let anchored = crate::govern::anchor_head(location, seq, &hash);
+            let anchored = memwarden_ledger::anchor::anchor_head(location, seq, &hash);
             for warning in &anchored.warnings {
                 eprintln!("memwarden: warning: {warning}");
             }

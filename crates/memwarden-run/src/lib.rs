@@ -1,4 +1,14 @@
-//! `memwarden run`: spawn the command, sample its tree until it exits, report.
+//! memwarden's run loop: spawn a command, sample its process tree until it exits, profile
+//! it (with `LD_PRELOAD`), build its report and record it in the ledger.
+//!
+//! [`run`] takes a validated [`RunConfig`] (built from plain values by
+//! [`RunConfig::new`]) and returns a [`RunOutcome`]: the report, the [`Verdict`] that
+//! chooses memwarden's exit status, and what recording did. What cannot start comes back
+//! as a [`RunError`] whose [`RunErrorKind`] a front end maps to its exit status. The
+//! `memwarden` binary is one front end: it parses arguments, renders the summary and exits.
+//!
+//! A run is journaled while it lasts, and a [`guardian`] process finishes it should
+//! memwarden die; [`recover`] finishes runs whose memwarden and guardian both died.
 
 mod config;
 pub mod guardian;
@@ -14,23 +24,101 @@ mod tree_figures;
 mod tree_heap;
 
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use memwarden_format::report::{BudgetStatus, Enforcement};
-use memwarden_ledger::{provenance, LedgerLocation};
+use memwarden_format::report::{BudgetStatus, Enforcement, Report};
+use memwarden_ledger::provenance;
 use memwarden_monitor::gpu::GpuMonitor;
 use memwarden_monitor::procfs;
 use memwarden_monitor::tree::{ExitStatus, SamplerOptions, TreeSampler};
 
-use crate::cli::RunArgs;
-use crate::exit::{Failure, Status};
-use config::RunConfig;
+pub use config::{parse_interval, CgroupMode, Governance, RunConfig, RunOptions};
 use isolation::Isolation;
 use journal::JournalFile;
+pub use memwarden_format::report::ProfileMode;
 use status_line::StatusLine;
 use supervise::{Event, Supervisor};
 use tree_figures::TreeFigures;
+
+/// The exit status that [`Verdict::BudgetExceeded`] stands for (docs/cli.md, "Exit codes").
+pub const BUDGET_EXCEEDED_CODE: u8 = 3;
+
+/// What kind of failure stopped a run, for a front end to choose its exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunErrorKind {
+    /// Bad options: an unparseable size, an unwritable output path, a missing command,
+    /// `--cgroup require` refused by the kernel.
+    Usage,
+    /// The command was found but could not be executed (permissions, bad binary).
+    CannotExecute,
+    /// The command was not found.
+    NotFound,
+    /// memwarden itself failed (could not set up monitoring, could not write the report).
+    Internal,
+}
+
+/// A run that could not be done, or whose report could not be written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct RunError {
+    /// What kind of failure it is.
+    pub kind: RunErrorKind,
+    /// A sentence for the user saying what went wrong and what to do.
+    pub message: String,
+}
+
+impl RunError {
+    /// A failure of `kind`.
+    pub fn new(kind: RunErrorKind, message: impl std::fmt::Display) -> RunError {
+        RunError {
+            kind,
+            message: message.to_string(),
+        }
+    }
+
+    /// Bad options ([`RunErrorKind::Usage`]).
+    pub fn usage(message: impl std::fmt::Display) -> RunError {
+        RunError::new(RunErrorKind::Usage, message)
+    }
+}
+
+/// The outcome of a run that ran: the command's status first (a failed command is the
+/// news), then the budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The command's own status (128 + N when signal N killed it), or 0.
+    Command(u8),
+    /// The command succeeded but its peak exceeded the budget.
+    BudgetExceeded,
+}
+
+impl Verdict {
+    /// The exit status memwarden gives this verdict, as the report records it.
+    pub fn code(self) -> u8 {
+        match self {
+            Verdict::Command(code) => code,
+            Verdict::BudgetExceeded => BUDGET_EXCEEDED_CODE,
+        }
+    }
+}
+
+/// What a run that ran produced.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// The run's report.
+    pub report: Report,
+    /// The command's status and the budget's verdict.
+    pub verdict: Verdict,
+    /// Where the report was written (`--json`, or the data directory for a recorded run).
+    pub report_path: Option<PathBuf>,
+    /// Recording in the ledger, when the run was governed: a line naming the new head, or
+    /// a warning saying where the record was kept instead.
+    pub recorded: Option<Result<String, String>>,
+    /// The report could not be written to the `--json` path: the sentence to fail with
+    /// ([`RunErrorKind::Internal`]), once the rest has been said.
+    pub report_failure: Option<RunError>,
+}
 
 /// While a watchdog enforces a hard limit, samples come at least this often, so that a fast
 /// allocator overshoots the limit by as little as the kernel's page-fault rate allows.
@@ -53,32 +141,22 @@ pub struct Observed {
 }
 
 /// What a run needs to be finished by others should memwarden die (see [`guardian`]).
-struct Protection {
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Protection {
     /// `--survive-memwarden`.
-    survive_memwarden: bool,
+    pub survive_memwarden: bool,
     /// `--capture-dir` was given (the captures are the user's, never removed).
-    kept_captures: bool,
+    pub kept_captures: bool,
     /// `--raw-frames`.
-    raw_frames: bool,
+    pub raw_frames: bool,
 }
 
-/// Runs `memwarden run` and returns the exit status.
-pub fn main(args: RunArgs, ledger: Option<&str>) -> Result<Status, Failure> {
-    let protection = Protection {
-        survive_memwarden: args.survive_memwarden,
-        kept_captures: args.capture_dir.is_some(),
-        raw_frames: args.raw_frames,
-    };
-    let quiet = args.quiet;
-    let config = RunConfig::from_args(args, ledger).map_err(Failure::usage)?;
-    // Earlier runs whose memwarden and guardian both died: finished before this one.
-    let invoker = LedgerLocation::resolve(ledger).ok();
-    for line in recover::dead_runs(invoker.as_ref()) {
-        if !quiet || line.starts_with("warning") {
-            eprintln!("memwarden: {line}");
-        }
-    }
-    execute(config, ledger, &protection)
+/// Runs the command of `config`: journals it and starts its guardian, supervises and
+/// samples it until it exits, builds its report, writes it and records it.
+pub fn run(config: RunConfig) -> Result<RunOutcome, RunError> {
+    let protection = config.protection;
+    let ledger = config.ledger.clone();
+    execute(config, ledger.as_deref(), &protection)
 }
 
 /// Journals the run and starts its guardian, supervises it, then removes the journal: the
@@ -87,11 +165,11 @@ fn execute(
     config: RunConfig,
     ledger: Option<&str>,
     protection: &Protection,
-) -> Result<Status, Failure> {
+) -> Result<RunOutcome, RunError> {
     // The code and inputs the command runs on, read before it can change them.
     let before = match &config.governance {
         Some(governance) => {
-            Some(ledger_record::before(governance, SystemTime::now()).map_err(Failure::usage)?)
+            Some(ledger_record::before(governance, SystemTime::now()).map_err(RunError::usage)?)
         }
         None => None,
     };
@@ -117,7 +195,7 @@ fn execute(
     };
     let mut guardian = None;
     let result = Isolation::prepare(config.cgroup, config.hard_limit_bytes)
-        .map_err(Failure::usage)
+        .map_err(RunError::usage)
         .and_then(|isolation| {
             // The guardian starts once memwarden's cgroup is settled (on v2 memwarden may
             // have moved into a leaf), so that it lives where memwarden lives, never in
@@ -151,13 +229,13 @@ fn supervise(
     mut isolation: Isolation,
     mut journal: Option<&mut JournalFile>,
     early_warnings: Vec<String>,
-) -> Result<Status, Failure> {
+) -> Result<RunOutcome, RunError> {
     let supervisor = match Supervisor::install() {
         Ok(supervisor) => supervisor,
         Err(e) => {
             let _ = isolation.cleanup();
-            return Err(Failure::new(
-                Status::Internal,
+            return Err(RunError::new(
+                RunErrorKind::Internal,
                 format!("cannot set up signal handling: {e}"),
             ));
         }
@@ -195,16 +273,16 @@ fn supervise(
             let _ = isolation.cleanup();
             let program = &config.command[0];
             return Err(match e.kind() {
-                io::ErrorKind::NotFound => Failure::new(
-                    Status::NotFound,
+                io::ErrorKind::NotFound => RunError::new(
+                    RunErrorKind::NotFound,
                     format!("command not found: {program}: check the name and PATH"),
                 ),
-                io::ErrorKind::PermissionDenied => Failure::new(
-                    Status::CannotExecute,
+                io::ErrorKind::PermissionDenied => RunError::new(
+                    RunErrorKind::CannotExecute,
                     format!("cannot execute {program}: permission denied (is it executable?)"),
                 ),
-                _ => Failure::new(
-                    Status::CannotExecute,
+                _ => RunError::new(
+                    RunErrorKind::CannotExecute,
                     format!("cannot execute {program}: {e}"),
                 ),
             });
@@ -322,8 +400,8 @@ fn supervise(
     if let Some(profiling) = config.profiling.take() {
         profiling.finish(&mut report, started_at);
     }
-    let status = exit_status(&report);
-    report.exit.memwarden_exit_code = i32::from(status.code());
+    let verdict = verdict(&report);
+    report.exit.memwarden_exit_code = i32::from(verdict.code());
 
     // A report that cannot be written (a full disk) is said loudly, but the run is still
     // recorded, its report kept in the data directory instead.
@@ -365,32 +443,32 @@ fn supervise(
             ),
         }
     }
-    if !config.quiet {
-        eprint!("{}", memwarden_report::text::summary(&report));
-    }
-    if let (Some(governance), Some(before)) = (&config.governance, before) {
-        let record = ledger_record::build(governance, before, &report, report_path.as_deref());
-        match ledger_record::write(&governance.ledger, &record) {
-            Ok(line) if !config.quiet => eprintln!("  ledger       {line}"),
-            Ok(_) => {}
-            Err(warning) => eprintln!("memwarden: warning: {warning}"),
+    let recorded = match (&config.governance, before) {
+        (Some(governance), Some(before)) => {
+            let record = ledger_record::build(governance, before, &report, report_path.as_deref());
+            Some(ledger_record::write(&governance.ledger, &record))
         }
-    }
-    match json_failure {
-        Some(mut message) => {
-            if let Some(kept) = report_path {
-                message.push_str(&format!("; the report is kept in {}", kept.display()));
-            }
-            Err(Failure::new(Status::Internal, message))
+        _ => None,
+    };
+    let report_failure = json_failure.map(|mut message| {
+        if let Some(kept) = &report_path {
+            message.push_str(&format!("; the report is kept in {}", kept.display()));
         }
-        None => Ok(status),
-    }
+        RunError::new(RunErrorKind::Internal, message)
+    });
+    Ok(RunOutcome {
+        report,
+        verdict,
+        report_path,
+        recorded,
+        report_failure,
+    })
 }
 
 /// Writes `report` as JSON into `temporary`, flushes it to disk and renames it to `path`:
 /// `path` holds either the whole report or what it held before, never a partial one. On
 /// failure the temporary file is removed.
-pub(super) fn write_report(
+pub(crate) fn write_report(
     temporary: tempfile::NamedTempFile,
     path: &Path,
     report: &memwarden_format::report::Report,
@@ -425,11 +503,11 @@ fn current_umask() -> u32 {
 }
 
 /// The command's status first (a failed command is the news), then the budget.
-fn exit_status(report: &memwarden_format::report::Report) -> Status {
+fn verdict(report: &memwarden_format::report::Report) -> Verdict {
     match (report.exit.code, report.exit.signal) {
-        (_, Some(signal)) => Status::Command((128 + signal).clamp(0, 255) as u8),
-        (Some(code), None) if code != 0 => Status::Command(code.clamp(0, 255) as u8),
-        _ if report.budget.status == BudgetStatus::Fail => Status::BudgetExceeded,
-        _ => Status::Command(0),
+        (_, Some(signal)) => Verdict::Command((128 + signal).clamp(0, 255) as u8),
+        (Some(code), None) if code != 0 => Verdict::Command(code.clamp(0, 255) as u8),
+        _ if report.budget.status == BudgetStatus::Fail => Verdict::BudgetExceeded,
+        _ => Verdict::Command(0),
     }
 }
