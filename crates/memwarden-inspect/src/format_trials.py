@@ -54,7 +54,7 @@ def load(path, fmt):
 def main():
     mode = sys.argv[1]
     if mode == "load":
-        path, fmt = sys.argv[2], sys.argv[3]
+        path, fmt, result = sys.argv[2], sys.argv[3], sys.argv[4]
         import numpy  # noqa: F401  (imports are part of the baseline, not of the load)
         if fmt.startswith("joblib"):
             import joblib  # noqa: F401
@@ -62,7 +62,8 @@ def main():
         started = time.perf_counter()
         obj = load(path, fmt)
         elapsed = time.perf_counter() - started
-        print(json.dumps({"baseline_rss_bytes": baseline, "load_s": elapsed}))
+        with open(result, "w") as f:
+            json.dump({"baseline_rss_bytes": baseline, "load_s": elapsed}, f)
         del obj
         return
     source, fmt, out = sys.argv[2], sys.argv[3], sys.argv[4]

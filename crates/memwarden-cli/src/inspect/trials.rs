@@ -15,6 +15,8 @@ use std::process::Command;
 use memwarden_inspect::trials::{runs_code, FileTrials, Trial};
 use memwarden_inspect::{FileReport, Verdict, FORMAT_TRIALS_PY};
 
+use memwarden_run::{RunConfig, RunOptions};
+
 use super::Measure;
 
 fn python_format(format: &str) -> Option<&'static str> {
@@ -30,8 +32,8 @@ fn python_format(format: &str) -> Option<&'static str> {
     })
 }
 
-/// Loads `path` as `format` in a child under `memwarden run` (recorded in the ledger when
-/// `settings.record_as` is set); returns (load seconds, peak).
+/// Loads `path` as `format` in a child run by memwarden's own run loop, in this process
+/// (recorded in the ledger when `settings.record_as` is set); returns (load seconds, peak).
 fn measure_load(
     settings: &Measure,
     script: &Path,
@@ -39,56 +41,48 @@ fn measure_load(
     format: &str,
     scratch: &Path,
 ) -> Result<(f64, u64), String> {
-    let python = &settings.python;
-    let me = std::env::current_exe().map_err(|e| format!("cannot find memwarden itself: {e}"))?;
-    let report_path = scratch.join(format!("load-{format}.json"));
-    let mut command = Command::new(me);
-    if let Some(ledger) = &settings.ledger {
-        command.args(["--ledger", ledger]);
-    }
-    command.args(["run", "--quiet", "--json"]).arg(&report_path);
+    let result_path = scratch.join(format!("load-{format}.result.json"));
+    let mut options = RunOptions {
+        command: vec![
+            settings.python.clone().into(),
+            script.into(),
+            "load".into(),
+            path.into(),
+            format.into(),
+            result_path.clone().into(),
+        ],
+        quiet: true,
+        stage: "inference".into(),
+        ..RunOptions::default()
+    };
     if let Some((model, version)) = &settings.record_as {
-        command
-            .args([
-                "--model",
-                model,
-                "--version",
-                version,
-                "--stage",
-                "inference",
-            ])
-            .arg("--tag")
-            .arg(format!("serialization={format}"))
-            .args(["--tag", "memwarden=inspect-measure", "--input"])
-            .arg(path);
+        options.model = Some(model.clone());
+        options.model_version = Some(version.clone());
+        options.tags = vec![
+            format!("serialization={format}"),
+            "memwarden=inspect-measure".to_owned(),
+        ];
+        options.inputs = vec![path.to_owned()];
     }
-    let output = command
-        .arg("--")
-        .arg(python)
-        .arg(script)
-        .arg("load")
-        .arg(path)
-        .arg(format)
-        .env("MEMWARDEN_NO_GPU", "1")
-        .output()
-        .map_err(|e| format!("cannot run the load: {e}"))?;
-    if !output.status.success() {
+    let config = RunConfig::new(options, settings.ledger.as_deref()).map_err(|e| e.to_string())?;
+    let outcome = memwarden_run::run(config).map_err(|e| e.to_string())?;
+    if let Some(Err(warning)) = &outcome.recorded {
+        // The recording run's own warnings (a spooled record) reach the user.
+        eprintln!("memwarden: warning: {warning}");
+    }
+    if outcome.verdict.code() != 0 {
         return Err(format!(
-            "loading {} as {format} failed: {}",
+            "loading {} as {format} failed (exit status {}; its error is above)",
             path.display(),
-            String::from_utf8_lossy(&output.stderr).trim()
+            outcome.verdict.code()
         ));
     }
-    let child: serde_json::Value = serde_json::from_slice(&output.stdout)
-        .map_err(|e| format!("the load printed no result ({e})"))?;
-    if settings.record_as.is_some() && !output.stderr.is_empty() {
-        // The recording run's own warnings (a spooled record) reach the user.
-        eprint!("{}", String::from_utf8_lossy(&output.stderr));
-    }
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&report_path).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-    let peak = report["peak"]["rss_bytes"].as_u64().unwrap_or(0);
+    let child: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&result_path)
+            .map_err(|e| format!("the load left no result in {} ({e})", result_path.display()))?,
+    )
+    .map_err(|e| format!("the load left no readable result ({e})"))?;
+    let peak = outcome.report.peak.rss_bytes;
     let baseline = child["baseline_rss_bytes"].as_u64().unwrap_or(0);
     Ok((
         child["load_s"].as_f64().unwrap_or(0.0),
