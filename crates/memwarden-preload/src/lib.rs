@@ -1,8 +1,8 @@
 //! memwarden's allocation profiler, loaded into profiled processes with `LD_PRELOAD`.
 //!
 //! `memwarden run --profile` puts this library in the command's environment, so the
-//! command and every process it starts (exec'd children inherit the variable; forked
-//! children reopen their own capture in an atfork handler) load it first. It interposes the
+//! command and every process it starts (exec'd children inherit the variable; a forked
+//! child starts a capture of its own from an atfork handler) load it first. It interposes the
 //! malloc family and anonymous `mmap`/`munmap`/`mremap` and forwards every call to glibc.
 //! It also interposes `dlsym` on x86-64 (`dlsym.rs`), so that glibc's own `malloc` looked up
 //! in libc's handle (`ctypes.CDLL("libc.so.6").malloc`) comes back as our hook.
@@ -22,7 +22,7 @@
 //! process ends (`memwarden_format::capture`), created at the first recorded allocation
 //! (a program that records nothing leaves none) and updated in place so that a killed
 //! process leaves everything up to its last instant. As it ends, each process also writes
-//! its own peak RSS into the run's tree counter ([`tree::record_exit`]).
+//! its own peak RSS into the run's tree counter ([`tree::image_ends`]).
 //!
 //! House rules for this crate: nothing here allocates through the hooked allocator (memory
 //! comes from `mmap` system calls), no lock is shared with the target, no system call sits
@@ -527,9 +527,8 @@ extern "C" fn start() {
 extern "C" fn stop() {
     if STATE.load(Ordering::Acquire) == ACTIVE {
         CAPTURE.close();
-        tree::withdraw();
     }
-    tree::record_exit();
+    tree::image_ends();
 }
 
 /// In the child after `fork`: only the forking thread exists; it starts a capture of its

@@ -93,18 +93,27 @@ static IMAGE_PID: AtomicU64 = AtomicU64::new(0);
 /// Whether this image wrote its exit record.
 static EXIT_RECORDED: AtomicBool = AtomicBool::new(false);
 
-/// Writes this image's exit record (`memwarden_format::tree`): its pid, the kernel's
-/// high-water mark of its resident set, and the time. Once per image, from the library's
-/// destructor at `exit` and from the `_exit` hook; the runner gives each process this peak
-/// where its own readings were lower or missing (a process too short to be read between
-/// two ticks, or not memwarden's child).
-pub fn record_exit() {
-    let tree = TREE.load(Ordering::Acquire);
+/// As this image ends (the library's destructor at `exit`, and the `_exit` hook): takes
+/// its share out of the tree ([`withdraw`]) and writes its exit record ([`record_exit`]).
+/// Nothing in a `vfork` child, which runs in its parent's memory under another pid: the
+/// share and the figures there are the parent's. (`std::process::id` is a getpid system
+/// call each time, neither std nor glibc caches it, and it does not allocate.)
+pub fn image_ends() {
     let pid = u64::from(std::process::id());
-    if tree.is_null()
-        || pid != IMAGE_PID.load(Ordering::Relaxed)
-        || EXIT_RECORDED.swap(true, Ordering::AcqRel)
-    {
+    if pid != IMAGE_PID.load(Ordering::Relaxed) {
+        return;
+    }
+    withdraw();
+    record_exit(pid);
+}
+
+/// Writes this image's exit record (`memwarden_format::tree`): its pid, the kernel's
+/// high-water mark of its resident set, and the time. Once per image; the runner gives
+/// each process this peak where its own readings were lower or missing (a process too
+/// short to be read between two ticks, or not memwarden's child).
+fn record_exit(pid: u64) {
+    let tree = TREE.load(Ordering::Acquire);
+    if tree.is_null() || EXIT_RECORDED.swap(true, Ordering::AcqRel) {
         return;
     }
     let Some(high_water) = sys::vm_hwm_bytes() else {
@@ -231,17 +240,9 @@ pub fn pending_found_untouched(born: u64, untouched: u64) {
 }
 
 /// Takes this image's share (what it still holds) out of the tree as the process ends, so
-/// that memory the kernel is about to release does not count toward later peaks. Once; a
-/// no-op in a `vfork` child, which runs in its parent's memory and must not take the
-/// parent's share.
-pub fn withdraw() {
+/// that memory the kernel is about to release does not count toward later peaks. Once.
+fn withdraw() {
     if !COUNTING.load(Ordering::Acquire) || !CAPTURE.is_open() {
-        return;
-    }
-    // `std::process::id` is a getpid system call each time (neither std nor glibc caches
-    // it), so a vfork child gets its own pid, not its parent's; it does not allocate.
-    let pid = u64::from(std::process::id());
-    if CAPTURE.header(capture_field::PID).load(Ordering::Relaxed) != pid {
         return;
     }
     let won = CAPTURE
@@ -274,8 +275,7 @@ pub fn withdraw() {
 /// exit record written here, then the process ends as glibc's `_exit` ends it.
 #[no_mangle]
 pub extern "C" fn _exit(status: libc::c_int) -> ! {
-    withdraw();
-    record_exit();
+    image_ends();
     loop {
         // SAFETY: exit_group ends every thread of the process and does not return; glibc's
         // `_exit` is this system call (and `exit` on the calling thread should it return).
