@@ -169,6 +169,16 @@ pub struct Stat {
     pub ppid: i32,
     /// State letter (`R`, `S`, `Z`...).
     pub state: char,
+    /// Start time, clock ticks after boot (field 22); two readings that differ mean the
+    /// pid now belongs to another process. `None` in a line cut short.
+    pub start_ticks: Option<u64>,
+}
+
+impl Stat {
+    /// Whether the process still runs: not a zombie, not dead.
+    pub fn running(&self) -> bool {
+        !matches!(self.state, 'Z' | 'X' | 'x')
+    }
 }
 
 /// Parses `stat`. The command name may contain spaces and parentheses, so fields are counted
@@ -178,7 +188,13 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
     let mut fields = after.split_ascii_whitespace();
     let state = fields.next()?.chars().next()?;
     let ppid = fields.next()?.parse().ok()?;
-    Some(Stat { ppid, state })
+    // Field 22, the 20th after the command name: 18 more after state and ppid.
+    let start_ticks = fields.nth(17).and_then(|f| f.parse().ok());
+    Some(Stat {
+        ppid,
+        state,
+        start_ticks,
+    })
 }
 
 /// Splits `cmdline` (NUL-separated) into arguments, as text in the `memwarden-escape`
@@ -279,17 +295,24 @@ mod tests {
             stat,
             Some(Stat {
                 ppid: 1,
-                state: 'R'
+                state: 'R',
+                start_ticks: None
             })
         );
         assert_eq!(
             parse_stat("17 (python3) S 1 17 17 0"),
             Some(Stat {
                 ppid: 1,
-                state: 'S'
+                state: 'S',
+                start_ticks: None
             })
         );
         assert_eq!(parse_stat("garbage"), None);
+        let full = "9 (a) b) S 1 9 9 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 4242 10000 200";
+        assert_eq!(
+            parse_stat(full).map(|s| (s.ppid, s.start_ticks)),
+            Some((1, Some(4242)))
+        );
     }
 
     #[test]

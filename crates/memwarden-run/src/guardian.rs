@@ -25,6 +25,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use memwarden_monitor::procfs;
+
 use super::journal::{Journal, RUN_ID_VARIABLE};
 use crate::{RunError, RunErrorKind};
 
@@ -178,23 +180,18 @@ fn processes() -> HashMap<i32, Proc> {
         let Ok(text) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
-        let Some(after) = text.rfind(')').map(|i| &text[i + 1..]) else {
+        let Some(stat) = procfs::parse_stat(&text) else {
             continue;
         };
-        let fields: Vec<&str> = after.split_ascii_whitespace().collect();
-        let (Some(state), Some(ppid), Some(start)) = (
-            fields.first(),
-            fields.get(1).and_then(|f| f.parse().ok()),
-            fields.get(19).and_then(|f| f.parse().ok()),
-        ) else {
+        let Some(start_ticks) = stat.start_ticks else {
             continue;
         };
         all.insert(
             pid,
             Proc {
-                ppid,
-                start_ticks: start,
-                running: !matches!(*state, "Z" | "X" | "x"),
+                ppid: stat.ppid,
+                start_ticks,
+                running: stat.running(),
             },
         );
     }

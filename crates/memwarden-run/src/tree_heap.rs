@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use memwarden_format::capture::{self, tree_state};
 use memwarden_format::tree::{self, field, TreeHeap};
+use memwarden_monitor::procfs;
 
 /// The first page of a file, mapped shared.
 #[derive(Debug)]
@@ -155,12 +156,9 @@ impl SharedTree {
 /// now belongs to another process.
 pub fn process_start(pid: u32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &text[text.rfind(')')? + 1..];
-    let fields: Vec<&str> = after.split_ascii_whitespace().collect();
-    if matches!(fields.first(), Some(&"Z") | Some(&"X") | Some(&"x") | None) {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
+    procfs::parse_stat(&text)
+        .filter(procfs::Stat::running)?
+        .start_ticks
 }
 
 #[cfg(test)]
