@@ -408,8 +408,7 @@ impl ExpectedHead {
     }
 }
 
-/// The environment variable naming the secret key file that signs anchored heads.
-pub const LEDGER_KEY_VAR: &str = "MEMWARDEN_LEDGER_KEY";
+pub use crate::signing::LEDGER_KEY_VAR;
 
 /// What anchoring a head did.
 #[derive(Debug, Default)]

@@ -25,6 +25,8 @@ use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
+/// The environment variable naming the secret key file that signs anchored heads.
+pub const LEDGER_KEY_VAR: &str = "MEMWARDEN_LEDGER_KEY";
 /// The first word of a secret key file's key line.
 pub const SECRET_TAG: &str = "memwarden-ed25519-secret-v1";
 /// The first word of a public key file's key line.
@@ -204,7 +206,7 @@ pub fn signature_problem(
 ) -> Option<String> {
     let Some(signature) = signature else {
         return Some(
-            "it is unsigned (written by a run without MEMWARDEN_LEDGER_KEY, or forged by someone without the key)".to_owned(),
+            format!("it is unsigned (written by a run without {LEDGER_KEY_VAR}, or forged by someone without the key)"),
         );
     };
     if keys
@@ -303,9 +305,10 @@ fn parse_key_text(
         return Err(format!(
             "this is a {other_kind} key, not a {kind} key: {}",
             if kind == "secret" {
-                "MEMWARDEN_LEDGER_KEY names the secret key file (`memwarden ledger keygen` writes both)"
+                format!("{LEDGER_KEY_VAR} names the secret key file (`memwarden ledger keygen` writes both)")
             } else {
                 "--public-key takes the public key file; never hand the secret key to a verifier"
+                    .to_owned()
             }
         ));
     }

@@ -63,9 +63,7 @@ impl Spool {
         {
             Some(dir) => vec![PathBuf::from(dir)],
             None => {
-                // SAFETY: getuid has no preconditions.
-                #[allow(unsafe_code)]
-                let uid = unsafe { libc::getuid() };
+                let uid = current_uid();
                 ["/var/tmp", "/tmp"]
                     .iter()
                     .map(|base| {
@@ -230,6 +228,15 @@ fn lock(dir: &Path) -> io::Result<Option<File>> {
     Ok(Some(file))
 }
 
+/// This process's user id.
+fn current_uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::getuid()
+    }
+}
+
 /// Creates `dir` (and its parents) for this user only, and refuses a directory in a shared
 /// place (`/tmp`) that another user made or that is a link: a spooled record names
 /// commands, paths and hosts.
@@ -240,10 +247,7 @@ fn create_private_dir(dir: &Path) -> io::Result<()> {
         .mode(0o700)
         .create(dir)?;
     let meta = fs::symlink_metadata(dir)?;
-    // SAFETY: getuid has no preconditions.
-    #[allow(unsafe_code)]
-    let uid = unsafe { libc::getuid() };
-    if !meta.is_dir() || meta.uid() != uid {
+    if !meta.is_dir() || meta.uid() != current_uid() {
         return Err(io::Error::other(format!(
             "{} is not a directory of this user's",
             dir.display()

@@ -172,11 +172,7 @@ fn diff_value(name: &str, record: &RunRecord) -> Option<f64> {
     match name {
         "cgroup_peak" => record.peaks.cgroup_bytes.map(|v| v as f64),
         "duration_s" => Some(record.peaks.duration_s),
-        _ => Metric::ALL
-            .into_iter()
-            .find(|m| m.name() == name)?
-            .of(record)
-            .map(|v| v as f64),
+        _ => Metric::parse(name)?.of(record).map(|v| v as f64),
     }
 }
 
