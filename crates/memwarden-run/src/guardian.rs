@@ -25,7 +25,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use memwarden_monitor::procfs;
+use memwarden_monitor::{cgroup, procfs};
 
 use super::journal::{Journal, RUN_ID_VARIABLE};
 use crate::{RunError, RunErrorKind};
@@ -212,7 +212,7 @@ fn run_members(journal: &Journal) -> HashSet<i32> {
     let all = processes();
     let mut members = HashSet::new();
     if let Some(cgroup) = &journal.cgroup {
-        members.extend(cgroup_pids(&cgroup.dir));
+        members.extend(cgroup::pids_in(&cgroup.dir));
     }
     for member in journal.members.iter().chain(&journal.command_process) {
         if all
@@ -241,13 +241,6 @@ fn run_members(journal: &Journal) -> HashSet<i32> {
     }
     members.retain(|pid| *pid != me && all.get(pid).is_some_and(|p| p.running));
     members
-}
-
-/// The pids listed in a cgroup's `cgroup.procs`.
-pub fn cgroup_pids(dir: &Path) -> Vec<i32> {
-    fs::read_to_string(dir.join("cgroup.procs"))
-        .map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect())
-        .unwrap_or_default()
 }
 
 /// Kills every process of the run (see `run_members`), stopping each before killing it so

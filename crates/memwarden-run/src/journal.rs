@@ -185,7 +185,8 @@ pub fn dir() -> PathBuf {
     LedgerLocation::data_dir().join("journal")
 }
 
-fn now_unix_s() -> f64 {
+/// Seconds since the Unix epoch, now.
+pub(crate) fn now_unix_s() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())

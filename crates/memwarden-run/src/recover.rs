@@ -8,18 +8,19 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use memwarden_format::report::{
     Budget, BudgetStatus, Exit, Gpu, Limits, MonitorInfo, Peak, PeakSource, Report, SCHEMA,
 };
 use memwarden_ledger::LedgerLocation;
+use memwarden_monitor::cgroup;
 use memwarden_monitor::tree::rss_counter_slack_bytes;
 use memwarden_report::profile;
 
 use super::config::Governance;
-use super::guardian::{cgroup_pids, kill_run};
-use super::journal::{self, DeadRun, Journal, JournalCapture};
+use super::guardian::kill_run;
+use super::journal::{self, now_unix_s, DeadRun, Journal, JournalCapture};
 use super::ledger_record::{self, Before};
 use super::profiling::profiled_process;
 use super::report::peak_sources;
@@ -61,12 +62,12 @@ pub fn recover(dead: DeadRun, invoker: Option<&LedgerLocation>, by_guardian: boo
     let kill = !journal.survive_memwarden && journal.command_exit.is_none();
     let killed = if kill { kill_run(&journal) } else { 0 };
     let cgroup_peak = journal.cgroup.as_ref().and_then(|c| {
-        let file = if c.version == 1 {
-            "memory.max_usage_in_bytes"
+        let version = if c.version == 1 {
+            cgroup::Version::V1
         } else {
-            "memory.peak"
+            cgroup::Version::V2
         };
-        read_u64(&c.dir.join(file))
+        cgroup::peak_bytes_in(version, &c.dir)
     });
     let mut report = build_report(&journal, ended_at_unix_s, kill, cgroup_peak);
     report.warnings.insert(
@@ -104,16 +105,6 @@ pub fn recover(dead: DeadRun, invoker: Option<&LedgerLocation>, by_guardian: boo
     }
     dead.remove();
     lines
-}
-
-fn now_unix_s() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
-fn read_u64(path: &Path) -> Option<u64> {
-    fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 /// The first warning of the report: what happened, who noticed, what was done.
@@ -428,7 +419,7 @@ fn remove_cgroup(dir: &Path, parent: &Path) -> std::io::Result<()> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) if Instant::now() >= deadline => return Err(e),
             Err(_) => {
-                for pid in cgroup_pids(dir) {
+                for pid in cgroup::pids_in(dir) {
                     let _ = fs::write(parent.join("cgroup.procs"), pid.to_string());
                 }
                 std::thread::sleep(Duration::from_millis(10));

@@ -192,6 +192,23 @@ pub fn current() -> Option<Cgroup> {
     locate(&mountinfo, &proc_cgroup, Path::new("/"))
 }
 
+/// Process ids in the cgroup directory `dir` (for a cgroup known only by its path, such as
+/// the one an interrupted run's journal names).
+pub fn pids_in(dir: &Path) -> Vec<i32> {
+    fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// The kernel's high-water mark of the usage of the cgroup directory `dir` (see
+/// [`Cgroup::peak_bytes`]).
+pub fn peak_bytes_in(version: Version, dir: &Path) -> Option<u64> {
+    match version {
+        Version::V1 => read_u64(&dir.join("memory.max_usage_in_bytes")),
+        Version::V2 => read_u64(&dir.join("memory.peak")),
+    }
+}
+
 fn read_u64(path: &Path) -> Option<u64> {
     let text = fs::read_to_string(path).ok()?;
     let value = text.trim();
@@ -263,10 +280,7 @@ impl Cgroup {
     /// The kernel's high-water mark of the cgroup's usage (`None` on v2 kernels before 5.19,
     /// which lack `memory.peak`).
     pub fn peak_bytes(&self) -> Option<u64> {
-        match self.version {
-            Version::V1 => read_u64(&self.dir.join("memory.max_usage_in_bytes")),
-            Version::V2 => read_u64(&self.dir.join("memory.peak")),
-        }
+        peak_bytes_in(self.version, &self.dir)
     }
 
     /// Processes the kernel's OOM killer killed in this cgroup (and, on v2, below it).
@@ -280,9 +294,7 @@ impl Cgroup {
 
     /// Process ids in the cgroup.
     pub fn pids(&self) -> Vec<i32> {
-        fs::read_to_string(self.dir.join("cgroup.procs"))
-            .map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect())
-            .unwrap_or_default()
+        pids_in(&self.dir)
     }
 
     /// Creates a child cgroup `name`, with `limit_bytes` as its hard memory limit (swap
