@@ -213,10 +213,22 @@ fn json_path_of(lock_path: &Path) -> PathBuf {
     lock_path.with_extension("json")
 }
 
+fn temporary_path_of(lock_path: &Path) -> PathBuf {
+    lock_path.with_extension("json.tmp")
+}
+
+/// Removes a run's journal, its temporary file, then its lock file (still locked by the
+/// caller, so no one can take it meanwhile).
+fn remove_files(lock_path: &Path) {
+    let _ = fs::remove_file(json_path_of(lock_path));
+    let _ = fs::remove_file(temporary_path_of(lock_path));
+    let _ = fs::remove_file(lock_path);
+}
+
 /// Writes `journal` next to `lock_path`, whole or not at all.
 fn write_journal(lock_path: &Path, journal: &Journal) -> io::Result<()> {
     let path = json_path_of(lock_path);
-    let temporary = lock_path.with_extension("json.tmp");
+    let temporary = temporary_path_of(lock_path);
     let text = serde_json::to_vec(journal).map_err(io::Error::from)?;
     let mut file = OpenOptions::new()
         .write(true)
@@ -303,9 +315,7 @@ impl JournalFile {
     /// The run is over and accounted for: removes the journal, then the lock file (still
     /// locked, so no one can take it for a dead run's meanwhile).
     pub fn finish(self) {
-        let _ = fs::remove_file(json_path_of(&self.lock_path));
-        let _ = fs::remove_file(self.lock_path.with_extension("json.tmp"));
-        let _ = fs::remove_file(&self.lock_path);
+        remove_files(&self.lock_path);
     }
 }
 
@@ -517,9 +527,7 @@ impl DeadRun {
 
     /// The run is finished: removes its journal and lock file.
     pub fn remove(self) {
-        let _ = fs::remove_file(json_path_of(&self.lock_path));
-        let _ = fs::remove_file(self.lock_path.with_extension("json.tmp"));
-        let _ = fs::remove_file(&self.lock_path);
+        remove_files(&self.lock_path);
     }
 }
 
