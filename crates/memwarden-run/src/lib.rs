@@ -428,13 +428,7 @@ fn supervise(
     // A recorded run always has its full report on disk, for the record to point to.
     if let (Some(before), None) = (&before, &report_path) {
         let path = ledger_record::default_report_path(&before.run_id);
-        let written = path
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| {
-                let dir = path.parent().unwrap_or(Path::new("."));
-                write_report(tempfile::NamedTempFile::new_in(dir)?, &path, &report)
-            });
+        let written = write_report_at(&path, &report);
         match written {
             Ok(()) => report_path = Some(path),
             Err(e) => eprintln!(
@@ -463,6 +457,20 @@ fn supervise(
         recorded,
         report_failure,
     })
+}
+
+/// Writes `report` to `path` through a temporary file beside it ([`write_report`]),
+/// creating the folder first.
+fn write_report_at(path: &Path, report: &memwarden_format::report::Report) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let temporary = tempfile::Builder::new()
+        .prefix(".memwarden-report.")
+        .tempfile_in(dir)?;
+    write_report(temporary, path, report)
 }
 
 /// Writes `report` as JSON into `temporary`, flushes it to disk and renames it to `path`:

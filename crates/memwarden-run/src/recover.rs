@@ -317,18 +317,7 @@ fn keep_report(journal: &Journal, report: &Report, lines: &mut Vec<String>) -> O
         (None, Some(_)) => ledger_record::default_report_path(&journal.run_id),
         (None, None) => return None,
     };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_owned();
-    let written = fs::create_dir_all(&dir)
-        .and_then(|()| {
-            tempfile::Builder::new()
-                .prefix(".memwarden-report.")
-                .tempfile_in(&dir)
-        })
-        .and_then(|temporary| super::write_report(temporary, &path, report));
+    let written = super::write_report_at(&path, report);
     match written {
         Ok(()) => Some(path),
         Err(e) => {
