@@ -95,11 +95,13 @@ fn compare(
                     settings.max_noise_pct,
                     format!("learned {tolerance:.1}%, capped at max_noise_pct"),
                 )
-            } else {
+            } else if tolerance < floor {
                 (
-                    tolerance.max(floor),
-                    "learned from repeated runs".to_owned(),
+                    floor,
+                    format!("the floor: learned only {tolerance:.1}% from repeated runs"),
                 )
+            } else {
+                (tolerance, "learned from repeated runs".to_owned())
             }
         }
         None => (
