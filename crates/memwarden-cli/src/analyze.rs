@@ -68,10 +68,12 @@ pub fn main(
             start_ns,
             frames,
         ),
-        _ => (
-            profile::analyze(&captures, mode, captures[0].sample_bytes, start_ns, frames),
-            None,
-        ),
+        _ => {
+            let mut analysis =
+                profile::analyze(&captures, mode, captures[0].sample_bytes, start_ns, frames);
+            analysis.finish();
+            (analysis, None)
+        }
     };
     if let Some(e) = tree_error {
         eprintln!("memwarden: warning: {e}; the tree's peak is the sum of each process's");

@@ -4,6 +4,7 @@
 //! producer (the runner, later the preload library) and the consumers (renderers, the
 //! ledger) agree on one definition:
 //!
+//! - [`advice`]: what to change to need less memory, with its evidence (report and ledger);
 //! - [`capture`]: what the preload library leaves per profiled process (`memwarden-capture/2`);
 //! - [`tree`]: the counter of the whole tree's heap, shared by every profiled process;
 //! - [`report`]: the versioned run report (`memwarden.report/1`), written as JSON by
@@ -19,6 +20,7 @@
 //! assert_eq!(format_size(1_610_612_736), "1.50 GiB");
 //! ```
 
+pub mod advice;
 pub mod capture;
 pub mod names;
 pub mod report;

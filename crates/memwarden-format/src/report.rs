@@ -48,6 +48,10 @@ pub struct Report {
     /// Which Python lines held memory, from `--profile`; `null` without it.
     #[serde(default)]
     pub profile: Option<Profile>,
+    /// What to change to need less memory, each with its evidence (most saved first);
+    /// empty when the measurement shows nothing to change. Absent in older reports.
+    #[serde(default)]
+    pub advice: Vec<crate::advice::Advice>,
 }
 
 /// How allocations were recorded.
@@ -185,6 +189,98 @@ pub struct Profile {
     /// The stacks `timeline` refers to, by `stack_id` (an index into this list).
     #[serde(default)]
     pub timeline_stacks: Vec<Vec<StackFrame>>,
+    /// Per line (the innermost frame with a line number): bytes at the peak, at exit,
+    /// allocated over the run; the lines that matter most, by the largest of those
+    /// (bounded, see `docs/report-schema.md`).
+    #[serde(default)]
+    pub lines: Vec<LineStats>,
+    /// Every stack at the peak for flame graphs, frames holding under 0.1% of the peak
+    /// merged into an `[other]` frame under their caller.
+    #[serde(default)]
+    pub flame_at_peak: Vec<StackBytes>,
+    /// As `flame_at_peak`, for the memory still held at exit.
+    #[serde(default)]
+    pub flame_leaked: Vec<StackBytes>,
+    /// The text of the lines the report names, read when the run ended, so a report can be
+    /// rendered (and advised on) without the program's files.
+    #[serde(default)]
+    pub source_lines: Vec<SourceLine>,
+    /// glibc's malloc at the peak snapshot (`mallinfo2`), summed over the processes that
+    /// could read it, each at its own peak; `null` when none could.
+    #[serde(default)]
+    pub malloc_at_peak: Option<MallocFigures>,
+}
+
+impl Profile {
+    /// A profile with nothing recorded yet, for builders to fill (`..Profile::empty(mode)`).
+    pub fn empty(mode: ProfileMode) -> Profile {
+        Profile {
+            mode,
+            sample_bytes: None,
+            peak_bytes: 0,
+            leaked_bytes: 0,
+            requested_peak_bytes: 0,
+            reserved_bytes: 0,
+            allocated_bytes: 0,
+            peak_error_bytes: 0,
+            at_peak: Vec::new(),
+            leaked: Vec::new(),
+            top_lines: Vec::new(),
+            processes_profiled: 0,
+            dropped_allocations: 0,
+            peak_method: PeakMethod::Summed,
+            peak_at_s: None,
+            at_peak_bytes: 0,
+            at_peak_gap_s: None,
+            timeline: Vec::new(),
+            timeline_stacks: Vec::new(),
+            lines: Vec::new(),
+            flame_at_peak: Vec::new(),
+            flame_leaked: Vec::new(),
+            source_lines: Vec::new(),
+            malloc_at_peak: None,
+        }
+    }
+}
+
+/// One line's figures over the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LineStats {
+    /// The line (its frame, `imports` included).
+    pub frame: StackFrame,
+    /// Committed bytes held by stacks allocated at this line, at the tree's peak.
+    pub peak_bytes: u64,
+    /// Of `peak_bytes`, bytes of Python's small-object arenas (objects under 512 bytes).
+    pub small_object_bytes: u64,
+    /// Bytes held at exit.
+    pub leaked_bytes: u64,
+    /// Bytes allocated there over the run, freed or not.
+    pub allocated_bytes: u64,
+    /// Allocations recorded there: every one in exact mode, sampled ones in sampled mode
+    /// (a sample count, not an object count).
+    pub allocations: u64,
+}
+
+/// The text of one source line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceLine {
+    /// The file, as frames name it.
+    pub file: String,
+    /// Line number.
+    pub line: u32,
+    /// The line's text, without its indentation (cut at 240 characters).
+    pub text: String,
+}
+
+/// glibc's malloc figures (`mallinfo2`) at a peak snapshot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MallocFigures {
+    /// Bytes free inside malloc's arenas: resident, not heap (`fordblks`).
+    pub free_bytes: u64,
+    /// Bytes of malloc's arenas (`arena`).
+    pub arena_bytes: u64,
+    /// Bytes in chunks malloc mapped on their own (`hblkhd`).
+    pub mmapped_bytes: u64,
 }
 
 /// How the tree's heap peak was had.

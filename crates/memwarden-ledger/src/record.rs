@@ -64,6 +64,10 @@ pub struct RunRecord {
     /// (not null) otherwise, so records without it hash as they always did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interrupted: Option<String>,
+    /// The report's advice (what to change to need less memory, with its evidence). Absent
+    /// (not empty) when there is none, so records without it hash as they always did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub advice: Vec<memwarden_format::advice::Advice>,
 }
 
 /// The machine a run ran on.
@@ -281,6 +285,7 @@ pub(crate) mod tests_support {
             report_path: None,
             memwarden_version: "0.1.0".to_owned(),
             interrupted: None,
+            advice: Vec::new(),
         }
     }
 }

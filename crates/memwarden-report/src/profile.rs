@@ -213,16 +213,18 @@ pub fn analyze_kept(
     frames: Frames,
 ) -> (Analysis, Option<memwarden_format::tree::TreeError>) {
     let mut analysis = analyze(captures, mode, sample_bytes, run_start_ns, frames);
-    match memwarden_format::tree::TreeHeap::read_dir(dir) {
+    let error = match memwarden_format::tree::TreeHeap::read_dir(dir) {
         Ok(Some((tree, _exits))) => {
             let mut watch = crate::tree::TreeWatch::new(dir);
             watch.tick(u64::MAX, Some(&tree), &mut |_| None);
             watch.apply(&mut analysis, captures, Some(&tree), frames, run_start_ns);
-            (analysis, None)
+            None
         }
-        Ok(None) => (analysis, None),
-        Err(e) => (analysis, Some(e)),
-    }
+        Ok(None) => None,
+        Err(e) => Some(e),
+    };
+    analysis.finish();
+    (analysis, error)
 }
 
 /// The analysis of a run's captures.
@@ -234,6 +236,23 @@ pub struct Analysis {
     pub processes: Vec<(u32, ProcessProfile)>,
     /// Every stack at the peak (the report keeps the largest), for folded output.
     pub all_at_peak: Vec<StackBytes>,
+    /// Every stack held at exit.
+    pub all_leaked: Vec<StackBytes>,
+    /// Every line's allocations over the run, most bytes first.
+    pub all_lines: Vec<LineAllocations>,
+}
+
+impl Analysis {
+    /// Fills the views made from the final stacks (once the tree's peak has chosen them,
+    /// see [`crate::tree::TreeWatch::apply`]): the per-line table and the flame graphs'
+    /// stacks.
+    pub fn finish(&mut self) {
+        let peak = self.profile.peak_bytes.max(self.profile.at_peak_bytes);
+        self.profile.lines =
+            crate::lines::line_stats(&self.all_at_peak, &self.all_leaked, &self.all_lines);
+        self.profile.flame_at_peak = crate::flame::prune(&self.all_at_peak, peak);
+        self.profile.flame_leaked = crate::flame::prune(&self.all_leaked, peak);
+    }
 }
 
 /// Analyses the captures of one run. `run_start_ns` (wall clock, ns since the epoch) turns
@@ -267,8 +286,9 @@ pub fn analyze(
             if counters.allocated == 0 || node == 0 {
                 continue;
             }
-            if let Some(leaf) = stack_of(capture, node as u32, stacks).into_iter().next() {
-                let entry = lines.entry(leaf).or_default();
+            let stack = stack_of(capture, node as u32, stacks);
+            if let Some(line) = crate::lines::line_of(&stack) {
+                let entry = lines.entry(line.clone()).or_default();
                 entry.0 += counters.allocated;
                 entry.1 += counters.count;
             }
@@ -340,16 +360,19 @@ pub fn analyze(
             .cmp(&a.allocated_bytes)
             .then_with(|| a.frame.cmp(&b.frame))
     });
+    let all_lines = top_lines.clone();
     top_lines.truncate(TOP);
     let exact = mode == ProfileMode::Exact;
     let held_at_peak = held(&tree_peak);
     let reserved_at_peak = reserved(&tree_peak);
     let all_at_peak = ranked(tree_peak, usize::MAX);
+    let leaked_bytes = held(&tree_leaked);
+    let all_leaked = ranked(tree_leaked, usize::MAX);
     let profile = Profile {
         mode,
         sample_bytes: (!exact).then_some(sample_bytes),
         peak_bytes,
-        leaked_bytes: held(&tree_leaked),
+        leaked_bytes,
         requested_peak_bytes,
         reserved_bytes: reserved_at_peak,
         allocated_bytes: captures.iter().map(|c| c.allocated_bytes).sum(),
@@ -359,7 +382,7 @@ pub fn analyze(
             ((peak_bytes as f64) * (sample_bytes as f64)).sqrt() as u64
         },
         at_peak: all_at_peak.iter().take(TOP).cloned().collect(),
-        leaked: ranked(tree_leaked, TOP),
+        leaked: all_leaked.iter().take(TOP).cloned().collect(),
         top_lines,
         processes_profiled: by_pid.len() as u32,
         dropped_allocations: captures.iter().map(|c| c.dropped).sum(),
@@ -368,13 +391,16 @@ pub fn analyze(
         peak_at_s: None,
         at_peak_bytes: held_at_peak,
         at_peak_gap_s: None,
-        timeline: Vec::new(),
-        timeline_stacks: Vec::new(),
+        // The timeline comes from `tree::TreeWatch::apply`; the tables made from the final
+        // stacks from `Analysis::finish`.
+        ..Profile::empty(mode)
     };
     Analysis {
         profile,
         processes,
         all_at_peak,
+        all_leaked,
+        all_lines,
     }
 }
 

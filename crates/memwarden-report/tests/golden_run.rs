@@ -88,6 +88,7 @@ fn base_report(command: &[&str], peak: Peak) -> Report {
         timeline: Vec::new(),
         warnings: Vec::new(),
         profile: None,
+        advice: Vec::new(),
     }
 }
 
@@ -204,8 +205,7 @@ fn tree_profile() -> Profile {
         peak_at_s: Some(7.25),
         at_peak_bytes: 2039 * MIB,
         at_peak_gap_s: Some(0.012),
-        timeline: Vec::new(),
-        timeline_stacks: Vec::new(),
+        ..Profile::empty(ProfileMode::Sampled)
     }
 }
 

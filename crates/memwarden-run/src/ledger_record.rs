@@ -97,6 +97,7 @@ pub fn build(
         }),
         memwarden_version: report.memwarden_version.clone(),
         interrupted: report.exit.interrupted.clone(),
+        advice: report.advice.clone(),
     }
 }
 

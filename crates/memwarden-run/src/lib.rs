@@ -400,6 +400,7 @@ fn supervise(
     if let Some(profiling) = config.profiling.take() {
         profiling.finish(&mut report, started_at);
     }
+    memwarden_report::advice::complete(&mut report);
     let verdict = verdict(&report);
     report.exit.memwarden_exit_code = i32::from(verdict.code());
 

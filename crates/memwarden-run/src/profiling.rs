@@ -323,6 +323,7 @@ impl Profiling {
             self.frames,
             start_ns,
         );
+        analysis.finish();
         if analysis.profile.dropped_allocations > 0 {
             report.warnings.push(format!(
                 "profile: {} allocations could not be tracked (tables full); figures are low by that much",

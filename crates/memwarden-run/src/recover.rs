@@ -77,6 +77,7 @@ pub fn recover(dead: DeadRun, invoker: Option<&LedgerLocation>, by_guardian: boo
     if let Some(capture) = &journal.capture {
         attach_profile(&mut report, capture, journal.started_at_unix_s);
     }
+    memwarden_report::advice::complete(&mut report);
     let report_path = keep_report(&journal, &report, &mut lines);
     let mut summary = format!(
         "memwarden (pid {}) of run {} (`{}`) died during the run",
@@ -253,6 +254,7 @@ fn build_report(
         },
         warnings: Vec::new(),
         profile: None,
+        advice: Vec::new(),
         peak,
     }
 }

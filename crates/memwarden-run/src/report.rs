@@ -159,6 +159,7 @@ pub fn build(
         timeline: figures.timeline(),
         warnings,
         profile: None,
+        advice: Vec::new(),
     }
 }
 

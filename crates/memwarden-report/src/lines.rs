@@ -1,0 +1,176 @@
+//! The per-line table of a profile: for each line, what its stacks held at the peak and at
+//! exit and what it allocated over the run.
+
+use std::collections::HashMap;
+
+use memwarden_format::report::{LineAllocations, LineStats, StackBytes, StackFrame};
+
+/// Most lines a profile lists: the heaviest by each of peak, exit and allocated bytes.
+pub const MAX_LINES: usize = 100;
+
+/// Function of the pseudo frame under which the preload charges pymalloc's arenas.
+pub const SMALL_OBJECTS: &str = "[small objects]";
+
+/// The line a stack is charged to: its innermost frame with a line number (a Python line,
+/// below pseudo frames such as `[small objects]` or `[thread NAME]`), else its innermost
+/// frame.
+pub fn line_of(stack: &[StackFrame]) -> Option<&StackFrame> {
+    stack.iter().find(|f| f.line > 0).or_else(|| stack.first())
+}
+
+/// Whether a stack's memory is small Python objects (pymalloc arenas).
+pub fn is_small_objects(stack: &[StackFrame]) -> bool {
+    stack
+        .first()
+        .is_some_and(|f| f.line == 0 && f.function == SMALL_OBJECTS)
+}
+
+/// The table: every line that held memory at the peak or at exit or allocated any, keeping
+/// the [`MAX_LINES`] heaviest by each figure, ordered by bytes at the peak, then allocated.
+pub fn line_stats(
+    at_peak: &[StackBytes],
+    leaked: &[StackBytes],
+    allocations: &[LineAllocations],
+) -> Vec<LineStats> {
+    let mut by_line: HashMap<&StackFrame, LineStats> = HashMap::new();
+    let entry = |frame: &StackFrame| -> LineStats {
+        LineStats {
+            frame: frame.clone(),
+            peak_bytes: 0,
+            small_object_bytes: 0,
+            leaked_bytes: 0,
+            allocated_bytes: 0,
+            allocations: 0,
+        }
+    };
+    for held in at_peak {
+        if let Some(line) = line_of(&held.stack) {
+            let stats = by_line.entry(line).or_insert_with(|| entry(line));
+            stats.peak_bytes += held.bytes;
+            if is_small_objects(&held.stack) {
+                stats.small_object_bytes += held.bytes;
+            }
+        }
+    }
+    for held in leaked {
+        if let Some(line) = line_of(&held.stack) {
+            by_line
+                .entry(line)
+                .or_insert_with(|| entry(line))
+                .leaked_bytes += held.bytes;
+        }
+    }
+    for line in allocations {
+        let stats = by_line
+            .entry(&line.frame)
+            .or_insert_with(|| entry(&line.frame));
+        stats.allocated_bytes += line.allocated_bytes;
+        stats.allocations += line.allocations;
+    }
+    let all: Vec<LineStats> = by_line.into_values().collect();
+    let mut keep = vec![false; all.len()];
+    let figures: [fn(&LineStats) -> u64; 3] =
+        [|l| l.peak_bytes, |l| l.leaked_bytes, |l| l.allocated_bytes];
+    for figure in figures {
+        let mut order: Vec<usize> = (0..all.len()).filter(|&i| figure(&all[i]) > 0).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(figure(&all[i])));
+        for i in order.into_iter().take(MAX_LINES) {
+            keep[i] = true;
+        }
+    }
+    let mut lines: Vec<LineStats> = all
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(line, keep)| keep.then_some(line))
+        .collect();
+    lines.sort_by(|a, b| {
+        b.peak_bytes
+            .cmp(&a.peak_bytes)
+            .then(b.allocated_bytes.cmp(&a.allocated_bytes))
+            .then_with(|| a.frame.cmp(&b.frame))
+    });
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(file: &str, line: u32, function: &str) -> StackFrame {
+        StackFrame {
+            file: file.to_owned(),
+            line,
+            function: function.to_owned(),
+            imports: None,
+        }
+    }
+
+    fn held(stack: Vec<StackFrame>, bytes: u64) -> StackBytes {
+        StackBytes {
+            stack,
+            bytes,
+            requested_bytes: None,
+            reserved_bytes: None,
+        }
+    }
+
+    #[test]
+    fn pseudo_frames_are_charged_to_the_python_line_under_them() {
+        let build = frame("train.py", 12, "build");
+        let objects = frame("<python objects>", 0, SMALL_OBJECTS);
+        let at_peak = [
+            held(
+                vec![objects, build.clone(), frame("train.py", 40, "main")],
+                300,
+            ),
+            held(vec![build.clone(), frame("train.py", 40, "main")], 100),
+            held(
+                vec![frame("/usr/bin/python3", 0, "[before Python started]")],
+                5,
+            ),
+        ];
+        let leaked = [held(vec![build.clone()], 50)];
+        let allocations = [LineAllocations {
+            frame: build.clone(),
+            allocated_bytes: 1000,
+            allocations: 7,
+        }];
+        let lines = line_stats(&at_peak, &leaked, &allocations);
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].frame, build);
+        assert_eq!(
+            (
+                lines[0].peak_bytes,
+                lines[0].small_object_bytes,
+                lines[0].leaked_bytes,
+                lines[0].allocated_bytes,
+                lines[0].allocations
+            ),
+            (400, 300, 50, 1000, 7)
+        );
+        assert_eq!(lines[1].frame.function, "[before Python started]");
+    }
+
+    #[test]
+    fn the_table_keeps_the_heaviest_lines_by_each_figure() {
+        let allocations: Vec<LineAllocations> = (1..=3 * MAX_LINES as u32)
+            .map(|i| LineAllocations {
+                frame: frame("a.py", i, "f"),
+                allocated_bytes: u64::from(i),
+                allocations: 1,
+            })
+            .collect();
+        let at_peak = [held(vec![frame("a.py", 1, "f")], 10)];
+        let lines = line_stats(&at_peak, &[], &allocations);
+        assert_eq!(
+            lines.len(),
+            MAX_LINES + 1,
+            "the top by allocation, and the line held at the peak"
+        );
+        assert_eq!(lines[0].frame.line, 1);
+        assert!(lines
+            .iter()
+            .skip(1)
+            .all(|l| l.frame.line > 2 * MAX_LINES as u32));
+    }
+}
