@@ -18,6 +18,10 @@ pub struct Report {
     pub schema: String,
     /// Version of memwarden that wrote the report.
     pub memwarden_version: String,
+    /// The model version and stage the run was recorded under (`--model`); absent when
+    /// the run was not recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelRun>,
     /// The command as given, program first (text in the [`crate::names`] scheme, as every
     /// name, path and argument of the report).
     pub command: Vec<String>,
@@ -52,6 +56,19 @@ pub struct Report {
     /// empty when the measurement shows nothing to change. Absent in older reports.
     #[serde(default)]
     pub advice: Vec<crate::advice::Advice>,
+}
+
+/// The model version and stage a run was recorded under.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelRun {
+    /// Model name.
+    pub name: String,
+    /// Model version.
+    pub version: String,
+    /// Stage (`train`, `eval`, `inference`, `test`...).
+    pub stage: String,
+    /// The run's id in the ledger.
+    pub run_id: String,
 }
 
 /// How allocations were recorded.

@@ -62,6 +62,7 @@ fn base_report(command: &[&str], peak: Peak) -> Report {
     Report {
         schema: SCHEMA.to_owned(),
         memwarden_version: "0.1.0".to_owned(),
+        model: None,
         command: args(command),
         cwd: "/work/project".to_owned(),
         started_at_unix_s: 1_795_000_000.0,

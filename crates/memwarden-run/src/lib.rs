@@ -390,6 +390,14 @@ fn supervise(
         enclosing_usage_at_start,
     };
     let mut report = report::build(&config, &isolation, &sampler, &figures, &observed, interval);
+    if let (Some(governance), Some(before)) = (&config.governance, &before) {
+        report.model = Some(memwarden_format::report::ModelRun {
+            name: governance.model.clone(),
+            version: governance.version.clone(),
+            stage: governance.stage.clone(),
+            run_id: before.run_id.clone(),
+        });
+    }
     report.warnings.extend(early_warnings);
     if let Some(failure) = journal.as_deref_mut().and_then(|j| j.failure.take()) {
         report.warnings.push(failure);

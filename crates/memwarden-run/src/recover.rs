@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use memwarden_format::report::{
-    Budget, BudgetStatus, Exit, Gpu, Limits, MonitorInfo, Peak, PeakSource, Report, SCHEMA,
+    Budget, BudgetStatus, Exit, Gpu, Limits, ModelRun, MonitorInfo, Peak, PeakSource, Report,
+    SCHEMA,
 };
 use memwarden_ledger::LedgerLocation;
 use memwarden_monitor::cgroup;
@@ -202,6 +203,12 @@ fn build_report(
     Report {
         schema: SCHEMA.to_owned(),
         memwarden_version: env!("CARGO_PKG_VERSION").to_owned(),
+        model: journal.governance.as_ref().map(|g| ModelRun {
+            name: g.model.clone(),
+            version: g.version.clone(),
+            stage: g.stage.clone(),
+            run_id: journal.run_id.clone(),
+        }),
         command: journal.command.clone(),
         cwd: journal.cwd.clone(),
         started_at_unix_s: journal.started_at_unix_s,

@@ -130,6 +130,8 @@ pub fn build(
     Report {
         schema: SCHEMA.to_owned(),
         memwarden_version: env!("CARGO_PKG_VERSION").to_owned(),
+        // Named by the ledger's run id, which `run` knows.
+        model: None,
         command: config.command.clone(),
         cwd: std::env::current_dir()
             .map(|p| memwarden_format::names::escape_path(&p).into_owned())
