@@ -3,6 +3,7 @@
 //! - [`advice`]: the advice engine, one rule per module, each with its evidence;
 //! - [`profile`]: analysis of allocation captures (`--profile`) into the report and folded stacks;
 //! - [`lines`]: the per-line table (bytes at the peak, at exit, allocated);
+//! - [`export`]: folded stacks, speedscope's format and the timeline as CSV;
 //! - [`flame`]: every stack for flame graphs, frames too small to see merged;
 //! - [`sources`]: the text of the lines a report names, read when the run ends;
 //! - [`imports`]: import machinery folded into the line that imported (used by [`profile`]);
@@ -17,6 +18,7 @@
 //! never depend on this one.
 
 pub mod advice;
+pub mod export;
 pub mod flame;
 pub mod imports;
 pub mod lines;

@@ -6,8 +6,10 @@
 
 mod support;
 
+use memwarden_format::advice::{Advice, Technique};
+use memwarden_format::report::StackFrame;
 use memwarden_ledger::gate::{
-    CheckReport, DiffReport, HistoryRow, MetricDiff, SiteChange, Verdict,
+    AdviceChange, AdviceDiff, CheckReport, DiffReport, HistoryRow, MetricDiff, SiteChange, Verdict,
 };
 use memwarden_report::text::{render_check, render_diff, render_history};
 use support::assert_golden;
@@ -145,6 +147,18 @@ fn diff_with_site_changes() {
         metrics: metrics(),
         stacks,
         stacks_note: None,
+        advice: vec![
+            AdviceDiff {
+                change: AdviceChange::New,
+                stage: "train".to_owned(),
+                advice: advice(Technique::Stream, "stream", 812, Some(700 * MIB)),
+            },
+            AdviceDiff {
+                change: AdviceChange::Resolved,
+                stage: "train".to_owned(),
+                advice: advice(Technique::Temporaries, "temporaries", 40, None),
+            },
+        ],
     };
     assert_golden("diff_with_site_changes", &render_diff(&report));
 }
@@ -157,6 +171,7 @@ fn diff_without_profile() {
         b: "2".to_owned(),
         metrics: metrics(),
         stacks: Vec::new(),
+        advice: Vec::new(),
         stacks_note: Some("no stacks to compare: record runs of both versions with `memwarden run --profile --model fraud --version ...`".to_owned()),
     };
     assert_golden("diff_without_profile", &render_diff(&report));
@@ -171,8 +186,28 @@ fn diff_same_sites() {
         metrics: metrics().into_iter().take(1).collect(),
         stacks: Vec::new(),
         stacks_note: None,
+        advice: Vec::new(),
     };
     assert_golden("diff_same_sites", &render_diff(&report));
+}
+
+/// Advice of `rule` at `train.py:line` (the run as a whole for line 0).
+fn advice(technique: Technique, rule: &str, line: u32, saving_bytes: Option<u64>) -> Advice {
+    Advice {
+        technique,
+        rule: rule.to_owned(),
+        frame: (line > 0).then(|| StackFrame {
+            file: "train.py".to_owned(),
+            line,
+            function: "load_<data>".to_owned(),
+            imports: None,
+        }),
+        source: None,
+        evidence: "evidence".to_owned(),
+        saving_bytes,
+        saving_basis: "basis".to_owned(),
+        fix: "fix".to_owned(),
+    }
 }
 
 #[test]
@@ -188,9 +223,18 @@ fn history() {
         median_peak_gpu_bytes: None,
         budget_failures: 0,
         oom_kills: 0,
+        advice: Vec::new(),
     };
     let rows = vec![
-        row("2", "train", 3, GIB, GIB + 10 * MIB),
+        HistoryRow {
+            advice: vec![
+                advice(Technique::Stream, "stream", 812, Some(700 * MIB)),
+                advice(Technique::Release, "release", 90, Some(120 * MIB)),
+                advice(Technique::Headroom, "headroom", 0, None),
+                advice(Technique::Compact, "compact", 33, Some(MIB)),
+            ],
+            ..row("2", "train", 3, GIB, GIB + 10 * MIB)
+        },
         HistoryRow {
             median_peak_gpu_bytes: Some(3 * GIB),
             last_unix_s: 1_795_086_400.0,

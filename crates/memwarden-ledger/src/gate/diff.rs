@@ -4,6 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use memwarden_format::advice::Advice;
+
+use super::history::latest_advice;
 use super::{median, model_runs, require_version, stages_of, GateError};
 use crate::record::{Metric, RunRecord};
 
@@ -38,6 +41,29 @@ pub struct SiteChange {
     pub change_bytes: i64,
 }
 
+/// Whether a piece of advice is new in the second version, gone from it, or in both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdviceChange {
+    /// Only the second version's latest run has it.
+    New,
+    /// Only the first version's has it: fixed, or no longer true.
+    Resolved,
+    /// Both have it.
+    Kept,
+}
+
+/// One piece of advice of either version, compared.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AdviceDiff {
+    /// New, resolved or kept.
+    pub change: AdviceChange,
+    /// The stage whose runs it comes from.
+    pub stage: String,
+    /// The advice (the second version's, unless resolved).
+    pub advice: Advice,
+}
+
 /// The outcome of `diff`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DiffReport {
@@ -54,6 +80,41 @@ pub struct DiffReport {
     pub stacks: Vec<SiteChange>,
     /// Why `stacks` is empty, when it is.
     pub stacks_note: Option<String>,
+    /// The advice of each version's latest advised run, per stage, compared by rule, file
+    /// and function (lines move between versions): new in B first, then resolved, then kept.
+    pub advice: Vec<AdviceDiff>,
+}
+
+/// Advice of the same rule about the same function of the same file.
+fn same_advice(x: &Advice, y: &Advice) -> bool {
+    let place = |a: &Advice| {
+        a.frame
+            .as_ref()
+            .map(|f| (f.file.clone(), f.function.clone()))
+    };
+    x.rule == y.rule && place(x) == place(y)
+}
+
+/// `a`'s and `b`'s advice compared.
+fn compare_advice(stage: &str, a: &[Advice], b: &[Advice]) -> Vec<AdviceDiff> {
+    let of = |change, advice: &Advice| AdviceDiff {
+        change,
+        stage: stage.to_owned(),
+        advice: advice.clone(),
+    };
+    let mut out: Vec<AdviceDiff> = b
+        .iter()
+        .map(|advice| match a.iter().any(|x| same_advice(x, advice)) {
+            true => of(AdviceChange::Kept, advice),
+            false => of(AdviceChange::New, advice),
+        })
+        .collect();
+    out.extend(
+        a.iter()
+            .filter(|x| !b.iter().any(|y| same_advice(x, y)))
+            .map(|x| of(AdviceChange::Resolved, x)),
+    );
+    out
 }
 
 /// Compares two versions of a model, side by side.
@@ -69,6 +130,7 @@ pub fn diff(records: &[RunRecord], model: &str, a: &str, b: &str) -> Result<Diff
     stages.sort();
     stages.dedup();
     let mut metrics = Vec::new();
+    let mut advice = Vec::new();
     for stage in stages {
         let of = |version: &str| -> Vec<&RunRecord> {
             runs.iter()
@@ -77,6 +139,11 @@ pub fn diff(records: &[RunRecord], model: &str, a: &str, b: &str) -> Result<Diff
                 .collect()
         };
         let (runs_a, runs_b) = (of(a), of(b));
+        advice.extend(compare_advice(
+            &stage,
+            &latest_advice(&runs_a),
+            &latest_advice(&runs_b),
+        ));
         let names = Metric::ALL
             .iter()
             .map(|m| m.name())
@@ -119,6 +186,10 @@ pub fn diff(records: &[RunRecord], model: &str, a: &str, b: &str) -> Result<Diff
         metrics,
         stacks,
         stacks_note,
+        advice: {
+            advice.sort_by_key(|d| d.change as u8);
+            advice
+        },
     })
 }
 

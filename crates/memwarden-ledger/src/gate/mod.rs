@@ -29,7 +29,7 @@ mod diff;
 mod history;
 
 pub use check::{check, CheckReport, Verdict, MIN_NOISE_RUNS};
-pub use diff::{diff, DiffReport, MetricDiff, SiteChange};
+pub use diff::{diff, AdviceChange, AdviceDiff, DiffReport, MetricDiff, SiteChange};
 pub use history::{history, HistoryRow};
 
 use std::cmp::Ordering;

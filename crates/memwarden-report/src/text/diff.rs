@@ -3,7 +3,9 @@
 use std::fmt::Write;
 
 use memwarden_format::units::format_size;
-use memwarden_ledger::gate::DiffReport;
+use memwarden_ledger::gate::{AdviceChange, DiffReport};
+
+use super::history::advice_line;
 
 /// Allocation sites listed by [`render_diff`].
 const STACK_CHANGES_SHOWN: usize = 10;
@@ -66,6 +68,17 @@ pub fn render_diff(report: &DiffReport) -> String {
                 format_size(site.a_bytes),
                 format_size(site.b_bytes)
             );
+        }
+    }
+    if !report.advice.is_empty() {
+        let _ = writeln!(out, "advice, {b} against {a}:");
+        for d in &report.advice {
+            let change = match d.change {
+                AdviceChange::New => "new     ",
+                AdviceChange::Resolved => "resolved",
+                AdviceChange::Kept => "kept    ",
+            };
+            let _ = writeln!(out, "  {change} {:<10} {}", d.stage, advice_line(&d.advice));
         }
     }
     out

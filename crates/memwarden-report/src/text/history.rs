@@ -2,6 +2,7 @@
 
 use std::fmt::Write;
 
+use memwarden_format::advice::Advice;
 use memwarden_format::units::format_size;
 use memwarden_ledger::gate::{utc, HistoryRow};
 
@@ -33,6 +34,29 @@ pub fn render_history(model: &str, rows: &[HistoryRow]) -> String {
             r.oom_kills,
             utc(r.last_unix_s)
         );
+        for advice in r.advice.iter().take(ADVICE_SHOWN) {
+            let _ = writeln!(out, "{:>16}{}", "advice: ", advice_line(advice));
+        }
+        if r.advice.len() > ADVICE_SHOWN {
+            let _ = writeln!(out, "{:>16}{} more", "", r.advice.len() - ADVICE_SHOWN);
+        }
     }
     out
+}
+
+/// Advice listed under each version.
+const ADVICE_SHOWN: usize = 3;
+
+/// One piece of advice on one line: the technique, where, and the saving.
+pub(crate) fn advice_line(advice: &Advice) -> String {
+    let saving = advice
+        .saving_bytes
+        .map(|bytes| format!(" (saves about {})", format_size(bytes)))
+        .unwrap_or_default();
+    let place = match advice.frame {
+        Some(_) => format!("at {}", advice.location()),
+        None => "(the run as a whole)".to_owned(),
+    };
+    let line = format!("{} {place}{saving}", advice.technique.title());
+    memwarden_format::names::escape_also(&line, char::is_control).into_owned()
 }

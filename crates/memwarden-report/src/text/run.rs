@@ -148,7 +148,7 @@ pub fn summary(report: &Report) -> String {
 const TABLE_ROWS: usize = 5;
 const CALLERS_SHOWN: usize = 3;
 
-fn frame_label(frame: &StackFrame, cwd: &str) -> String {
+pub(crate) fn frame_label(frame: &StackFrame, cwd: &str) -> String {
     let file = frame
         .file
         .strip_prefix(cwd)
