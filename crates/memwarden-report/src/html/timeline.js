@@ -68,7 +68,8 @@ function Timeline(root) {
       const t = (end * i) / ticks;
       const x = g.x(t);
       svg.appendChild(svgEl("line", { class: "grid", x1: x, x2: x, y1: margin.top, y2: g.height - margin.bottom }));
-      svg.appendChild(svgEl("text", { class: "tick", x, y: g.height - 8, "text-anchor": "middle", text: formatSeconds(t) }));
+      const anchor = i === 0 ? "start" : i === ticks ? "end" : "middle";
+      svg.appendChild(svgEl("text", { class: "tick", x, y: g.height - 8, "text-anchor": anchor, text: formatSeconds(t) }));
     }
     if (!withBytes) return;
     for (let i = 0; i <= 4; i++) {
