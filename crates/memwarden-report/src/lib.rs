@@ -9,6 +9,8 @@
 //! - [`imports`]: import machinery folded into the line that imported (used by [`profile`]);
 //! - [`tree`]: the tree's heap measured across processes: its peak, the stacks at it, a
 //!   timeline;
+//! - [`html`]: the run report as one self-contained HTML page (timeline, flame graphs,
+//!   lines, processes, advice);
 //! - [`text`]: every terminal renderer: the run summary, `check`, `diff`, `history`,
 //!   `inspect` and its format trials.
 //!
@@ -20,6 +22,7 @@
 pub mod advice;
 pub mod export;
 pub mod flame;
+pub mod html;
 pub mod imports;
 pub mod lines;
 pub mod profile;
