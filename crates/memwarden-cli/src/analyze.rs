@@ -79,8 +79,11 @@ pub fn main(
         eprintln!("memwarden: warning: {e}; the tree's peak is the sum of each process's");
     }
     if let Some(path) = folded {
-        std::fs::write(path, profile::folded(&analysis.all_at_peak))
-            .map_err(|e| usage(format!("--folded {}: {e}", path.display())))?;
+        std::fs::write(
+            path,
+            memwarden_report::export::folded(&analysis.all_at_peak),
+        )
+        .map_err(|e| usage(format!("--folded {}: {e}", path.display())))?;
     }
     match json {
         Some(path) => {

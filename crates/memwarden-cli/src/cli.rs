@@ -48,6 +48,13 @@ pub enum Command {
         #[arg(long)]
         raw_frames: bool,
     },
+    /// Render a run's report again, from its JSON (`memwarden run --json`): as one HTML page,
+    /// speedscope's format, folded stacks, the timeline as CSV, or the summary with the top
+    /// lines. With --capture-dir the profile is analysed again from the kept captures.
+    /// Exit 6 when the report or a capture cannot be read, 2 when an output cannot be
+    /// written.
+    #[command(after_help = REPORT_EXAMPLES)]
+    Report(ReportArgs),
     /// Show a model's versions over time, per stage.
     History {
         /// The model.
@@ -149,6 +156,50 @@ Examples:
 Formats: pickle (protocols 0-5), joblib (plain or compressed: zlib, gzip, bz2, xz, lzma,
 lz4), PyTorch zip (.pt/.pth) and legacy,
 safetensors, .npy/.npz, ONNX; HDF5 by signature. Nothing in the files is executed.";
+
+const REPORT_EXAMPLES: &str = "\
+Examples:
+  memwarden report out/report.json                       # the summary and the top lines
+  memwarden report out/report.json --html out/run.html
+  memwarden report out/report.json --top 20
+  memwarden report out/report.json --speedscope out/speedscope.json --folded out/peak.folded
+  memwarden report out/report.json --csv out/timeline.csv
+  memwarden report out/report.json --capture-dir caps --raw-frames --html out/raw.html";
+
+/// Arguments of `memwarden report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The run's JSON report (default with --capture-dir: DIR/report.json).
+    #[arg(value_name = "REPORT", required_unless_present = "capture_dir")]
+    pub report: Option<PathBuf>,
+    /// Analyse the profile again from the captures kept with `memwarden run --profile
+    /// --capture-dir DIR`.
+    #[arg(long, value_name = "DIR")]
+    pub capture_dir: Option<PathBuf>,
+    /// With --capture-dir: show every frame as recorded, import machinery included.
+    #[arg(long, requires = "capture_dir")]
+    pub raw_frames: bool,
+    /// Write the report as one self-contained HTML page.
+    #[arg(long, value_name = "PATH")]
+    pub html: Option<PathBuf>,
+    /// Write the memory at the peak and at exit in speedscope's file format
+    /// (https://www.speedscope.app).
+    #[arg(long, value_name = "PATH")]
+    pub speedscope: Option<PathBuf>,
+    /// Write the stacks at the peak as folded stacks (flamegraph.pl, inferno).
+    #[arg(long, value_name = "PATH")]
+    pub folded: Option<PathBuf>,
+    /// Write the timeline (tree memory and heap over time) as CSV.
+    #[arg(long, value_name = "PATH")]
+    pub csv: Option<PathBuf>,
+    /// Write the report (with fresh advice, and the profile analysed again with
+    /// --capture-dir) as JSON (`-` for stdout).
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+    /// Lines to list in the summary, heaviest at the peak first.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
+}
 
 /// `memwarden ledger ...`.
 #[derive(Debug, Subcommand)]
@@ -258,6 +309,8 @@ Examples:
   memwarden run -- python train.py
   memwarden run --budget 2GiB --json out/report.json -- python serve_bench.py
   memwarden run --hard-limit 4GiB -- python train.py      # the kernel enforces it
+  memwarden run --profile -- python train.py        # + memwarden-report/RUN-ID.html
+  memwarden run --profile --html out/run.html -- python train.py
   memwarden run --model fraud-detector --version 3 --stage inference \\
                 --input data/sample.parquet -- python bench_inference.py
 
@@ -306,6 +359,12 @@ pub struct RunArgs {
     /// Parent directories are created; the path is checked before the command starts.
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
+
+    /// Write the report as one self-contained HTML page: memory over time with the stacks
+    /// held at each moment, flame graphs, the top lines, each process, and advice. With
+    /// --profile it is written by default to memwarden-report/RUN-ID.html.
+    #[arg(long, value_name = "PATH")]
+    pub html: Option<PathBuf>,
 
     /// No status line and no summary; the exit status and --json still tell the outcome.
     #[arg(long, short)]

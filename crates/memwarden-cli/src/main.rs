@@ -10,6 +10,7 @@ mod cli;
 mod exit;
 mod govern;
 mod inspect;
+mod report;
 mod run;
 
 use std::process::ExitCode;
@@ -35,6 +36,7 @@ fn main() -> ExitCode {
             folded,
             raw_frames,
         } => analyze::main(&paths, json.as_deref(), folded.as_deref(), raw_frames),
+        cli::Command::Report(args) => report::main(args),
         cli::Command::History { model, json } => govern::history(ledger, &model, json),
         cli::Command::Diff { a, b, json } => govern::diff(ledger, &a, &b, json),
         cli::Command::Check { spec, policy, json } => {

@@ -26,6 +26,13 @@ pub fn main(args: RunArgs, ledger: Option<&str>) -> Result<Status, Failure> {
     if !quiet {
         eprint!("{}", memwarden_report::text::summary(&outcome.report));
     }
+    match &outcome.html {
+        Some(Ok(path)) if !quiet => {
+            eprintln!("  report       {} (open it in a browser)", path.display())
+        }
+        Some(Ok(_)) | None => {}
+        Some(Err(warning)) => eprintln!("memwarden: warning: {warning}"),
+    }
     match outcome.recorded {
         Some(Ok(line)) if !quiet => eprintln!("  ledger       {line}"),
         Some(Ok(_)) | None => {}
@@ -56,6 +63,7 @@ fn options(args: RunArgs) -> RunOptions {
             CgroupArg::Off => CgroupMode::Off,
         },
         json: args.json,
+        html: args.html,
         quiet: args.quiet,
         model: args.model,
         model_version: args.model_version,

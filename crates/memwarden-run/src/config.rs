@@ -43,6 +43,9 @@ pub struct RunOptions {
     pub cgroup: CgroupMode,
     /// Where to write the report as JSON.
     pub json: Option<PathBuf>,
+    /// Where to write the report as one HTML page (default, with `profile`:
+    /// `memwarden-report/RUN-ID.html`).
+    pub html: Option<PathBuf>,
     /// No status line while the command runs.
     pub quiet: bool,
     /// Record the run in the ledger under this model (with `model_version`).
@@ -95,6 +98,7 @@ impl Default for RunOptions {
             hard_limit: None,
             cgroup: CgroupMode::Auto,
             json: None,
+            html: None,
             quiet: false,
             model: None,
             model_version: None,
@@ -110,6 +114,22 @@ impl Default for RunOptions {
         }
     }
 }
+
+/// Where the HTML report of a run goes.
+#[derive(Debug)]
+pub enum HtmlOutput {
+    /// None (a run without `--profile` or `--html`).
+    None,
+    /// `memwarden-report/RUN-ID.html` in the working directory, for a profiled run; a
+    /// failure to write it is a warning.
+    Default,
+    /// `--html PATH`, with a temporary file beside it made when the arguments were checked
+    /// (so a bad path fails before the command starts).
+    At(PathBuf, tempfile::NamedTempFile),
+}
+
+/// Folder, under the working directory, of the HTML reports written by default.
+pub const HTML_DIR: &str = "memwarden-report";
 
 /// A validated run.
 #[derive(Debug)]
@@ -130,6 +150,8 @@ pub struct RunConfig {
     /// the command runs; the report is written there and renamed over the path, so the path
     /// never holds a partial or empty report.
     pub json: Option<(PathBuf, tempfile::NamedTempFile)>,
+    /// Where the HTML report goes.
+    pub html: HtmlOutput,
     /// `--quiet`.
     pub quiet: bool,
     /// Recording in the ledger, when `--model` is given.
@@ -204,8 +226,13 @@ impl RunConfig {
             .transpose()?;
         let json = args
             .json
-            .map(|path| open_output(&path).map(|file| (path, file)))
+            .map(|path| open_output("--json", &path).map(|file| (path, file)))
             .transpose()?;
+        let html = match args.html {
+            Some(path) => HtmlOutput::At(path.clone(), open_output("--html", &path)?),
+            None if profiling.is_some() => HtmlOutput::Default,
+            None => HtmlOutput::None,
+        };
         let command = args
             .command
             .iter()
@@ -219,6 +246,7 @@ impl RunConfig {
             hard_limit_bytes,
             cgroup: args.cgroup,
             json,
+            html,
             quiet: args.quiet,
             governance,
             profiling,
@@ -294,18 +322,23 @@ pub fn parse_interval(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(ms / 1000.0))
 }
 
-fn open_output(path: &Path) -> Result<tempfile::NamedTempFile, String> {
+fn open_output(flag: &str, path: &Path) -> Result<tempfile::NamedTempFile, String> {
     if path.is_dir() {
         return Err(format!(
-            "--json {}: is a directory; give a file path such as {}/report.json",
+            "{flag} {}: is a directory; give a file path such as {}/{}",
             path.display(),
-            path.display()
+            path.display(),
+            if flag == "--html" {
+                "report.html"
+            } else {
+                "report.json"
+            }
         ));
     }
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent).map_err(|e| {
             format!(
-                "--json {}: cannot create directory {}: {e}",
+                "{flag} {}: cannot create directory {}: {e}",
                 path.display(),
                 parent.display()
             )
@@ -321,7 +354,7 @@ fn open_output(path: &Path) -> Result<tempfile::NamedTempFile, String> {
     );
     let cannot = |e: std::io::Error| {
         format!(
-            "--json {}: cannot write: {e}; choose a writable path",
+            "{flag} {}: cannot write: {e}; choose a writable path",
             path.display()
         )
     };
@@ -351,14 +384,18 @@ mod tests {
     fn output_paths() {
         let dir = tempfile::tempdir().expect("tempdir");
         assert!(
-            open_output(&dir.path().join("a/b/report.json")).is_ok(),
+            open_output("--json", &dir.path().join("a/b/report.json")).is_ok(),
             "parents are created"
         );
-        let err = open_output(dir.path()).unwrap_err();
-        assert!(err.contains("is a directory"), "{err}");
+        let err = open_output("--html", dir.path()).unwrap_err();
+        assert!(
+            err.contains("is a directory") && err.contains("--html"),
+            "{err}"
+        );
+        assert!(err.ends_with("/report.html"), "{err}");
         let file = dir.path().join("plain");
         fs::write(&file, "x").expect("write");
-        let err = open_output(&file.join("report.json")).unwrap_err();
+        let err = open_output("--json", &file.join("report.json")).unwrap_err();
         assert!(err.contains("cannot"), "{err}");
     }
 }

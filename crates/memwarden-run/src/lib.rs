@@ -33,7 +33,7 @@ use memwarden_monitor::gpu::GpuMonitor;
 use memwarden_monitor::procfs;
 use memwarden_monitor::tree::{ExitStatus, SamplerOptions, TreeSampler};
 
-pub use config::{parse_interval, CgroupMode, Governance, RunConfig, RunOptions};
+pub use config::{parse_interval, CgroupMode, Governance, RunConfig, RunOptions, HTML_DIR};
 use isolation::Isolation;
 use journal::JournalFile;
 pub use memwarden_format::report::ProfileMode;
@@ -115,9 +115,11 @@ pub struct RunOutcome {
     /// Recording in the ledger, when the run was governed: a line naming the new head, or
     /// a warning saying where the record was kept instead.
     pub recorded: Option<Result<String, String>>,
-    /// The report could not be written to the `--json` path: the sentence to fail with
-    /// ([`RunErrorKind::Internal`]), once the rest has been said.
+    /// The report could not be written to the `--json` or `--html` path: the sentence to
+    /// fail with ([`RunErrorKind::Internal`]), once the rest has been said.
     pub report_failure: Option<RunError>,
+    /// The HTML report: where it was written, or why the default one could not be.
+    pub html: Option<Result<PathBuf, String>>,
 }
 
 /// While a watchdog enforces a hard limit, samples come at least this often, so that a fast
@@ -181,7 +183,7 @@ fn execute(
     let mut journal = match JournalFile::create(journal::initial(
         &config,
         before.as_ref(),
-        run_id,
+        run_id.clone(),
         protection,
     )) {
         Ok(journal) => Some(journal),
@@ -213,7 +215,7 @@ fn execute(
                     )),
                 }
             }
-            supervise(config, before, isolation, journal.as_mut(), warnings)
+            supervise(config, before, isolation, journal.as_mut(), warnings, &run_id)
         });
     // The journal goes first: the guardian, seeing the pipe close without it, just exits.
     if let Some(journal) = journal {
@@ -229,6 +231,7 @@ fn supervise(
     mut isolation: Isolation,
     mut journal: Option<&mut JournalFile>,
     early_warnings: Vec<String>,
+    run_id: &str,
 ) -> Result<RunOutcome, RunError> {
     let supervisor = match Supervisor::install() {
         Ok(supervisor) => supervisor,
@@ -405,7 +408,9 @@ fn supervise(
     if let Some(warning) = isolation.cleanup() {
         report.warnings.push(warning);
     }
+    let mut kept_captures = None;
     if let Some(profiling) = config.profiling.take() {
+        kept_captures = profiling.kept_dir().map(Path::to_owned);
         profiling.finish(&mut report, started_at);
     }
     memwarden_report::advice::complete(&mut report);
@@ -453,24 +458,83 @@ fn supervise(
         }
         _ => None,
     };
-    let report_failure = json_failure.map(|mut message| {
-        if let Some(kept) = &report_path {
-            message.push_str(&format!("; the report is kept in {}", kept.display()));
+    // Kept captures keep their run's report beside them, for `memwarden report --capture-dir`.
+    if let Some(dir) = kept_captures {
+        if let Err(e) = write_report_at(&dir.join("report.json"), &report) {
+            eprintln!(
+                "memwarden: warning: cannot keep the report beside the captures in {}: {e}",
+                dir.display()
+            );
         }
-        RunError::new(RunErrorKind::Internal, message)
-    });
+    }
+    let (html, html_failure) = write_html(config.html, &report, run_id);
+    let report_failure = json_failure
+        .map(|mut message| {
+            if let Some(kept) = &report_path {
+                message.push_str(&format!("; the report is kept in {}", kept.display()));
+            }
+            message
+        })
+        .into_iter()
+        .chain(html_failure)
+        .reduce(|a, b| format!("{a}; {b}"))
+        .map(|message| RunError::new(RunErrorKind::Internal, message));
     Ok(RunOutcome {
         report,
         verdict,
         report_path,
         recorded,
         report_failure,
+        html,
     })
 }
 
-/// Writes `report` to `path` through a temporary file beside it ([`write_report`]),
-/// creating the folder first.
+/// The HTML report, rendered and written where `output` says: `(where it went or why the
+/// default one could not be written, the failure of an explicit `--html`)`.
+fn write_html(
+    output: config::HtmlOutput,
+    report: &memwarden_format::report::Report,
+    run_id: &str,
+) -> (Option<Result<PathBuf, String>>, Option<String>) {
+    let written = |path: PathBuf, result: io::Result<()>| result.map(|()| path);
+    match output {
+        config::HtmlOutput::None => (None, None),
+        config::HtmlOutput::Default => {
+            let path = Path::new(config::HTML_DIR).join(format!("{run_id}.html"));
+            let html = memwarden_report::html::render(report);
+            let result = written(path.clone(), write_file_at(&path, html.as_bytes()));
+            let said = result.map_err(|e| {
+                format!(
+                    "cannot write the HTML report to {}: {e} (choose a place with --html PATH)",
+                    path.display()
+                )
+            });
+            (Some(said), None)
+        }
+        config::HtmlOutput::At(path, temporary) => {
+            let html = memwarden_report::html::render(report);
+            match write_file(temporary, &path, html.as_bytes()) {
+                Ok(()) => (Some(Ok(path)), None),
+                Err(e) => (
+                    None,
+                    Some(format!(
+                        "cannot write the HTML report to {}: {e}; nothing was left there (free some space or choose another --html path)",
+                        path.display()
+                    )),
+                ),
+            }
+        }
+    }
+}
+
+/// Writes `report` as JSON to `path` as [`write_file_at`] does.
 fn write_report_at(path: &Path, report: &memwarden_format::report::Report) -> io::Result<()> {
+    write_file_at(path, &report_json(report)?)
+}
+
+/// Writes `contents` to `path` through a temporary file beside it ([`write_file`]),
+/// creating the folder first.
+fn write_file_at(path: &Path, contents: &[u8]) -> io::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -479,24 +543,33 @@ fn write_report_at(path: &Path, report: &memwarden_format::report::Report) -> io
     let temporary = tempfile::Builder::new()
         .prefix(".memwarden-report.")
         .tempfile_in(dir)?;
-    write_report(temporary, path, report)
+    write_file(temporary, path, contents)
 }
 
-/// Writes `report` as JSON into `temporary`, flushes it to disk and renames it to `path`:
-/// `path` holds either the whole report or what it held before, never a partial one. On
-/// failure the temporary file is removed.
+/// The report as the JSON written to disk.
+fn report_json(report: &memwarden_format::report::Report) -> io::Result<Vec<u8>> {
+    let mut json = serde_json::to_vec_pretty(report).map_err(io::Error::from)?;
+    json.push(b'\n');
+    Ok(json)
+}
+
+/// Writes `report` as JSON into `temporary`, then renames it to `path` ([`write_file`]).
 pub(crate) fn write_report(
     temporary: tempfile::NamedTempFile,
     path: &Path,
     report: &memwarden_format::report::Report,
 ) -> io::Result<()> {
+    write_file(temporary, path, &report_json(report)?)
+}
+
+/// Writes `contents` into `temporary`, flushes it to disk and renames it to `path`: `path`
+/// holds either the whole file or what it held before, never a partial one. On failure the
+/// temporary file is removed.
+fn write_file(temporary: tempfile::NamedTempFile, path: &Path, contents: &[u8]) -> io::Result<()> {
     // Written through the bare file, so that errors are the OS's own (`tempfile`'s name the
     // temporary file, which is gone once this returns).
-    let mut out = io::BufWriter::new(temporary.as_file());
-    serde_json::to_writer_pretty(&mut out, report).map_err(io::Error::from)?;
-    out.write_all(b"\n")?;
-    out.flush()?;
-    drop(out);
+    let mut out = temporary.as_file();
+    out.write_all(contents)?;
     temporary.as_file().sync_all()?;
     // The mode a plain new file would get (the temporary file is made private).
     let mode = 0o666 & !current_umask();

@@ -199,6 +199,14 @@ impl Profiling {
         }
     }
 
+    /// `--capture-dir`: the folder the captures are kept in after the run.
+    pub fn kept_dir(&self) -> Option<&Path> {
+        match &self.dir {
+            CaptureDir::Temporary(_) => None,
+            CaptureDir::Kept(dir) => Some(dir),
+        }
+    }
+
     fn dir(&self) -> &Path {
         match &self.dir {
             CaptureDir::Temporary(dir) => dir.path(),
@@ -345,7 +353,7 @@ impl Profiling {
         report.peak.heap_bytes = Some(analysis.profile.peak_bytes);
         if let Some((path, mut file)) = self.folded.take() {
             use std::io::Write;
-            let text = profile::folded(&analysis.all_at_peak);
+            let text = memwarden_report::export::folded(&analysis.all_at_peak);
             if let Err(e) = file.write_all(text.as_bytes()) {
                 report
                     .warnings

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use memwarden_format::report::{
-    Budget, BudgetStatus, Exit, Gpu, Limits, ModelRun, MonitorInfo, Peak, PeakSource, Report,
-    SCHEMA,
+    Budget, BudgetStatus, Exit, Gpu, Limits, ModelRun, MonitorInfo, Peak, PeakSource, ProfileMode,
+    Report, SCHEMA,
 };
 use memwarden_ledger::LedgerLocation;
 use memwarden_monitor::cgroup;
@@ -21,7 +21,7 @@ use memwarden_report::profile;
 
 use super::config::Governance;
 use super::guardian::kill_run;
-use super::journal::{self, now_unix_s, DeadRun, Journal, JournalCapture};
+use super::journal::{self, now_unix_s, DeadRun, Journal};
 use super::ledger_record::{self, Before};
 use super::profiling::profiled_process;
 use super::report::peak_sources;
@@ -76,7 +76,7 @@ pub fn recover(dead: DeadRun, invoker: Option<&LedgerLocation>, by_guardian: boo
         death_note(&journal, by_guardian, kill, killed, ended_at_unix_s),
     );
     if let Some(capture) = &journal.capture {
-        attach_profile(&mut report, capture, journal.started_at_unix_s);
+        attach_kept_profile(&mut report, &capture.dir, capture.raw_frames);
     }
     memwarden_report::advice::complete(&mut report);
     let report_path = keep_report(&journal, &report, &mut lines);
@@ -267,13 +267,17 @@ fn build_report(
 }
 
 /// The captures' profile, read as `memwarden analyze` reads a kept capture directory.
-fn attach_profile(report: &mut Report, capture: &JournalCapture, started_at_unix_s: f64) {
-    let (captures, errors) = match profile::read_dir(&capture.dir) {
+/// Puts the profile of the captures kept in `dir` into `report` (its `profile`, each
+/// process's, the heap peak), replacing any it had: as an interrupted run's recovery and
+/// `memwarden report --capture-dir` need it. The mode and sampling interval are the
+/// captures' own; times count from the report's start. Problems become report warnings.
+pub fn attach_kept_profile(report: &mut Report, dir: &Path, raw_frames: bool) {
+    let (captures, errors) = match profile::read_dir(dir) {
         Ok(read) => read,
         Err(e) => {
             report.warnings.push(format!(
                 "cannot read the captures in {}: {e}; no profile",
-                capture.dir.display()
+                dir.display()
             ));
             return;
         }
@@ -281,35 +285,37 @@ fn attach_profile(report: &mut Report, capture: &JournalCapture, started_at_unix
     for error in errors {
         report.warnings.push(format!("profile: {error}"));
     }
-    if captures.is_empty() {
+    let Some(first) = captures.first() else {
         report
             .warnings
             .push("profile: no capture holds a recorded allocation".to_owned());
         return;
-    }
-    let start_ns = (started_at_unix_s * 1e9) as u64;
-    let frames = if capture.raw_frames {
+    };
+    let mode = if first.exact {
+        ProfileMode::Exact
+    } else {
+        ProfileMode::Sampled
+    };
+    let start_ns = (report.started_at_unix_s * 1e9) as u64;
+    let frames = if raw_frames {
         profile::Frames::Raw
     } else {
         profile::Frames::Folded
     };
-    let (analysis, tree_error) = profile::analyze_kept(
-        &capture.dir,
-        &captures,
-        capture.mode,
-        capture.sample_bytes,
-        start_ns,
-        frames,
-    );
+    let (analysis, tree_error) =
+        profile::analyze_kept(dir, &captures, mode, first.sample_bytes, start_ns, frames);
     if let Some(e) = tree_error {
         report.warnings.push(format!(
             "profile: {e}; the tree's heap peak is the sum of each process's own peak"
         ));
     }
     for (pid, process_profile) in analysis.processes {
-        report
-            .processes
-            .push(profiled_process(pid, &captures, process_profile));
+        match report.processes.iter_mut().find(|p| p.pid == pid as i32) {
+            Some(process) => process.profile = Some(process_profile),
+            None => report
+                .processes
+                .push(profiled_process(pid, &captures, process_profile)),
+        }
     }
     report.peak.heap_bytes = Some(analysis.profile.peak_bytes);
     report.profile = Some(analysis.profile);
