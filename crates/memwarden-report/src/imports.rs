@@ -54,7 +54,7 @@ pub fn is_machinery(frame: &Frame) -> bool {
 
 /// Where the standard library or installed packages start in `file`: the offset of the
 /// module's path (`numpy/__init__.py`), if `file` is in one.
-fn library_root(file: &str) -> Option<usize> {
+pub(crate) fn library_root(file: &str) -> Option<usize> {
     for marker in ["/site-packages/", "/dist-packages/"] {
         if let Some(at) = file.rfind(marker) {
             return Some(at + marker.len());
