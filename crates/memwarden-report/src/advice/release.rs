@@ -5,10 +5,11 @@
 //! - held at exit: at least [`super::LARGE_BYTES`] and [`super::LARGE_SHARE`] of the heap
 //!   peak, still held when the program finished;
 //! - grew steadily: in the profile's timeline (the heaviest stacks at each monitor tick),
-//!   the line's bytes rose in at least [`RISING_SHARE`] of its steps, over at least
-//!   [`MIN_RISES`] ticks and at least [`RUN_SHARE`] of the run's ticks, to at least twice
-//!   where they started and by at least [`super::LARGE_BYTES`]: a cache or a list that only
-//!   grows. One load that takes long rises too; the evidence says how long it rose.
+//!   the line's bytes rose in at least [`RISING_SHARE`] of its steps and at least
+//!   [`MIN_RISES`] of them, never fell by more than [`FALL_SHARE`], over at least
+//!   [`RUN_SHARE`] of the run's timeline, to at least twice where they started and by at
+//!   least [`super::LARGE_BYTES`]: a cache or a list that only grows. One load that takes
+//!   long rises too; the evidence says how long it rose.
 
 use memwarden_format::advice::{Advice, Technique};
 use memwarden_format::report::{Profile, Report, StackFrame};
@@ -16,29 +17,47 @@ use memwarden_format::units::format_size;
 
 use super::frames::{at_exit, at_peak, by_user_line, how_measured, percent, timeline_by_user_line};
 
-/// Share of a line's steps between timeline points that must rise.
-const RISING_SHARE: f64 = 0.75;
+/// Share of a line's steps between timeline points that must rise: a structure appended
+/// to more slowly than the monitor ticks stays flat between appends.
+const RISING_SHARE: f64 = 0.5;
 /// Fewest rising steps: at the default 50 ms interval, 0.4 s of growth.
 const MIN_RISES: usize = 8;
-/// Share of the run's timeline points over which the line must have risen.
-const RUN_SHARE: f64 = 0.5;
+/// A step down by more than this share of the line's bytes is a release: it did not only grow.
+const FALL_SHARE: f64 = 0.05;
+/// Share of the run's timeline the growth must span: one long load rises only while it
+/// reads.
+const RUN_SHARE: f64 = 0.25;
 
-/// How a line grew over the run: `(rises, steps, first bytes, last bytes, seconds)`.
-fn growth(series: &[(f64, u64)], ticks: usize) -> Option<(usize, usize, u64, u64, f64)> {
+/// How a line grew over the run, from its `(t_s, bytes)` series and the run's timeline
+/// span in seconds: `(rises, steps, first bytes, last bytes, seconds)`.
+fn growth(series: &[(f64, u64)], run_s: f64) -> Option<(usize, usize, u64, u64, f64)> {
     let steps = series.len().checked_sub(1)?;
     let rises = series.windows(2).filter(|w| w[1].1 > w[0].1).count();
+    let falls = series
+        .windows(2)
+        .any(|w| (w[1].1 as f64) < (1.0 - FALL_SHARE) * w[0].1 as f64);
     let (first, last) = (series.first()?, series.last()?);
+    let seconds = last.0 - first.0;
     let grew = rises >= MIN_RISES
         && rises as f64 >= RISING_SHARE * steps as f64
-        && rises as f64 >= RUN_SHARE * ticks as f64
+        && !falls
+        && seconds >= RUN_SHARE * run_s
         && last.1 >= 2 * first.1
         && last.1 - first.1 >= super::LARGE_BYTES;
-    grew.then_some((rises, steps, first.1, last.1, last.0 - first.0))
+    grew.then_some((rises, steps, first.1, last.1, seconds))
+}
+
+/// Seconds the profile's timeline spans.
+fn run_s(profile: &Profile) -> f64 {
+    match (profile.timeline.first(), profile.timeline.last()) {
+        (Some(first), Some(last)) => last.t_s - first.t_s,
+        _ => 0.0,
+    }
 }
 
 /// The evidence that `frame` grew, if it did.
 fn grew(profile: &Profile, series: Option<&Vec<(f64, u64)>>) -> Option<String> {
-    let (rises, steps, first, last, seconds) = growth(series?, profile.timeline.len())?;
+    let (rises, steps, first, last, seconds) = growth(series?, run_s(profile))?;
     Some(format!(
         "grew in {rises} of {steps} monitor ticks, from {} to {} over {seconds:.1} s",
         format_size(first),
@@ -61,7 +80,7 @@ pub fn advise(report: &Report) -> Vec<Advice> {
         .collect();
     let mut growing: Vec<&StackFrame> = over_time
         .iter()
-        .filter(|(_, series)| growth(series, profile.timeline.len()).is_some())
+        .filter(|(_, series)| growth(series, run_s(profile)).is_some())
         .map(|(frame, _)| *frame)
         .filter(|frame| !lines.contains(frame))
         .collect();

@@ -4,8 +4,8 @@
 //! Evidence: a user line that loads (`torch/serialization.py` `load` or numpy's `load`
 //! under it; `pickle.load`, `pickle.loads`, `joblib.load`, `torch.load`, `np.load` in its
 //! text), holding a large share of the heap peak ([`super::is_large`]), and either
-//! - at least [`COPY_RATIO`] times its payload: what it held after the peak (the heaviest
-//!   it was at a timeline point after the peak, or at exit), or
+//! - at least [`COPY_RATIO`] times its payload: what it held after the peak (the median of
+//!   the timeline points after the peak where it appears, or at exit if more), or
 //! - with no payload figure, two stacks each at least [`TWIN_SHARE`] of what it held: the
 //!   bytes read and the objects made from them.
 
@@ -60,13 +60,17 @@ pub fn advise(report: &Report) -> Vec<Advice> {
         let Some(fix) = loader(&callees, source.as_deref().unwrap_or("")) else {
             continue;
         };
+        // The load's copy outlives the peak's instant by a tick or two: what the line
+        // settled at is the (lower) median of what it held after the peak.
         let after_peak = profile.peak_at_s.and_then(|peak_s| {
-            over_time
+            let mut after: Vec<u64> = over_time
                 .get(line.frame)?
                 .iter()
                 .filter(|(t_s, _)| *t_s > peak_s)
                 .map(|&(_, bytes)| bytes)
-                .max()
+                .collect();
+            after.sort_unstable();
+            after.get(after.len().saturating_sub(1) / 2).copied()
         });
         let at_end = exit.iter().find(|l| l.frame == line.frame).map(|l| l.bytes);
         let payload = after_peak
@@ -139,8 +143,10 @@ mod tests {
         );
         p.peak_at_s = Some(1.0);
         tick(&mut p, 0.95, &[(&stack, 300 * MIB)]);
-        tick(&mut p, 1.05, &[(&stack, 150 * MIB)]);
+        // The copy outlives the peak's instant by a tick.
+        tick(&mut p, 1.05, &[(&stack, 300 * MIB)]);
         tick(&mut p, 1.10, &[(&stack, 150 * MIB)]);
+        tick(&mut p, 1.15, &[(&stack, 150 * MIB)]);
         source(&mut p, &user(5), "model = pickle.loads(f.read())");
         let advice = advise(&report(p));
         assert_eq!(advice.len(), 1, "{advice:#?}");
