@@ -289,7 +289,7 @@ fn advice_section(out: &mut String, advice: &[Advice], cwd: &str) {
             .unwrap_or_else(|| "the run".to_owned());
         let saving = piece
             .saving_bytes
-            .map(|b| format!(", saves ~{}", format_size(b)))
+            .map(|b| format!("  (saves ~{})", format_size(b)))
             .unwrap_or_default();
         let _ = writeln!(
             out,
