@@ -192,7 +192,18 @@ pub mod kind {
     pub const NATIVE: u32 = 2;
     /// The stack was deeper than the reader walks; outer frames are missing.
     pub const TRUNCATED: u32 = 3;
+    /// The innermost frame of memory taken for CPython's small objects: an anonymous,
+    /// writable mapping exactly the size of a pymalloc arena of the running interpreter
+    /// (1 MiB on 3.10+, 256 KiB before), made while Python runs. `file` is
+    /// [`super::SMALL_OBJECTS_FILE`], `function` [`super::SMALL_OBJECTS_FUNCTION`], line 0;
+    /// the frames outside it are the stack whose allocation needed the arena.
+    pub const SMALL_OBJECTS: u32 = 4;
 }
+
+/// `file` of the [`kind::SMALL_OBJECTS`] frame.
+pub const SMALL_OBJECTS_FILE: &str = "<python objects>";
+/// `function` of the [`kind::SMALL_OBJECTS`] frame.
+pub const SMALL_OBJECTS_FUNCTION: &str = "[small objects]";
 
 /// Why a capture has no Python frames though the process ran Python.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
