@@ -37,6 +37,7 @@
 
 mod dlsym;
 mod hooks;
+mod malloc_info;
 mod mappings;
 pub mod python;
 mod sys;
@@ -575,6 +576,7 @@ extern "C" fn start() {
     if IS_PYTHON.load(Ordering::Relaxed) {
         ARENA_BYTES.store(python::arena_bytes(), Ordering::Relaxed);
     }
+    malloc_info::resolve();
     seed_process();
     threads::install(true);
     STATE.store(ACTIVE, Ordering::Release);
