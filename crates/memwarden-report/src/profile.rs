@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use memwarden_format::capture::{kind, Capture, CaptureError, Frame, SUFFIX};
+use memwarden_format::capture::{
+    kind, Capture, CaptureError, Frame, SMALL_OBJECTS_FILE, SMALL_OBJECTS_FUNCTION, SUFFIX,
+};
 use memwarden_format::names::escape_also;
 use memwarden_format::report::{
     LineAllocations, PeakMethod, ProcessProfile, Profile, ProfileMode, StackBytes, StackFrame,
@@ -49,6 +51,15 @@ pub fn read_dir(dir: &Path) -> std::io::Result<(Vec<Capture>, Vec<CaptureError>)
 
 /// A capture frame as the report shows it.
 pub(crate) fn stack_frame(frame: &Frame) -> StackFrame {
+    if frame.kind == kind::SMALL_OBJECTS {
+        // Memory of CPython's small objects (a pymalloc arena), under the line that needed it.
+        return StackFrame {
+            file: SMALL_OBJECTS_FILE.to_owned(),
+            line: 0,
+            function: SMALL_OBJECTS_FUNCTION.to_owned(),
+            imports: None,
+        };
+    }
     let function = match frame.kind {
         kind::THREAD => format!("[thread {}]", frame.function),
         _ => frame.function.clone(),
@@ -448,6 +459,21 @@ mod tests {
             function: function.to_owned(),
             imports: None,
         }
+    }
+
+    #[test]
+    fn the_small_objects_frame_is_shown_by_its_exported_names() {
+        let shown = stack_frame(&Frame {
+            file: "<python objects>".to_owned(),
+            function: "[small objects]".to_owned(),
+            line: 0,
+            kind: kind::SMALL_OBJECTS,
+        });
+        assert_eq!(shown, frame(SMALL_OBJECTS_FILE, 0, SMALL_OBJECTS_FUNCTION));
+        assert_eq!(
+            (shown.file.as_str(), shown.function.as_str()),
+            ("<python objects>", "[small objects]")
+        );
     }
 
     #[test]
