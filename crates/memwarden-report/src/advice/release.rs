@@ -6,7 +6,8 @@
 //!   peak, still held when the program finished;
 //! - grew steadily: in the profile's timeline (the heaviest stacks at each monitor tick),
 //!   the line's bytes rose in at least [`RISING_SHARE`] of its steps and at least
-//!   [`MIN_RISES`] of them, never fell by more than [`FALL_SHARE`], over at least
+//!   [`MIN_RISES`] of them, never fell by more than [`FALL_SHARE`] before its highest
+//!   point (a release after it, such as a cache cleared at the end, ends the growth), over at least
 //!   [`RUN_SHARE`] of the run's timeline, to at least twice where they started and by at
 //!   least [`super::LARGE_BYTES`]: a cache or a list that only grows. One load that takes
 //!   long rises too; the evidence says how long it rose.
@@ -31,6 +32,11 @@ const RUN_SHARE: f64 = 0.25;
 /// How a line grew over the run, from its `(t_s, bytes)` series and the run's timeline
 /// span in seconds: `(rises, steps, first bytes, last bytes, seconds)`.
 fn growth(series: &[(f64, u64)], run_s: f64) -> Option<(usize, usize, u64, u64, f64)> {
+    // The growth ends at the line's highest point; a release after it (a cache cleared at
+    // the end) is not part of it.
+    let max = series.iter().map(|p| p.1).max()?;
+    let highest = series.iter().rposition(|p| p.1 == max)?;
+    let series = &series[..=highest];
     let steps = series.len().checked_sub(1)?;
     let rises = series.windows(2).filter(|w| w[1].1 > w[0].1).count();
     let falls = series
@@ -177,6 +183,9 @@ mod tests {
         for i in 0..20u64 {
             tick(&mut p, i as f64 * 0.05, &[(&cache, (i + 1) * 8 * MIB)]);
         }
+        // Cleared at the end, over two ticks.
+        tick(&mut p, 1.0, &[(&cache, 100 * MIB)]);
+        tick(&mut p, 1.05, &[(&cache, 0)]);
         let advice = advise(&report(p));
         assert_eq!(advice.len(), 1, "{advice:#?}");
         assert!(advice[0]
