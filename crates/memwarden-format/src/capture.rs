@@ -127,6 +127,17 @@ pub mod field {
     pub const RESIDENCY_PASSES: usize = 208;
     /// Nanoseconds spent in residency passes and the snapshots they led to.
     pub const RESIDENCY_NS: usize = 216;
+    /// glibc's `mallinfo2().fordblks` at the last peak snapshot: bytes free inside malloc's
+    /// own arenas (the top chunk included), resident (once touched) but no part of the heap.
+    /// Valid when [`super::flag::MALLOC_INFO`] is set.
+    pub const MALLOC_FREE_AT_PEAK: usize = 224;
+    /// glibc's `mallinfo2().arena` at the last peak snapshot: bytes malloc got for its
+    /// arenas (`sbrk` and its mapped heaps), free or in use. Valid with
+    /// [`super::flag::MALLOC_INFO`].
+    pub const MALLOC_ARENA_AT_PEAK: usize = 232;
+    /// glibc's `mallinfo2().hblkhd` at the last peak snapshot: bytes in the chunks malloc
+    /// mapped one by one (its large blocks). Valid with [`super::flag::MALLOC_INFO`].
+    pub const MALLOC_MMAPPED_AT_PEAK: usize = 240;
     /// Whether this image's live bytes are counted in the run's tree counter
     /// ([`crate::tree`]): one of [`super::tree_state`]. Offsets 1024 to 1087 are kept for
     /// the tree.
@@ -159,6 +170,9 @@ pub mod flag {
     pub const CLOSED: u64 = 1 << 1;
     /// An exit snapshot was taken when the interpreter began to finalize.
     pub const EXIT_SNAPSHOT: u64 = 1 << 2;
+    /// glibc's `mallinfo2` was read at the last peak snapshot: the `MALLOC_*_AT_PEAK`
+    /// header fields hold its figures (clear with a glibc older than 2.33, which lacks it).
+    pub const MALLOC_INFO: u64 = 1 << 3;
 }
 
 /// Counter offsets within a node's [`COUNTER_SIZE`] bytes.
@@ -192,7 +206,18 @@ pub mod kind {
     pub const NATIVE: u32 = 2;
     /// The stack was deeper than the reader walks; outer frames are missing.
     pub const TRUNCATED: u32 = 3;
+    /// The innermost frame of memory taken for CPython's small objects: an anonymous,
+    /// writable mapping exactly the size of a pymalloc arena of the running interpreter
+    /// (1 MiB on 3.10+, 256 KiB before), made while Python runs. `file` is
+    /// [`super::SMALL_OBJECTS_FILE`], `function` [`super::SMALL_OBJECTS_FUNCTION`], line 0;
+    /// the frames outside it are the stack whose allocation needed the arena.
+    pub const SMALL_OBJECTS: u32 = 4;
 }
+
+/// `file` of the [`kind::SMALL_OBJECTS`] frame.
+pub const SMALL_OBJECTS_FILE: &str = "<python objects>";
+/// `function` of the [`kind::SMALL_OBJECTS`] frame.
+pub const SMALL_OBJECTS_FUNCTION: &str = "[small objects]";
 
 /// Why a capture has no Python frames though the process ran Python.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -319,6 +344,15 @@ pub struct Capture {
     pub residency_passes: u64,
     /// Header [`field::RESIDENCY_NS`].
     pub residency_ns: u64,
+    /// Header [`field::MALLOC_FREE_AT_PEAK`]: glibc's free bytes inside its arenas at the
+    /// last peak snapshot; `None` when [`flag::MALLOC_INFO`] is clear.
+    pub malloc_free_at_peak_bytes: Option<u64>,
+    /// Header [`field::MALLOC_ARENA_AT_PEAK`]: bytes of glibc's arenas at the last peak
+    /// snapshot; `None` when [`flag::MALLOC_INFO`] is clear.
+    pub malloc_arena_at_peak_bytes: Option<u64>,
+    /// Header [`field::MALLOC_MMAPPED_AT_PEAK`]: bytes of glibc's mapped chunks at the
+    /// last peak snapshot; `None` when [`flag::MALLOC_INFO`] is clear.
+    pub malloc_mmapped_at_peak_bytes: Option<u64>,
     /// Bytes allocated over the run (estimated in sampled mode), summed over stacks.
     pub allocated_bytes: u64,
     /// Allocations recorded (sampled ones in sampled mode), summed over stacks.
@@ -493,6 +527,8 @@ impl Capture {
         };
         let hexversion = header(field::PYTHON_HEXVERSION);
         let end_ns = header(field::END_NS);
+        let flags = header(field::FLAGS);
+        let malloc = |offset: usize| (flags & flag::MALLOC_INFO != 0).then(|| header(offset));
         let mut capture = Capture {
             path: path.to_owned(),
             pid: header(field::PID) as u32,
@@ -500,7 +536,7 @@ impl Capture {
             exact: header(field::MODE) == 2,
             sample_bytes: header(field::SAMPLE_BYTES),
             python_hexversion: (hexversion != 0).then_some(hexversion),
-            flags: header(field::FLAGS),
+            flags,
             live_bytes: header(field::LIVE_BYTES) as i64,
             peak_bytes: header(field::PEAK_BYTES) as i64,
             peak_snapshot_bytes: header(field::PEAK_SNAPSHOT_BYTES) as i64,
@@ -509,6 +545,9 @@ impl Capture {
             reserved_bytes: header(field::RESERVED_BYTES) as i64,
             residency_passes: header(field::RESIDENCY_PASSES),
             residency_ns: header(field::RESIDENCY_NS),
+            malloc_free_at_peak_bytes: malloc(field::MALLOC_FREE_AT_PEAK),
+            malloc_arena_at_peak_bytes: malloc(field::MALLOC_ARENA_AT_PEAK),
+            malloc_mmapped_at_peak_bytes: malloc(field::MALLOC_MMAPPED_AT_PEAK),
             allocated_bytes: counters.iter().map(|c| c.allocated).sum(),
             samples: counters.iter().map(|c| c.count).sum(),
             dropped: header(field::DROPPED),
@@ -609,6 +648,68 @@ mod tests {
         let files: Vec<&str> = capture.frames.iter().map(|f| f.file.as_str()).collect();
         assert_eq!(files, [r"/w/a\xff.py", r"/w/a\xfe.py"]);
         assert_eq!(capture.frames[0].function, r"f\xed\xa0\x80");
+    }
+
+    #[test]
+    fn malloc_figures_are_read_only_when_their_flag_is_set() {
+        let mut bytes = header_only();
+        let put = |bytes: &mut Vec<u8>, field: usize, value: u64| {
+            bytes[field..field + 8].copy_from_slice(&value.to_le_bytes());
+        };
+        put(&mut bytes, field::MALLOC_FREE_AT_PEAK, 3 << 20);
+        put(&mut bytes, field::MALLOC_ARENA_AT_PEAK, 40 << 20);
+        put(&mut bytes, field::MALLOC_MMAPPED_AT_PEAK, 0);
+        let capture = Capture::parse(Path::new("x"), &bytes).unwrap();
+        assert_eq!(capture.malloc_free_at_peak_bytes, None);
+        assert_eq!(capture.malloc_arena_at_peak_bytes, None);
+        assert_eq!(capture.malloc_mmapped_at_peak_bytes, None);
+        put(&mut bytes, field::FLAGS, flag::PYTHON | flag::MALLOC_INFO);
+        let capture = Capture::parse(Path::new("x"), &bytes).unwrap();
+        assert_eq!(capture.malloc_free_at_peak_bytes, Some(3 << 20));
+        assert_eq!(capture.malloc_arena_at_peak_bytes, Some(40 << 20));
+        assert_eq!(capture.malloc_mmapped_at_peak_bytes, Some(0));
+    }
+
+    #[test]
+    fn new_header_fields_take_unused_offsets() {
+        let mut offsets = [
+            field::MAGIC,
+            field::VERSION,
+            field::PID,
+            field::PPID,
+            field::MODE,
+            field::SAMPLE_BYTES,
+            field::PYTHON_HEXVERSION,
+            field::FLAGS,
+            field::STRINGS_USED,
+            field::FRAMES_USED,
+            field::NODES_USED,
+            field::LIVE_BYTES,
+            field::PEAK_BYTES,
+            field::PEAK_SNAPSHOT_BYTES,
+            field::EXIT_SNAPSHOT_BYTES,
+            field::DROPPED,
+            field::START_NS,
+            field::PEAK_NS,
+            field::END_NS,
+            field::EXE,
+            field::WARNING,
+            field::COMMITTED_PEAK_BYTES,
+            field::COMMITTED_EXIT_BYTES,
+            field::RESERVED_BYTES,
+            field::RESIDENCY_PASSES,
+            field::RESIDENCY_NS,
+            field::MALLOC_FREE_AT_PEAK,
+            field::MALLOC_ARENA_AT_PEAK,
+            field::MALLOC_MMAPPED_AT_PEAK,
+            field::TREE_STATE,
+            field::TREE_RESERVED_BYTES,
+        ];
+        assert!(offsets
+            .iter()
+            .all(|o| o % 8 == 0 && *o + 8 <= HEADER_SIZE as usize));
+        offsets.sort_unstable();
+        assert!(offsets.windows(2).all(|w| w[0] + 8 <= w[1]), "{offsets:?}");
     }
 
     #[test]

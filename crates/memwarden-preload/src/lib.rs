@@ -37,6 +37,7 @@
 
 mod dlsym;
 mod hooks;
+mod malloc_info;
 mod mappings;
 pub mod python;
 mod sys;
@@ -48,7 +49,7 @@ mod writer;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
-use memwarden_format::capture::kind;
+use memwarden_format::capture::{self as fmt, kind};
 
 use table::{AddressTable, Entry};
 use writer::{Settings, CAPTURE};
@@ -60,6 +61,9 @@ static STATE: AtomicU8 = AtomicU8::new(INACTIVE);
 static EXACT: AtomicBool = AtomicBool::new(false);
 static SAMPLE_BYTES: AtomicU64 = AtomicU64::new(512 << 10);
 static IS_PYTHON: AtomicBool = AtomicBool::new(false);
+/// Length of a pymalloc arena of the running interpreter, set at start when its frames can
+/// be read; 0 otherwise (no mapping is then taken for an arena).
+static ARENA_BYTES: AtomicU64 = AtomicU64::new(0);
 /// Bumped in every forked child, so threads' cached node ids from the parent are dropped.
 static GENERATION: AtomicU32 = AtomicU32::new(0);
 /// This process's seed for its threads' random streams, from `getrandom`: drawn at start,
@@ -209,6 +213,22 @@ enum Kind {
     LargeBlock,
     /// An anonymous mapping (or the pages an `mremap` added): in the table of ranges.
     Mapping,
+    /// An anonymous, writable mapping exactly as long as one of pymalloc's arenas
+    /// ([`arena_kind`]): a [`Kind::Mapping`] charged under the small-objects frame.
+    Arena,
+}
+
+/// The kind of a new anonymous mapping of `length` bytes that can be written: an
+/// [`Kind::Arena`] when it has the length of the running interpreter's pymalloc arenas.
+/// Memory that CPython's small-object allocator takes comes this way, an arena at a time;
+/// another library's mapping of exactly that length would be taken for one.
+#[inline]
+fn arena_kind(length: usize, writable: bool) -> Kind {
+    let arena = ARENA_BYTES.load(Ordering::Relaxed);
+    match writable && arena != 0 && length as u64 == arena {
+        true => Kind::Arena,
+        false => Kind::Mapping,
+    }
 }
 
 /// Called after every successful allocation of `size` bytes at `address`.
@@ -262,11 +282,14 @@ fn record_alloc(thread: &ThreadState, address: usize, size: usize, exact: bool, 
     if !capture_open() {
         return;
     }
-    let node = current_node(thread);
+    let mut node = current_node(thread);
+    if kind == Kind::Arena {
+        node = small_objects_node(node);
+    }
     let Some(table) = tracked() else { return };
     // A range goes into the table of ranges before it is counted, so that a snapshot taken
     // as it is counted finds its pages untouched.
-    if kind == Kind::Mapping {
+    if matches!(kind, Kind::Mapping | Kind::Arena) {
         if mappings::track_mapping(address, size, node, weight) {
             CAPTURE.allocated(node, weight);
         } else {
@@ -334,6 +357,37 @@ fn current_node(thread: &ThreadState) -> u32 {
         u32::MAX => thread.inherited.get(),
         frame => CAPTURE.node(thread.inherited.get(), frame),
     }
+}
+
+/// Cached frame id of the small-objects frame, as `generation << 32 | frame + 1`.
+static SMALL_OBJECTS_FRAME: AtomicU64 = AtomicU64::new(0);
+
+/// The stack `node` with the small-objects frame inside it, for a pymalloc arena mapped
+/// while the interpreter runs (initialised; its frames are readable, or no arena length
+/// would be known): `[small objects]` then the line whose object needed the arena. Before
+/// the interpreter is initialised `node` is kept. The frame is interned once per capture
+/// (per generation); looking up the node takes no lock once it exists.
+fn small_objects_node(node: u32) -> u32 {
+    if !python::initialized() {
+        return node;
+    }
+    let generation = u64::from(GENERATION.load(Ordering::Relaxed));
+    let cached = SMALL_OBJECTS_FRAME.load(Ordering::Relaxed);
+    let frame = if cached != 0 && cached >> 32 == generation {
+        (cached as u32).wrapping_sub(1)
+    } else {
+        let Some(frame) = CAPTURE.frame(
+            fmt::SMALL_OBJECTS_FILE.as_bytes(),
+            fmt::SMALL_OBJECTS_FUNCTION.as_bytes(),
+            0,
+            kind::SMALL_OBJECTS,
+        ) else {
+            return node;
+        };
+        SMALL_OBJECTS_FRAME.store((generation << 32) | u64::from(frame + 1), Ordering::Relaxed);
+        frame
+    };
+    CAPTURE.node(node, frame)
 }
 
 /// Stacks for memory with no Python stack to charge.
@@ -519,6 +573,10 @@ extern "C" fn start() {
     tree::attach(directory());
     // An interpreter whose frames cannot be read is profiled like a native process.
     IS_PYTHON.store(python::detect() && python::readable(), Ordering::Relaxed);
+    if IS_PYTHON.load(Ordering::Relaxed) {
+        ARENA_BYTES.store(python::arena_bytes(), Ordering::Relaxed);
+    }
+    malloc_info::resolve();
     seed_process();
     threads::install(true);
     STATE.store(ACTIVE, Ordering::Release);

@@ -629,6 +629,26 @@ impl Writer {
             .store(committed, Ordering::Relaxed);
         self.header(field::PEAK_NS)
             .store(sys::now_ns(), Ordering::Relaxed);
+        self.record_malloc_info();
+    }
+
+    /// Records glibc's own figures (`mallinfo2`) with the peak snapshot being taken: only
+    /// here, never per allocation (it locks every arena and walks the free lists). Its time
+    /// is part of the snapshot's, so [`Writer::pass_allowed`] spaces snapshots out by it
+    /// too. Reached from `take_peak` alone, which runs where this thread holds none of
+    /// malloc's locks (see `malloc_info::read`).
+    fn record_malloc_info(&self) {
+        let Some(figures) = crate::malloc_info::read() else {
+            return;
+        };
+        self.header(field::MALLOC_FREE_AT_PEAK)
+            .store(figures.free, Ordering::Relaxed);
+        self.header(field::MALLOC_ARENA_AT_PEAK)
+            .store(figures.arena, Ordering::Relaxed);
+        self.header(field::MALLOC_MMAPPED_AT_PEAK)
+            .store(figures.mmapped, Ordering::Relaxed);
+        self.header(field::FLAGS)
+            .fetch_or(flag::MALLOC_INFO, Ordering::Release);
     }
 
     /// Counts a residency pass that began at `started` (ns, cycles).

@@ -54,7 +54,7 @@ pub fn is_machinery(frame: &Frame) -> bool {
 
 /// Where the standard library or installed packages start in `file`: the offset of the
 /// module's path (`numpy/__init__.py`), if `file` is in one.
-fn library_root(file: &str) -> Option<usize> {
+pub(crate) fn library_root(file: &str) -> Option<usize> {
     for marker in ["/site-packages/", "/dist-packages/"] {
         if let Some(at) = file.rfind(marker) {
             return Some(at + marker.len());
@@ -305,6 +305,38 @@ mod tests {
         let raw = fold(stack, Frames::Raw);
         assert_eq!(raw.len(), 18);
         assert!(raw[0].starts_with("<frozen importlib._bootstrap>"));
+    }
+
+    #[test]
+    fn small_objects_taken_during_a_library_import_fold_into_it() {
+        let small = Frame {
+            file: "<python objects>".to_owned(),
+            function: "[small objects]".to_owned(),
+            line: 0,
+            kind: kind::SMALL_OBJECTS,
+        };
+        let mut stack = vec![frame("/proj/train.py", "<module>", 1)];
+        stack.extend(machinery());
+        stack.push(frame(&format!("{NUMPY}/__init__.py"), "<module>", 112));
+        stack.push(small.clone());
+        // Like everything a library's import allocated: one stack, the importing line.
+        assert_eq!(
+            fold(stack.clone(), Frames::Folded),
+            ["/proj/train.py:1 <module> [import numpy]"]
+        );
+        assert_eq!(
+            fold(stack, Frames::Raw)[0],
+            "<python objects>:0 [small objects]"
+        );
+        // Without an import: the frame as recorded, innermost.
+        let plain = vec![frame("/proj/train.py", "build", 7), small];
+        assert_eq!(
+            fold(plain, Frames::Folded),
+            [
+                "<python objects>:0 [small objects]",
+                "/proj/train.py:7 build"
+            ]
+        );
     }
 
     #[test]

@@ -3,13 +3,11 @@
 
 use std::collections::HashMap;
 
+use memwarden_format::capture::SMALL_OBJECTS_FUNCTION;
 use memwarden_format::report::{LineAllocations, LineStats, StackBytes, StackFrame};
 
 /// Most lines a profile lists: the heaviest by each of peak, exit and allocated bytes.
 pub const MAX_LINES: usize = 100;
-
-/// Function of the pseudo frame under which the preload charges pymalloc's arenas.
-pub const SMALL_OBJECTS: &str = "[small objects]";
 
 /// The line a stack is charged to: its innermost frame with a line number (a Python line,
 /// below pseudo frames such as `[small objects]` or `[thread NAME]`), else its innermost
@@ -22,7 +20,7 @@ pub fn line_of(stack: &[StackFrame]) -> Option<&StackFrame> {
 pub fn is_small_objects(stack: &[StackFrame]) -> bool {
     stack
         .first()
-        .is_some_and(|f| f.line == 0 && f.function == SMALL_OBJECTS)
+        .is_some_and(|f| f.line == 0 && f.function == SMALL_OBJECTS_FUNCTION)
 }
 
 /// The table: every line that held memory at the peak or at exit or allocated any, keeping
@@ -95,6 +93,7 @@ pub fn line_stats(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use memwarden_format::capture::SMALL_OBJECTS_FILE;
 
     fn frame(file: &str, line: u32, function: &str) -> StackFrame {
         StackFrame {
@@ -117,7 +116,7 @@ mod tests {
     #[test]
     fn pseudo_frames_are_charged_to_the_python_line_under_them() {
         let build = frame("train.py", 12, "build");
-        let objects = frame("<python objects>", 0, SMALL_OBJECTS);
+        let objects = frame(SMALL_OBJECTS_FILE, 0, SMALL_OBJECTS_FUNCTION);
         let at_peak = [
             held(
                 vec![objects, build.clone(), frame("train.py", 40, "main")],

@@ -4,9 +4,12 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use memwarden_format::capture::{kind, Capture, CaptureError, Frame, SUFFIX};
+use memwarden_format::capture::{
+    kind, Capture, CaptureError, Frame, SMALL_OBJECTS_FILE, SMALL_OBJECTS_FUNCTION, SUFFIX,
+};
 use memwarden_format::report::{
-    LineAllocations, PeakMethod, ProcessProfile, Profile, ProfileMode, StackBytes, StackFrame,
+    LineAllocations, MallocFigures, PeakMethod, ProcessProfile, Profile, ProfileMode, StackBytes,
+    StackFrame,
 };
 
 pub use crate::imports::Frames;
@@ -48,6 +51,15 @@ pub fn read_dir(dir: &Path) -> std::io::Result<(Vec<Capture>, Vec<CaptureError>)
 
 /// A capture frame as the report shows it.
 pub(crate) fn stack_frame(frame: &Frame) -> StackFrame {
+    if frame.kind == kind::SMALL_OBJECTS {
+        // Memory of CPython's small objects (a pymalloc arena), under the line that needed it.
+        return StackFrame {
+            file: SMALL_OBJECTS_FILE.to_owned(),
+            line: 0,
+            function: SMALL_OBJECTS_FUNCTION.to_owned(),
+            imports: None,
+        };
+    }
     let function = match frame.kind {
         kind::THREAD => format!("[thread {}]", frame.function),
         _ => frame.function.clone(),
@@ -345,6 +357,22 @@ pub fn analyze(
         ));
     }
     let peak_bytes: u64 = processes.iter().map(|(_, p)| p.peak_bytes).sum();
+    // glibc's figures at each process's own peak snapshot, added over those that read them.
+    let malloc_at_peak = by_pid
+        .iter()
+        .filter_map(|(_, list)| {
+            let highest = list.iter().max_by_key(|c| c.committed_peak_bytes)?;
+            Some(MallocFigures {
+                free_bytes: highest.malloc_free_at_peak_bytes?,
+                arena_bytes: highest.malloc_arena_at_peak_bytes?,
+                mmapped_bytes: highest.malloc_mmapped_at_peak_bytes?,
+            })
+        })
+        .reduce(|a, b| MallocFigures {
+            free_bytes: a.free_bytes + b.free_bytes,
+            arena_bytes: a.arena_bytes + b.arena_bytes,
+            mmapped_bytes: a.mmapped_bytes + b.mmapped_bytes,
+        });
     let requested_peak_bytes: u64 = processes.iter().map(|(_, p)| p.requested_peak_bytes).sum();
     let mut top_lines: Vec<LineAllocations> = lines
         .into_iter()
@@ -390,6 +418,7 @@ pub fn analyze(
         peak_at_s: None,
         at_peak_bytes: held_at_peak,
         at_peak_gap_s: None,
+        malloc_at_peak,
         // The timeline comes from `tree::TreeWatch::apply`; the tables made from the final
         // stacks from `Analysis::finish`.
         ..Profile::empty(mode)
@@ -414,6 +443,21 @@ mod tests {
             function: function.to_owned(),
             imports: None,
         }
+    }
+
+    #[test]
+    fn the_small_objects_frame_is_shown_by_its_exported_names() {
+        let shown = stack_frame(&Frame {
+            file: "<python objects>".to_owned(),
+            function: "[small objects]".to_owned(),
+            line: 0,
+            kind: kind::SMALL_OBJECTS,
+        });
+        assert_eq!(shown, frame(SMALL_OBJECTS_FILE, 0, SMALL_OBJECTS_FUNCTION));
+        assert_eq!(
+            (shown.file.as_str(), shown.function.as_str()),
+            ("<python objects>", "[small objects]")
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 mod support;
 
+use memwarden_format::advice::{Advice, Technique};
 use memwarden_format::report::{
     Budget, BudgetStatus, Enforcement, Exit, Gpu, Limits, MonitorInfo, Peak, PeakMethod,
     PeakSource, ProcessReport, Profile, ProfileMode, Report, StackBytes, StackFrame, SCHEMA,
@@ -309,4 +310,54 @@ fn run_oom_killed_over_budget() {
     report.processes = vec![process(42, 1, &["python", "train.py"])];
     report.warnings = vec!["something to know".to_owned()];
     assert_golden("run_oom_killed_over_budget", &summary(&report));
+}
+
+fn advice(technique: Technique, frame: Option<StackFrame>, saving_bytes: Option<u64>) -> Advice {
+    Advice {
+        technique,
+        rule: format!("{technique:?}").to_lowercase(),
+        frame,
+        source: None,
+        evidence: format!("the evidence for {}", technique.title().to_lowercase()),
+        saving_bytes,
+        saving_basis: "the basis".to_owned(),
+        fix: format!("the fix for {}", technique.title().to_lowercase()),
+    }
+}
+
+/// The profiled tree with five pieces of advice: the summary shows three, most saved first
+/// as the engine sorted them (a line's location relative to the command's directory, the
+/// run's as such, a line break in evidence escaped), and says where the rest are.
+#[test]
+fn run_with_advice() {
+    let mut report = base_report(
+        &["python", "train.py"],
+        Peak {
+            heap_bytes: Some(2040 * MIB),
+            ..peak(2600 * MIB, PeakSource::VmHwm, 7.3, None)
+        },
+    );
+    report.profile = Some(tree_profile());
+    let mut stream = advice(
+        Technique::Stream,
+        Some(frame("/work/project/train.py", 40, "load_features")),
+        Some(1200 * MIB),
+    );
+    stream.evidence = "held 1.17 GiB at the heap peak, 59% of 1.99 GiB (sampled estimate);\nnp.load without mmap_mode reads the whole array into the heap".to_owned();
+    report.advice = vec![
+        stream,
+        advice(
+            Technique::Release,
+            Some(frame("/work/project/train.py", 60, "cache_batches")),
+            Some(700 * MIB),
+        ),
+        advice(Technique::Headroom, None, None),
+        advice(
+            Technique::Temporaries,
+            Some(frame("/work/project/train.py", 55, "augment")),
+            None,
+        ),
+        advice(Technique::Headroom, None, None),
+    ];
+    assert_golden("run_with_advice", &summary(&report));
 }

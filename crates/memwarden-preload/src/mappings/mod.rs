@@ -276,8 +276,8 @@ fn page_end(start: u64, length: usize) -> u64 {
 
 /// Charges a new mapping of `length` bytes at `start`, if the sampler picks it: the
 /// sampler then calls [`track_mapping`].
-fn track(start: usize, length: usize) {
-    crate::on_alloc(start, length, crate::Kind::Mapping);
+fn track(start: usize, length: usize, kind: crate::Kind) {
+    crate::on_alloc(start, length, kind);
 }
 
 /// Follows a new mapping of `length` bytes at `start`, to be charged `weight` bytes at
@@ -374,7 +374,8 @@ pub fn mmap(
         held.release(start, end);
     }
     if flags & libc::MAP_ANONYMOUS != 0 && protection != libc::PROT_NONE {
-        track(mapped as usize, length);
+        let kind = crate::arena_kind(length, protection & libc::PROT_WRITE != 0);
+        track(mapped as usize, length, kind);
     }
     mapped
 }
@@ -436,7 +437,11 @@ pub fn mremap(
     }
     // An `old_size` of 0 asks for a second mapping of the same shared pages: no new memory.
     if new_size > old_size && old_size > 0 {
-        track(moved as usize + old_size, new_size - old_size);
+        track(
+            moved as usize + old_size,
+            new_size - old_size,
+            crate::Kind::Mapping,
+        );
     }
     moved
 }

@@ -135,6 +135,21 @@ pub fn write_header() {
     }
 }
 
+/// The length of one of pymalloc's arenas in the interpreter [`detect`] found, from the
+/// version it records in the capture (`PYTHON_HEXVERSION`): 1 MiB from CPython 3.10 on
+/// (`USE_LARGE_ARENAS`, 64-bit builds), 256 KiB before; 0 when no CPython 3 was found.
+pub fn arena_bytes() -> u64 {
+    arena_bytes_of(PYTHON.hexversion.load(Ordering::Relaxed))
+}
+
+fn arena_bytes_of(hexversion: u64) -> u64 {
+    match ((hexversion >> 24) & 0xff, (hexversion >> 16) & 0xff) {
+        (3, minor) if minor >= 10 => 1 << 20,
+        (3, _) => 256 << 10,
+        _ => 0,
+    }
+}
+
 /// `sys.hexversion` (minus the release level) parsed from `Py_GetVersion()`, e.g.
 /// "3.10.13 (main, ...)". Called from the constructor only: it formats into a static buffer.
 fn version_from_string(function: usize) -> u64 {
@@ -499,7 +514,16 @@ pub fn current_node(last: &LastStack) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
-    use super::encode_code_point;
+    use super::{arena_bytes_of, encode_code_point};
+
+    #[test]
+    fn arena_length_follows_the_version() {
+        assert_eq!(arena_bytes_of(0x0309_1200), 256 << 10);
+        assert_eq!(arena_bytes_of(0x030a_0d00), 1 << 20);
+        assert_eq!(arena_bytes_of(0x030d_0000), 1 << 20);
+        assert_eq!(arena_bytes_of(0), 0);
+        assert_eq!(arena_bytes_of(0x0207_1200), 0);
+    }
 
     fn encode(text: &[u32]) -> Vec<u8> {
         let mut out = Vec::new();

@@ -11,19 +11,67 @@
 //! (`numpy/lib/npyio.py` `load`, `json/__init__.py` `load`, pandas' readers,
 //! `torch/serialization.py` `load`).
 
-use memwarden_format::advice::Advice;
-use memwarden_format::report::Report;
+use memwarden_format::advice::{Advice, Technique};
+use memwarden_format::report::{Profile, Report, StackFrame};
+
+mod compact;
+#[cfg(test)]
+mod fixtures;
+mod frames;
+mod headroom;
+mod release;
+mod serialization;
+mod stream;
+mod temporaries;
 
 /// A rule: the advice it finds in a report.
 type Rule = fn(&Report) -> Vec<Advice>;
 
 /// Every rule, in the order their advice is shown when savings tie.
-const RULES: &[Rule] = &[];
+const RULES: &[Rule] = &[
+    stream::advise,
+    serialization::advise,
+    release::advise,
+    compact::advise,
+    temporaries::advise,
+    headroom::advise,
+];
+
+/// Memory a line must hold for the rules that read the peak to speak of it: at least
+/// [`LARGE_BYTES`] and [`LARGE_SHARE`] of the heap peak. 16 MiB: under it a rewrite rarely
+/// pays, and it is 32 sampling intervals at the default 512 KiB, so a sampled estimate of
+/// it is off by 2.8 MiB (one standard error, sqrt(16 MiB × 512 KiB)) at worst: sampling can
+/// neither miss such a line nor push a much smaller one over the bar.
+const LARGE_BYTES: u64 = 16 << 20;
+/// A tenth of the peak: a change that moves the peak by less is lost in run-to-run noise.
+const LARGE_SHARE: f64 = 0.10;
+
+/// Whether `bytes` is large enough, against a heap peak of `peak_bytes`, to advise on.
+fn is_large(bytes: u64, peak_bytes: u64) -> bool {
+    bytes >= LARGE_BYTES && bytes as f64 >= LARGE_SHARE * peak_bytes as f64
+}
+
+/// The text of `frame`'s line, as captured when the run ended.
+fn source_of(profile: &Profile, frame: &StackFrame) -> Option<String> {
+    crate::sources::text(profile, frame).map(str::to_owned)
+}
 
 /// Every rule's advice for `report`, largest estimated saving first (advice without an
 /// estimate last).
+///
+/// A load that peaks at twice its payload (`serialization`) is also a large
+/// materialisation (`stream`): the line gets the serialization advice only, whose fix
+/// (a format that maps instead of copying) covers both.
 pub fn advise(report: &Report) -> Vec<Advice> {
     let mut advice: Vec<Advice> = RULES.iter().flat_map(|rule| rule(report)).collect();
+    let copied: Vec<StackFrame> = advice
+        .iter()
+        .filter(|a| a.technique == Technique::Serialization)
+        .filter_map(|a| a.frame.clone())
+        .collect();
+    advice.retain(|a| {
+        a.technique != Technique::Stream || a.frame.as_ref().is_none_or(|f| !copied.contains(f))
+    });
     advice.sort_by_key(|a| std::cmp::Reverse(a.saving_bytes));
     advice
 }

@@ -1,8 +1,10 @@
 //! The run summary printed at the end of `memwarden run`: peak, when, which process,
-//! headroom, budget verdict, and the profile's stacks (also `memwarden analyze`).
+//! headroom, budget verdict, the profile's stacks (also `memwarden analyze`) and the top
+//! advice.
 
 use std::fmt::Write;
 
+use memwarden_format::advice::Advice;
 use memwarden_format::names::{escape_also, is_control};
 use memwarden_format::report::{
     BudgetStatus, Enforcement, PeakMethod, PeakSource, Profile, ProfileMode, Report, StackBytes,
@@ -138,6 +140,7 @@ pub fn summary(report: &Report) -> String {
     if let Some(profile) = &report.profile {
         profile_section(&mut out, profile, &report.cwd);
     }
+    advice_section(&mut out, &report.advice, &report.cwd);
     for warning in &report.warnings {
         let _ = writeln!(out, "  warning: {warning}");
     }
@@ -265,6 +268,43 @@ pub fn profile_section(out: &mut String, profile: &Profile, cwd: &str) {
             ),
         };
         stack_table(out, &title, &profile.leaked, profile.leaked_bytes, cwd);
+    }
+}
+
+/// Pieces of advice the summary shows; the rest are in the JSON and HTML reports.
+const ADVICE_SHOWN: usize = 3;
+
+/// The advice, most saved first: technique, line, saving and evidence on one line, the fix
+/// on the next.
+fn advice_section(out: &mut String, advice: &[Advice], cwd: &str) {
+    if advice.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "  advice:");
+    for piece in advice.iter().take(ADVICE_SHOWN) {
+        let location = piece
+            .frame
+            .as_ref()
+            .map(|f| frame_label(f, cwd))
+            .unwrap_or_else(|| "the run".to_owned());
+        let saving = piece
+            .saving_bytes
+            .map(|b| format!("  (saves ~{})", format_size(b)))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "    {}  {location}{saving}: {}",
+            piece.technique.title(),
+            escape_also(&piece.evidence, is_control)
+        );
+        let _ = writeln!(out, "      fix: {}", escape_also(&piece.fix, is_control));
+    }
+    if advice.len() > ADVICE_SHOWN {
+        let _ = writeln!(
+            out,
+            "    {} more in the HTML report and the JSON report's advice",
+            advice.len() - ADVICE_SHOWN
+        );
     }
 }
 

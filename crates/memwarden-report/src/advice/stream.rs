@@ -1,0 +1,242 @@
+//! Stream instead of materialising: a whole file or dataset loaded at once, holding a
+//! large share of the heap peak.
+//!
+//! Evidence: a user line holding at least [`super::LARGE_BYTES`] and [`super::LARGE_SHARE`]
+//! of the heap peak that loads whole: a library loader under it (numpy's `load` without
+//! `mmap_mode`, `loadtxt`/`genfromtxt`, pandas' `read_csv` without `chunksize`,
+//! `torch.load` without `mmap=True`, json's `load`), or, for loaders that run no Python
+//! frame, its text (`readlines()`, `json.load(`, `pickle.load(`, `list(` of a generator,
+//! `.read()`).
+
+use memwarden_format::advice::{Advice, Technique};
+use memwarden_format::report::{Report, StackFrame};
+use memwarden_format::units::format_size;
+
+use super::frames::{at_peak, by_user_line, how_measured, percent};
+
+/// What a line loads whole, and how to stream it instead.
+struct Load {
+    what: &'static str,
+    fix: &'static str,
+}
+
+/// Whether a library frame the line called loads whole, given the line's text.
+type CallsLoader = fn(&StackFrame, &str) -> bool;
+/// Whether the line's text loads whole.
+type ReadsWhole = fn(&str) -> bool;
+
+/// The library loaders a user line may call.
+const LIBRARY_LOADS: &[(CallsLoader, Load)] = &[
+    (
+        |f, text| {
+            f.file.contains("/numpy/") && f.file.contains("npyio") && f.function == "load"
+                && !text.contains("mmap_mode")
+        },
+        Load {
+            what: "np.load without mmap_mode reads the whole array into the heap",
+            fix: "np.load(path, mmap_mode='r'): pages are read as used and stay file-backed, which the kernel can drop",
+        },
+    ),
+    (
+        |f, _| {
+            f.file.contains("/numpy/")
+                && f.file.contains("npyio")
+                && (f.function == "loadtxt" || f.function == "genfromtxt")
+        },
+        Load {
+            what: "np.loadtxt/genfromtxt parses the whole text file at once",
+            fix: "convert the file once to .npy and np.load(path, mmap_mode='r'), or read row blocks (max_rows=, skiprows=)",
+        },
+    ),
+    (
+        |f, text| {
+            f.file.contains("/pandas/io/parsers/")
+                && (f.function.starts_with("read_csv") || f.function.starts_with("read_table"))
+                && !text.contains("chunksize")
+                && !text.contains("iterator=True")
+        },
+        Load {
+            what: "read_csv without chunksize builds the whole frame",
+            fix: "pd.read_csv(path, chunksize=100_000) and reduce each chunk; usecols= and dtype= shrink what is kept",
+        },
+    ),
+    (
+        |f, text| {
+            f.file.ends_with("torch/serialization.py")
+                && f.function == "load"
+                && !text.contains("mmap=True")
+        },
+        Load {
+            what: "torch.load without mmap=True copies every tensor into memory",
+            fix: "torch.load(path, mmap=True), or safetensors: tensors stay file-backed until used",
+        },
+    ),
+    (
+        |f, _| f.file.ends_with("/json/__init__.py") && f.function == "load",
+        Load {
+            what: "json.load reads the whole document, then builds every object",
+            fix: "parse incrementally (ijson), or write JSON Lines and read one record per line",
+        },
+    ),
+];
+
+/// Loads that run no Python frame of their own, told by the line's text; the first match
+/// wins.
+const TEXT_LOADS: &[(ReadsWhole, Load)] = &[
+    (
+        |text| text.contains(".readlines()"),
+        Load {
+            what: "readlines() makes a list of every line of the file",
+            fix: "iterate over the file (for line in f:) and keep only what each line contributes",
+        },
+    ),
+    (
+        |text| text.contains("json.load("),
+        Load {
+            what: "json.load reads the whole document, then builds every object",
+            fix: "parse incrementally (ijson), or write JSON Lines and read one record per line",
+        },
+    ),
+    (
+        |text| text.contains("pickle.load(") || text.contains("joblib.load("),
+        Load {
+            what: "a pickle loads whole: it has no partial read",
+            fix: "store large arrays as .npy and np.load(path, mmap_mode='r'), or split the pickle into pieces loaded as needed",
+        },
+    ),
+    (
+        |text| {
+            text.find("list(").is_some_and(|at| {
+                let rest = &text[at..];
+                rest.contains(" for ") || rest.contains("map(") || rest.contains("open(")
+            })
+        },
+        Load {
+            what: "list(...) materialises every item of an iterator",
+            fix: "iterate over the generator itself: each item is freed once used",
+        },
+    ),
+    (
+        |text| text.contains(".read()"),
+        Load {
+            what: ".read() reads the whole file into one object",
+            fix: "read fixed-size chunks (for chunk in iter(lambda: f.read(1 << 20), b'')), or mmap.mmap the file",
+        },
+    ),
+];
+
+/// Advice for each large user line that loads whole.
+pub fn advise(report: &Report) -> Vec<Advice> {
+    let Some(profile) = &report.profile else {
+        return Vec::new();
+    };
+    let mut advice = Vec::new();
+    for line in by_user_line(at_peak(profile)) {
+        if !super::is_large(line.bytes, profile.peak_bytes) {
+            continue;
+        }
+        let source = super::source_of(profile, line.frame);
+        let text = source.as_deref().unwrap_or("");
+        let library = line.callees().find_map(|callee| {
+            LIBRARY_LOADS
+                .iter()
+                .find(|(calls, _)| calls(callee, text))
+                .map(|(_, load)| load)
+        });
+        let Some(load) = library.or_else(|| {
+            TEXT_LOADS
+                .iter()
+                .find(|(reads, _)| reads(text))
+                .map(|(_, load)| load)
+        }) else {
+            continue;
+        };
+        advice.push(Advice {
+            technique: Technique::Stream,
+            rule: "stream".to_owned(),
+            frame: Some(line.frame.clone()),
+            source,
+            evidence: format!(
+                "held {} at the heap peak, {} of {} ({}); {}",
+                format_size(line.bytes),
+                percent(line.bytes, profile.peak_bytes),
+                format_size(profile.peak_bytes),
+                how_measured(profile),
+                load.what
+            ),
+            saving_bytes: Some(line.bytes),
+            saving_basis: "what the line held at the peak: streamed it holds one chunk, mapped it \
+                           holds file-backed pages the kernel can drop"
+                .to_owned(),
+            fix: load.fix.to_owned(),
+        });
+    }
+    advice
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::advice::fixtures::{frame, held, profile, report, source, user, MIB, NUMPY};
+    use memwarden_format::report::ProfileMode;
+
+    fn np_load(line: u32) -> Vec<StackFrame> {
+        vec![
+            frame(&format!("{NUMPY}/lib/_format_impl.py"), 847, "read_array"),
+            frame(&format!("{NUMPY}/lib/_npyio_impl.py"), 483, "load"),
+            user(line),
+            frame("train.py", 40, "<module>"),
+        ]
+    }
+
+    #[test]
+    fn a_whole_array_load_is_advised_at_the_users_line() {
+        let mut p = profile(
+            ProfileMode::Sampled,
+            400 * MIB,
+            vec![
+                held(np_load(12), 300 * MIB),
+                held(vec![user(20)], 100 * MIB),
+            ],
+        );
+        source(&mut p, &user(12), "x = np.load(path)");
+        let advice = advise(&report(p));
+        assert_eq!(advice.len(), 1, "{advice:#?}");
+        assert_eq!(advice[0].frame, Some(user(12)));
+        assert_eq!(advice[0].saving_bytes, Some(300 * MIB));
+        assert!(advice[0]
+            .evidence
+            .contains("75% of 400.00 MiB (sampled estimate)"));
+        assert!(advice[0].fix.contains("mmap_mode='r'"));
+    }
+
+    #[test]
+    fn readlines_is_told_by_the_text() {
+        let mut p = profile(
+            ProfileMode::Exact,
+            200 * MIB,
+            vec![held(vec![user(7)], 150 * MIB)],
+        );
+        source(&mut p, &user(7), "rows = f.readlines()");
+        let advice = advise(&report(p));
+        assert_eq!(advice.len(), 1);
+        assert!(advice[0].fix.contains("for line in f"));
+    }
+
+    #[test]
+    fn a_mapped_load_a_small_one_or_a_plain_line_get_none() {
+        let mut p = profile(
+            ProfileMode::Sampled,
+            1000 * MIB,
+            vec![
+                held(np_load(12), 300 * MIB),
+                held(np_load(13), 50 * MIB),
+                held(vec![user(14)], 600 * MIB),
+            ],
+        );
+        source(&mut p, &user(12), "x = np.load(path, mmap_mode='r')");
+        source(&mut p, &user(13), "y = np.load(other)");
+        source(&mut p, &user(14), "z = np.ones(n)");
+        assert_eq!(advise(&report(p)), Vec::new());
+    }
+}
