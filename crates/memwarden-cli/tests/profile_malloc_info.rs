@@ -12,11 +12,13 @@ const MIB: u64 = 1 << 20;
 
 /// Python that leaves holes in malloc's heap (blocks over pymalloc's 512-byte limit, every
 /// other one freed), then holds a 200 MiB numpy buffer (one chunk glibc maps by itself) at
-/// the peak.
+/// the peak. `mallinfo2` walks every free chunk, so after a slow call the next is skipped
+/// for 32 times as long: the pause lets the buffer's snapshot read it.
 const SCRIPT: &str = "\
-import numpy as np
+import numpy as np, time
 blocks = [bytes(2000 + i % 100) for i in range(20000)]
 del blocks[::2]
+time.sleep(0.2)
 def load():
     return np.ones(200 * 1024 * 1024 // 8)
 a = load()
@@ -63,6 +65,16 @@ fn the_peak_snapshot_records_mallocs_own_figures() {
         assert!(
             arena < 2 * 1024 * MIB,
             "{mode}: an implausible arena of {arena} bytes"
+        );
+        // Read by a peak snapshot: the last one, or one a moment before it when the last
+        // came too soon after a slow call (a measure of the buffer's pages 10 ms later).
+        let read_ns = capture.malloc_read_ns.expect("read time");
+        assert!(
+            read_ns >= capture.start_ns
+                && read_ns <= capture.peak_ns
+                && capture.peak_ns - read_ns < 150_000_000,
+            "{mode}: read at {read_ns}, peak snapshot at {}",
+            capture.peak_ns
         );
         // The numpy buffer is live at the peak, in a chunk of its own.
         assert!(

@@ -138,6 +138,10 @@ pub mod field {
     /// glibc's `mallinfo2().hblkhd` at the last peak snapshot: bytes in the chunks malloc
     /// mapped one by one (its large blocks). Valid with [`super::flag::MALLOC_INFO`].
     pub const MALLOC_MMAPPED_AT_PEAK: usize = 240;
+    /// Wall-clock time (ns since the epoch) the `MALLOC_*_AT_PEAK` figures were read: the
+    /// last peak snapshot's ([`PEAK_NS`]), or an earlier one's when `mallinfo2` was slow
+    /// (many free chunks) and skipped at the later ones to bound its cost.
+    pub const MALLOC_READ_NS: usize = 248;
     /// Whether this image's live bytes are counted in the run's tree counter
     /// ([`crate::tree`]): one of [`super::tree_state`]. Offsets 1024 to 1087 are kept for
     /// the tree.
@@ -353,6 +357,10 @@ pub struct Capture {
     /// Header [`field::MALLOC_MMAPPED_AT_PEAK`]: bytes of glibc's mapped chunks at the
     /// last peak snapshot; `None` when [`flag::MALLOC_INFO`] is clear.
     pub malloc_mmapped_at_peak_bytes: Option<u64>,
+    /// Header [`field::MALLOC_READ_NS`]: when those figures were read (the last peak
+    /// snapshot's time, [`Capture::peak_ns`], unless `mallinfo2` was skipped there to bound
+    /// its cost); `None` when [`flag::MALLOC_INFO`] is clear.
+    pub malloc_read_ns: Option<u64>,
     /// Bytes allocated over the run (estimated in sampled mode), summed over stacks.
     pub allocated_bytes: u64,
     /// Allocations recorded (sampled ones in sampled mode), summed over stacks.
@@ -548,6 +556,7 @@ impl Capture {
             malloc_free_at_peak_bytes: malloc(field::MALLOC_FREE_AT_PEAK),
             malloc_arena_at_peak_bytes: malloc(field::MALLOC_ARENA_AT_PEAK),
             malloc_mmapped_at_peak_bytes: malloc(field::MALLOC_MMAPPED_AT_PEAK),
+            malloc_read_ns: malloc(field::MALLOC_READ_NS),
             allocated_bytes: counters.iter().map(|c| c.allocated).sum(),
             samples: counters.iter().map(|c| c.count).sum(),
             dropped: header(field::DROPPED),
@@ -659,15 +668,18 @@ mod tests {
         put(&mut bytes, field::MALLOC_FREE_AT_PEAK, 3 << 20);
         put(&mut bytes, field::MALLOC_ARENA_AT_PEAK, 40 << 20);
         put(&mut bytes, field::MALLOC_MMAPPED_AT_PEAK, 0);
+        put(&mut bytes, field::MALLOC_READ_NS, 77);
         let capture = Capture::parse(Path::new("x"), &bytes).unwrap();
         assert_eq!(capture.malloc_free_at_peak_bytes, None);
         assert_eq!(capture.malloc_arena_at_peak_bytes, None);
         assert_eq!(capture.malloc_mmapped_at_peak_bytes, None);
+        assert_eq!(capture.malloc_read_ns, None);
         put(&mut bytes, field::FLAGS, flag::PYTHON | flag::MALLOC_INFO);
         let capture = Capture::parse(Path::new("x"), &bytes).unwrap();
         assert_eq!(capture.malloc_free_at_peak_bytes, Some(3 << 20));
         assert_eq!(capture.malloc_arena_at_peak_bytes, Some(40 << 20));
         assert_eq!(capture.malloc_mmapped_at_peak_bytes, Some(0));
+        assert_eq!(capture.malloc_read_ns, Some(77));
     }
 
     #[test]
@@ -702,6 +714,7 @@ mod tests {
             field::MALLOC_FREE_AT_PEAK,
             field::MALLOC_ARENA_AT_PEAK,
             field::MALLOC_MMAPPED_AT_PEAK,
+            field::MALLOC_READ_NS,
             field::TREE_STATE,
             field::TREE_RESERVED_BYTES,
         ];

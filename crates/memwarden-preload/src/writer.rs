@@ -63,6 +63,9 @@ static LAST_SPAN: AtomicU64 = AtomicU64::new(0);
 const SHORT_PASS_CYCLES: u64 = 1 << 14;
 /// A longer pass is followed by at least this many times its length without one.
 const SPACING: u64 = 8;
+/// Cycles the current snapshot spent in `mallinfo2`, which has a budget of its own
+/// (`malloc_info::read_spaced`) and so is left out of the pass's length.
+static MALLOC_INFO_CYCLES: AtomicU64 = AtomicU64::new(0);
 
 // SAFETY: every field is an atomic or the lock; the mappings they point to are only written
 // through atomics or under `intern`.
@@ -627,26 +630,31 @@ impl Writer {
             .store(live, Ordering::Relaxed);
         self.header(field::COMMITTED_PEAK_BYTES)
             .store(committed, Ordering::Relaxed);
-        self.header(field::PEAK_NS)
-            .store(sys::now_ns(), Ordering::Relaxed);
-        self.record_malloc_info();
+        let now = sys::now_ns();
+        self.header(field::PEAK_NS).store(now, Ordering::Relaxed);
+        self.record_malloc_info(now);
     }
 
-    /// Records glibc's own figures (`mallinfo2`) with the peak snapshot being taken: only
-    /// here, never per allocation (it locks every arena and walks the free lists). Its time
-    /// is part of the snapshot's, so [`Writer::pass_allowed`] spaces snapshots out by it
-    /// too. Reached from `take_peak` alone, which runs where this thread holds none of
-    /// malloc's locks (see `malloc_info::read`).
-    fn record_malloc_info(&self) {
-        let Some(figures) = crate::malloc_info::read() else {
+    /// Records glibc's own figures (`mallinfo2`) with the peak snapshot being taken, `now`
+    /// being its time: only here, never per allocation (it locks every arena and walks the
+    /// free lists), and within its own budget (`malloc_info::read_spaced`): skipped, the
+    /// figures of an earlier peak snapshot stand, with their time. Its cycles are kept out
+    /// of the pass's length ([`MALLOC_INFO_CYCLES`]), so that a slow `mallinfo2` never
+    /// spaces out the peak snapshots themselves. Reached from `take_peak` alone, which
+    /// runs where this thread holds none of malloc's locks (see `malloc_info::read`).
+    fn record_malloc_info(&self, now: u64) {
+        let Some((figures, cycles)) = crate::malloc_info::read_spaced() else {
             return;
         };
+        MALLOC_INFO_CYCLES.store(cycles, Ordering::Relaxed);
         self.header(field::MALLOC_FREE_AT_PEAK)
             .store(figures.free, Ordering::Relaxed);
         self.header(field::MALLOC_ARENA_AT_PEAK)
             .store(figures.arena, Ordering::Relaxed);
         self.header(field::MALLOC_MMAPPED_AT_PEAK)
             .store(figures.mmapped, Ordering::Relaxed);
+        self.header(field::MALLOC_READ_NS)
+            .store(now, Ordering::Relaxed);
         self.header(field::FLAGS)
             .fetch_or(flag::MALLOC_INFO, Ordering::Release);
     }
@@ -658,7 +666,11 @@ impl Writer {
         self.header(field::RESIDENCY_NS)
             .fetch_add(sys::now_ns().saturating_sub(started.0), Ordering::Relaxed);
         let end = sys::cycles();
-        LAST_SPAN.store(end.wrapping_sub(started.1), Ordering::Relaxed);
+        let malloc_info = MALLOC_INFO_CYCLES.swap(0, Ordering::Relaxed);
+        LAST_SPAN.store(
+            end.wrapping_sub(started.1).saturating_sub(malloc_info),
+            Ordering::Relaxed,
+        );
         LAST_PASS.store(end, Ordering::Relaxed);
     }
 
