@@ -217,6 +217,7 @@ function Timeline(root) {
     button.addEventListener("click", () => {
       view = button.dataset.view;
       for (const b of root.querySelectorAll("[data-view]")) b.classList.toggle("on", b === button);
+      legend.hidden = view !== "tree";
       draw();
     });
   }
