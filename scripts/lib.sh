@@ -22,7 +22,7 @@ ensure_venv() {
 # What the tests need on top of the example's requirements (scripts/test-requirements.txt).
 ensure_test_requirements() {
     local root=$1
-    if ! "$root/.venv/bin/python" -c 'import h5py, lz4' 2>/dev/null; then
+    if ! "$root/.venv/bin/python" -c 'import h5py, lz4, websocket' 2>/dev/null; then
         echo "==> installing the tests' requirements into .venv (PyPI)"
         "$root/.venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$root/scripts/test-requirements.txt"
     fi
@@ -47,4 +47,13 @@ ensure_postgres() {
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
     fi
     id postgres >/dev/null 2>&1 || useradd --system --home-dir /var/lib/postgresql postgres
+}
+
+# Chromium from Debian's packages: the HTML report's tests open the page in headless
+# Chromium and drive it over the DevTools protocol (crates/memwarden-cli/tests/html_report.rs).
+ensure_chromium() {
+    if ! command -v chromium >/dev/null; then
+        echo "==> installing Chromium (apt-get)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+    fi
 }

@@ -199,13 +199,20 @@ class Browser:
             self.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
 
     def screenshot(self, directory, name, full_page):
-        params = {"format": "png"}
         if full_page:
+            # A window as tall as the page, so sticky and fixed elements sit where a
+            # reader sees them (capturing beyond the viewport would repeat them midway).
+            viewport = self.evaluate("({width: window.innerWidth, height: window.innerHeight})")
             metrics = self.call("Page.getLayoutMetrics")
             size = metrics.get("cssContentSize") or metrics["contentSize"]
-            params["captureBeyondViewport"] = True
-            params["clip"] = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
-        data = self.call("Page.captureScreenshot", **params)["data"]
+            self.call("Emulation.setDeviceMetricsOverride", width=viewport["width"],
+                      height=int(size["height"]), deviceScaleFactor=1, mobile=False)
+            self.evaluate("window.scrollTo(0, 0)")
+            self.pump(0.3)
+        data = self.call("Page.captureScreenshot", format="png")["data"]
+        if full_page:
+            self.call("Emulation.setDeviceMetricsOverride", width=viewport["width"],
+                      height=viewport["height"], deviceScaleFactor=1, mobile=False)
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, name + ".png")
         with open(path, "wb") as f:

@@ -271,13 +271,13 @@ pub fn advice(report: &Report) -> String {
         return out;
     }
     for advice in &report.advice {
-        let saving = advice.saving_bytes.map_or_else(
-            || "saving not estimated".to_owned(),
-            |bytes| format!("saves about {}", format_size(bytes)),
+        let (saving, saving_class) = advice.saving_bytes.map_or_else(
+            || ("saving not estimated".to_owned(), "saving none"),
+            |bytes| (format!("saves about {}", format_size(bytes)), "saving"),
         );
         let _ = write!(
             out,
-            r#"<article class="advice" data-testid="advice"><div class="advice-head"><h3>{}</h3><span class="saving">{}</span></div><div class="location">{}</div>"#,
+            r#"<article class="advice" data-testid="advice"><div class="advice-head"><h3>{}</h3><span class="{saving_class}">{}</span></div><div class="location">{}</div>"#,
             html(advice.technique.title()),
             html(&saving),
             html(&advice.location()),

@@ -140,9 +140,15 @@ function Timeline(root) {
       svg.appendChild(bar);
       svg.appendChild(svgEl("text", { class: "tick", x: margin.left - 8, y: y + 15, "text-anchor": "end", text: String(p.pid) }));
       const label = "peak RSS " + formatSize(p.rss_bytes) + (p.heap_bytes !== null ? ", heap " + formatSize(p.heap_bytes) : "");
-      const inside = x2 - x1 > label.length * 6.5 + 10;
+      // Inside the bar if it fits, else beside it on the side with room.
+      const labelPx = label.length * 6.5 + 10;
+      const inside = x2 - x1 > labelPx;
+      const right = x2 + labelPx < g.width - margin.right;
       svg.appendChild(svgEl("text", {
-        class: inside ? "life-label inside" : "life-label", x: inside ? x1 + 6 : x2 + 6, y: y + 15,
+        class: inside ? "life-label inside" : "life-label",
+        x: inside ? x1 + 6 : right ? x2 + 6 : x1 - 6,
+        "text-anchor": inside || right ? "start" : "end",
+        y: y + 15,
         text: label,
       }));
     });
@@ -211,6 +217,7 @@ function Timeline(root) {
     button.addEventListener("click", () => {
       view = button.dataset.view;
       for (const b of root.querySelectorAll("[data-view]")) b.classList.toggle("on", b === button);
+      legend.hidden = view !== "tree";
       draw();
     });
   }
