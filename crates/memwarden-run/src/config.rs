@@ -130,6 +130,8 @@ pub enum HtmlOutput {
 
 /// Folder, under the working directory, of the HTML reports written by default.
 pub const HTML_DIR: &str = "memwarden-report";
+/// Environment variable naming another folder for them (a CI job's artifacts).
+pub const HTML_DIR_VAR: &str = "MEMWARDEN_REPORT_DIR";
 
 /// A validated run.
 #[derive(Debug)]

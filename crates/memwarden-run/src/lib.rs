@@ -33,7 +33,7 @@ use memwarden_monitor::gpu::GpuMonitor;
 use memwarden_monitor::procfs;
 use memwarden_monitor::tree::{ExitStatus, SamplerOptions, TreeSampler};
 
-pub use config::{parse_interval, CgroupMode, Governance, RunConfig, RunOptions, HTML_DIR};
+pub use config::{parse_interval, CgroupMode, Governance, RunConfig, RunOptions};
 use isolation::Isolation;
 use journal::JournalFile;
 pub use memwarden_format::report::ProfileMode;
@@ -500,7 +500,10 @@ fn write_html(
     match output {
         config::HtmlOutput::None => (None, None),
         config::HtmlOutput::Default => {
-            let path = Path::new(config::HTML_DIR).join(format!("{run_id}.html"));
+            let dir = std::env::var_os(config::HTML_DIR_VAR)
+                .filter(|d| !d.is_empty())
+                .map_or_else(|| PathBuf::from(config::HTML_DIR), PathBuf::from);
+            let path = dir.join(format!("{run_id}.html"));
             let html = memwarden_report::html::render(report);
             let result = written(path.clone(), write_file_at(&path, html.as_bytes()));
             let said = result.map_err(|e| {

@@ -85,6 +85,11 @@ pub fn workspace_root() -> PathBuf {
 pub fn memwarden() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_memwarden"));
     command.env("MEMWARDEN_NO_GPU", "1");
+    // Profiled runs write an HTML page by default: into the target folder, not the tree.
+    command.env(
+        "MEMWARDEN_REPORT_DIR",
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("html-reports"),
+    );
     command
 }
 
