@@ -57,3 +57,22 @@ ensure_chromium() {
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
     fi
 }
+
+# speedscope's own web app, from its npm package: the export test loads memwarden's
+# speedscope file with speedscope's importer in Chromium. Unpacked into
+# target/npm/speedscope-VERSION (npm comes from Debian's packages when missing).
+SPEEDSCOPE_VERSION=1.25.0
+ensure_speedscope() {
+    local root=$1
+    local dir="$root/target/npm/speedscope-$SPEEDSCOPE_VERSION"
+    if [ ! -f "$dir/package/dist/release/index.html" ]; then
+        if ! command -v npm >/dev/null; then
+            echo "==> installing npm (apt-get)"
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm
+        fi
+        echo "==> fetching speedscope $SPEEDSCOPE_VERSION (npm)"
+        mkdir -p "$dir"
+        (cd "$dir" && npm pack --silent "speedscope@$SPEEDSCOPE_VERSION" >/dev/null && tar xzf "speedscope-$SPEEDSCOPE_VERSION.tgz")
+    fi
+    export MEMWARDEN_TEST_SPEEDSCOPE="$dir/package/dist/release/index.html"
+}

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Everything CI checks, from a fresh clone: formatting, lints, and every test (unit,
 # integration on real processes, real numpy and the real cgroup of this machine).
-# Installs what it needs: the Python packages from PyPI into .venv, util-linux tools,
-# PostgreSQL and Chromium with apt-get when missing; then every test must run, none may skip.
+# Installs what it needs: the Python packages from PyPI into .venv, speedscope from npm,
+# util-linux tools, PostgreSQL and Chromium with apt-get when missing; then every test must
+# run, none may skip.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 root=$(repo_root)
@@ -11,6 +12,7 @@ cd "$root"
 ensure_debian_tools
 ensure_postgres
 ensure_chromium
+ensure_speedscope "$root"
 ensure_venv "$root"
 ensure_test_requirements "$root"
 export MEMWARDEN_TEST_PYTHON="$root/.venv/bin/python"

@@ -24,6 +24,8 @@ Steps, each an object with `do`:
   {"do": "hover", "selector": CSS, "index": 0}       moves the mouse to the element's centre
   {"do": "screenshot", "name": NAME, "full_page": true}
   {"do": "viewport", "width": W, "height": H}
+  {"do": "upload", "selector": CSS, "path": PATH}    chooses PATH in that <input type=file>,
+        as a user picking the file does (its change event fires)
 """
 
 import argparse
@@ -251,6 +253,13 @@ class Browser:
             self.pump(0.05)
         elif do == "screenshot":
             self.screenshot(screenshots, step["name"], step.get("full_page", True))
+        elif do == "upload":
+            root = self.call("DOM.getDocument", depth=0)["root"]["nodeId"]
+            node = self.call("DOM.querySelector", nodeId=root, selector=step["selector"])["nodeId"]
+            if not node:
+                raise StepFailed("no element " + step["selector"])
+            self.call("DOM.setFileInputFiles", nodeId=node, files=[os.path.abspath(step["path"])])
+            self.pump(0.05)
         elif do == "viewport":
             self.call("Emulation.setDeviceMetricsOverride", width=step["width"], height=step["height"],
                       deviceScaleFactor=1, mobile=False)

@@ -2,6 +2,7 @@
 
 #![allow(dead_code, missing_docs)]
 
+pub mod browser;
 pub mod ledger;
 pub mod postgres;
 
