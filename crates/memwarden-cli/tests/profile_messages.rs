@@ -128,3 +128,17 @@ fn memory_the_profiler_saw_raises_no_unseen_warning() {
         assert!(unseen(&warnings).is_empty(), "{mode}: {warnings:#?}");
     }
 }
+
+#[test]
+fn a_forked_workers_inherited_memory_is_not_called_unseen() {
+    // The parent allocates (and the profiler sees) 250 MiB, then forks workers that
+    // share those pages without allocating them: they are the parent's memory, not
+    // memory the workers' profilers missed.
+    let script = "import os, time\nimport numpy as np\nx = np.ones(250 << 17)\n\
+pids = []\n\
+for _ in range(2):\n    pid = os.fork()\n    if pid == 0:\n        y = np.ones(5 << 17)\n        time.sleep(0.6)\n        os._exit(0)\n    pids.append(pid)\n\
+for pid in pids:\n    os.waitpid(pid, 0)\n";
+    let python = python();
+    let warnings = warnings_of(&["--profile", "--", &python, "-c", script]);
+    assert!(unseen(&warnings).is_empty(), "{warnings:#?}");
+}

@@ -432,8 +432,9 @@ fn unseen_threshold(anon_bytes: u64) -> u64 {
     (32 << 20).max(anon_bytes / 5)
 }
 
-/// Names each process whose anonymous resident memory (the kernel's `RssAnon`, at its
-/// peak) exceeds its profiled heap peak by more than [`unseen_threshold`]: a child whose
+/// Names each process whose own anonymous resident memory (the kernel's `RssAnon` at its
+/// peak, or its USS where that is smaller: pages shared with a parent it forked from are
+/// the parent's) exceeds its profiled heap peak by more than [`unseen_threshold`]: a child whose
 /// environment lost `LD_PRELOAD`, a static binary, or allocations that bypass the hooked
 /// malloc (raw system calls, a `dlvsym`'d libc, a custom allocator over `brk`).
 fn warn_of_unseen_memory(report: &mut Report) {
@@ -442,6 +443,12 @@ fn warn_of_unseen_memory(report: &mut Report) {
         let Some(anon) = process.peaks.peak_anon_bytes else {
             continue;
         };
+        // A forked worker's anonymous memory includes the pages it shares with its parent,
+        // allocated (and profiled) there: only its own pages (USS) can be its heap.
+        let anon = process
+            .peaks
+            .peak_uss_bytes
+            .map_or(anon, |uss| uss.min(anon));
         let heap = process.profile.as_ref().map_or(0, |p| p.peak_bytes);
         let unseen = anon.saturating_sub(heap);
         if unseen > unseen_threshold(anon) {
@@ -452,7 +459,7 @@ fn warn_of_unseen_memory(report: &mut Report) {
                 "not profiled at all (LD_PRELOAD removed from its environment, or a static binary?)"
             };
             warnings.push(format!(
-                "profile: pid {} ({}): {} of its {} anonymous resident memory was not seen by the profiler: {why}",
+                "profile: pid {} ({}): {} of its {} private anonymous resident memory was not seen by the profiler: {why}",
                 process.pid,
                 command.chars().take(80).collect::<String>(),
                 format_size(unseen),

@@ -100,14 +100,19 @@ fn tight(report: &Report) -> Option<Advice> {
 
 /// The advice on the gap between the heap and the resident memory, when it is large.
 fn gap(report: &Report, profile: &Profile) -> Option<Advice> {
-    let rss = report.peak.rss_bytes;
+    // Over several processes the summed RSS counts pages they share (a forked worker's
+    // inherited heap) once per process; PSS counts them once.
+    let (rss, figure) = match report.peak.pss_bytes {
+        Some(pss) if report.processes.len() > 1 => (pss, "peak PSS (shared pages counted once)"),
+        _ => (report.peak.rss_bytes, "peak RSS"),
+    };
     let heap = profile.peak_bytes;
     let gap = rss.checked_sub(heap)?;
     if gap < GAP_BYTES || (gap as f64) < GAP_SHARE * rss as f64 {
         return None;
     }
     let mut facts = vec![format!(
-        "peak RSS {} against a heap peak of {}: {} ({}) of resident memory is not heap",
+        "{figure} {} against a heap peak of {}: {} ({}) of resident memory is not heap",
         format_size(rss),
         format_size(heap),
         format_size(gap),
@@ -227,6 +232,31 @@ mod tests {
                 Vec::new()
             ))),
             Vec::new()
+        );
+    }
+
+    /// Forked workers share their parent's pages: summed, their RSS counts them once per
+    /// process, so the gap of a tree is taken from its PSS.
+    #[test]
+    fn a_trees_gap_is_taken_from_pss_not_summed_rss() {
+        let mut r = report(profile(ProfileMode::Sampled, 300 * MIB, Vec::new()));
+        r.processes = vec![Default::default(), Default::default(), Default::default()];
+        r.peak.rss_bytes = 900 * MIB;
+        r.peak.pss_bytes = Some(330 * MIB);
+        assert_eq!(
+            advise(&r),
+            Vec::new(),
+            "30 MiB of PSS over the heap is no gap"
+        );
+        r.peak.pss_bytes = Some(700 * MIB);
+        let advice = advise(&r);
+        assert_eq!(advice.len(), 1);
+        assert!(
+            advice[0]
+                .evidence
+                .starts_with("peak PSS (shared pages counted once) 700.00 MiB"),
+            "{}",
+            advice[0].evidence
         );
     }
 }
