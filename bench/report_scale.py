@@ -8,11 +8,14 @@ until the child ends, so every stack holds memory at the child's peak. It runs u
 writes the JSON and HTML reports; then `memwarden report` renders the HTML again from the
 JSON alone. For both, memwarden's own peak resident memory (VmHWM of the memwarden
 process, read from /proc as it runs) and wall time are measured, with the sizes of the
-report and the page.
+report and the page; then the page is opened in headless Chromium (Debian's `chromium`,
+driven by crates/memwarden-cli/tests/support/browser.py, which needs websocket-client) and
+the time from navigation to the page being drawn and usable (`performance.now()` when its
+script finishes) is read, five times.
 
     cargo build --release
     .venv/bin/python bench/report_scale.py --memwarden target/release/memwarden \\
-        --python .venv/bin/python --out bench/out/scale
+        --python .venv/bin/python --out bench/out/scale --also-open out/report.html
 
 Exit status: 0, or 1 when a run failed.
 """
@@ -75,6 +78,30 @@ def run_watched(argv):
     return wall, hwm, proc.returncode
 
 
+def open_in_chromium(python, page, times=5):
+    """Milliseconds from navigation until the page's script has drawn it, `times` times."""
+    driver = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "crates", "memwarden-cli",
+                          "tests", "support", "browser.py")
+    steps = [{"do": "wait", "js": "document.documentElement.dataset.ready === '1'", "timeout_s": 60},
+             {"do": "eval", "as": "ready_ms", "js": "Number(document.documentElement.dataset.readyMs)"}]
+    found = []
+    with tempfile.TemporaryDirectory() as scratch:
+        steps_file = os.path.join(scratch, "steps.json")
+        with open(steps_file, "w") as f:
+            json.dump(steps, f)
+        for _ in range(times):
+            out = subprocess.run([python, driver, "--page", page, "--steps", steps_file,
+                                  "--screenshots", scratch], capture_output=True, text=True)
+            try:
+                result = json.loads(out.stdout)
+            except ValueError:
+                return None, out.stderr.strip()[-300:]
+            if result.get("error") or result["console_errors"] or result["exceptions"]:
+                return None, json.dumps(result)[:300]
+            found.append(result["values"]["ready_ms"])
+    return found, None
+
+
 def mib(n):
     return f"{n / 2**20:.1f} MiB"
 
@@ -87,6 +114,8 @@ def main():
     p.add_argument("--funcs", type=int, default=500)
     p.add_argument("--wave", type=int, default=20)
     p.add_argument("--out", default="bench/out/scale")
+    p.add_argument("--also-open", action="append", default=[], metavar="PAGE",
+                   help="another page to time in Chromium (e.g. the example's out/report.html)")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     script = os.path.join(args.out, "workload.py")
@@ -116,6 +145,13 @@ def main():
     print(f"run (measure + analyse + render): {run_wall:.2f} s wall, memwarden's own peak RSS {mib(run_hwm)}")
     print(f"report --html from the JSON:      {render_wall:.2f} s wall, memwarden's own peak RSS {mib(render_hwm)}")
     print(f"sizes: report.json {mib(os.path.getsize(report))}, run.html {mib(os.path.getsize(page))}")
+    for name in [page] + args.also_open:
+        times, why = open_in_chromium(args.python, name)
+        if times is None:
+            print(f"chromium: {name}: not measured: {why}")
+        else:
+            print(f"chromium: {name} ({mib(os.path.getsize(name))}) drawn and usable after "
+                  f"{sorted(times)[len(times) // 2]:.0f} ms (median of {len(times)}: {', '.join(f'{t:.0f}' for t in times)})")
     return 0
 
 
