@@ -110,6 +110,33 @@ fn a_load_holding_its_bytes_and_its_objects_is_told_to_map() {
     );
 }
 
+const LIST_OF_GENERATOR: &str = "\
+def numbers(n):
+    for i in range(n):
+        yield i * 1.5
+def main():
+    values = list(numbers(4_000_000))  # @list
+    print(sum(values))
+main()
+";
+
+/// The items a generator makes are charged to the generator's line; the line that puts
+/// them all in a list holds them.
+#[test]
+fn a_list_of_a_generators_items_is_told_to_stream_at_the_line_that_builds_it() {
+    for mode in ["--profile", "--profile=exact"] {
+        let run = run_script(&[mode], &python(), LIST_OF_GENERATOR, &[]);
+        assert_eq!(run.code(), 0, "{}", run.stderr());
+        let all = advice(&run);
+        let stream = advice_at(&all, "stream", LIST_OF_GENERATOR, "list");
+        let saving = stream["saving_bytes"].as_u64().unwrap_or(0);
+        assert!(
+            saving >= 100 << 20,
+            "{mode}: the list and its floats: {saving}"
+        );
+    }
+}
+
 const HELD_AT_EXIT: &str = "\
 import numpy as np
 cache = {}
@@ -233,7 +260,14 @@ fn a_budget_nearly_reached_and_a_mapped_file_are_explained() {
 }
 
 /// Reads a file line by line and keeps aggregates: nothing to advise.
+// Streams its file, and keeps its own results in module variables to the end, as scripts
+// do: holding them at exit is by design, not memory to release.
 const CLEAN: &str = "\
+import numpy as np
+def histogram(n):
+    return np.zeros(n)
+counts = histogram(12_000_000)
+table = np.ones(6_000_000)
 with open('rows.csv', 'w') as f:
     for i in range(1_500_000):
         f.write(f'{i},{i * 0.5},label{i % 7}\\n')

@@ -59,18 +59,29 @@ fn source_of(profile: &Profile, frame: &StackFrame) -> Option<String> {
 /// Every rule's advice for `report`, largest estimated saving first (advice without an
 /// estimate last).
 ///
-/// A load that peaks at twice its payload (`serialization`) is also a large
-/// materialisation (`stream`): the line gets the serialization advice only, whose fix
-/// (a format that maps instead of copying) covers both.
+/// One fix can cover another's case on the same line, which then is not said: a load that
+/// peaks at twice its payload (`serialization`) is also a large materialisation
+/// (`stream`), and the format that maps instead of copying covers both; a line that
+/// materialises a whole file (`stream`) as small objects (`compact`: `json.load`'s dicts,
+/// `readlines()`'s strings) holds none of them once it streams.
 pub fn advise(report: &Report) -> Vec<Advice> {
     let mut advice: Vec<Advice> = RULES.iter().flat_map(|rule| rule(report)).collect();
-    let copied: Vec<StackFrame> = advice
-        .iter()
-        .filter(|a| a.technique == Technique::Serialization)
-        .filter_map(|a| a.frame.clone())
-        .collect();
-    advice.retain(|a| {
-        a.technique != Technique::Stream || a.frame.as_ref().is_none_or(|f| !copied.contains(f))
+    let lines_of = |technique: Technique| -> Vec<StackFrame> {
+        advice
+            .iter()
+            .filter(|a| a.technique == technique)
+            .filter_map(|a| a.frame.clone())
+            .collect()
+    };
+    let (copied, streamed) = (
+        lines_of(Technique::Serialization),
+        lines_of(Technique::Stream),
+    );
+    let covered = |a: &Advice, by: &[StackFrame]| a.frame.as_ref().is_some_and(|f| by.contains(f));
+    advice.retain(|a| match a.technique {
+        Technique::Stream => !covered(a, &copied),
+        Technique::Compact => !covered(a, &streamed) && !covered(a, &copied),
+        _ => true,
     });
     advice.sort_by_key(|a| std::cmp::Reverse(a.saving_bytes));
     advice

@@ -3,7 +3,11 @@
 //!
 //! Evidence, per user line (one piece of advice naming both when both hold):
 //! - held at exit: at least [`super::LARGE_BYTES`] and [`super::LARGE_SHARE`] of the heap
-//!   peak, still held when the program finished;
+//!   peak, still held when the program finished, by memory that outlived the call that
+//!   made it ([`outlived_its_call`]): not a module's own variable (`x = np.ones(n)` or
+//!   `rows = build()` at the top level of a script holds its value to the end by design),
+//!   but memory a function made that something global kept after the function returned
+//!   (a cache, a list at module level appended to, a closure);
 //! - grew steadily: in the profile's timeline (the heaviest stacks at each monitor tick),
 //!   the line's bytes rose in at least [`RISING_SHARE`] of its steps and at least
 //!   [`MIN_RISES`] of them, never fell by more than [`FALL_SHARE`] before its highest
@@ -16,7 +20,9 @@ use memwarden_format::advice::{Advice, Technique};
 use memwarden_format::report::{Profile, Report, StackFrame};
 use memwarden_format::units::format_size;
 
-use super::frames::{at_exit, at_peak, by_user_line, how_measured, percent, timeline_by_user_line};
+use super::frames::{
+    at_exit, at_peak, by_user_line, how_measured, is_library, percent, timeline_by_user_line,
+};
 
 /// Share of a line's steps between timeline points that must rise: a structure appended
 /// to more slowly than the monitor ticks stays flat between appends.
@@ -53,6 +59,67 @@ fn growth(series: &[(f64, u64)], run_s: f64) -> Option<(usize, usize, u64, u64, 
     grew.then_some((rises, steps, first.1, last.1, seconds))
 }
 
+/// Whether the memory of `stack` (innermost frame first) outlived the call that made it:
+/// the program is over, so every call under its top level has returned; memory made by
+/// one is still held only if something global kept it, unless the top-level line bound
+/// the call's result to a module variable (`rows = build()`). Memory made by the top
+/// level itself is a module variable. A stack with no top-level frame (a thread's, a
+/// worker's) returned from its outermost function. Unknown line text proves nothing.
+fn outlived_its_call(profile: &Profile, stack: &[StackFrame]) -> bool {
+    let Some((at, top)) = stack
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(_, f)| f.function == "<module>" && f.line > 0 && !is_library(&f.file))
+    else {
+        return true;
+    };
+    if at == 0
+        || stack[..at]
+            .iter()
+            .all(|f| is_library(&f.file) || f.line == 0)
+    {
+        return false;
+    }
+    crate::sources::text(profile, top).is_some_and(|text| !binds(text))
+}
+
+/// Whether a top-level statement binds a name: an assignment (`x = f()`, `a, b = f()`,
+/// `x: T = f()`, `d[k] = f()`), or a `for`/`with`/`import` statement; a bare expression
+/// (`main()`) does not.
+fn binds(statement: &str) -> bool {
+    let statement = statement.trim_start();
+    if ["for ", "with ", "async ", "import ", "from "]
+        .iter()
+        .any(|k| statement.starts_with(k))
+    {
+        return true;
+    }
+    let (mut depth, mut quote) = (0i32, None);
+    let bytes = statement.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        match (quote, b) {
+            (Some(q), _) if b == q && bytes.get(i.wrapping_sub(1)) != Some(&b'\\') => quote = None,
+            (Some(_), _) => {}
+            (None, b'\'' | b'"') => quote = Some(b),
+            (None, b'#') => return false,
+            (None, b'(' | b'[' | b'{') => depth += 1,
+            (None, b')' | b']' | b'}') => depth -= 1,
+            (None, b'=') if depth == 0 => {
+                let before = i.checked_sub(1).map(|j| bytes[j]);
+                let after = bytes.get(i + 1).copied();
+                let comparison =
+                    after == Some(b'=') || matches!(before, Some(b'=' | b'!' | b'<' | b'>'));
+                if !comparison {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Seconds the profile's timeline spans.
 fn run_s(profile: &Profile) -> f64 {
     match (profile.timeline.first(), profile.timeline.last()) {
@@ -79,11 +146,21 @@ pub fn advise(report: &Report) -> Vec<Advice> {
     let over_time = timeline_by_user_line(profile);
     let peak = by_user_line(at_peak(profile));
     let exit = by_user_line(at_exit(profile));
-    let mut lines: Vec<&StackFrame> = exit
+    // What each line held at exit in memory that outlived the call that made it.
+    let retained: Vec<(&StackFrame, u64)> = exit
         .iter()
-        .filter(|l| super::is_large(l.bytes, profile.peak_bytes))
-        .map(|l| l.frame)
+        .map(|l| {
+            let bytes = l
+                .stacks
+                .iter()
+                .filter(|(_, s)| outlived_its_call(profile, &s.stack))
+                .map(|(_, s)| s.bytes)
+                .sum();
+            (l.frame, bytes)
+        })
+        .filter(|&(_, bytes)| super::is_large(bytes, profile.peak_bytes))
         .collect();
+    let mut lines: Vec<&StackFrame> = retained.iter().map(|&(frame, _)| frame).collect();
     let mut growing: Vec<&StackFrame> = over_time
         .iter()
         .filter(|(_, series)| growth(series, run_s(profile)).is_some())
@@ -94,11 +171,10 @@ pub fn advise(report: &Report) -> Vec<Advice> {
     lines.extend(growing);
     let mut advice = Vec::new();
     for frame in lines {
-        let held_at_exit = exit
+        let held_at_exit = retained
             .iter()
-            .find(|l| l.frame == frame)
-            .map(|l| l.bytes)
-            .filter(|&b| super::is_large(b, profile.peak_bytes));
+            .find(|(f, _)| *f == frame)
+            .map(|&(_, bytes)| bytes);
         let at_peak = peak
             .iter()
             .find(|l| l.frame == frame)
@@ -106,7 +182,8 @@ pub fn advise(report: &Report) -> Vec<Advice> {
         let mut facts = Vec::new();
         if let Some(bytes) = held_at_exit {
             facts.push(format!(
-                "still held {} at exit, {} of the {} heap peak",
+                "still held {} at exit, {} of the {} heap peak, after the call that made it \
+                 returned (kept by something global, not bound to a module variable)",
                 format_size(bytes),
                 percent(bytes, profile.peak_bytes),
                 format_size(profile.peak_bytes)
@@ -149,20 +226,25 @@ pub fn advise(report: &Report) -> Vec<Advice> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::advice::fixtures::{held, profile, report, tick, user, MIB};
+    use crate::advice::fixtures::{frame, held, profile, report, source, tick, user, MIB};
     use memwarden_format::report::ProfileMode;
 
+    fn top(line: u32) -> StackFrame {
+        frame("train.py", line, "<module>")
+    }
+
     #[test]
-    fn memory_held_at_exit_is_advised_at_its_line() {
+    fn memory_that_outlived_its_call_is_advised_at_its_line() {
         let mut p = profile(
             ProfileMode::Sampled,
             300 * MIB,
             vec![held(vec![user(6)], 200 * MIB)],
         );
         p.leaked = vec![
-            held(vec![user(6)], 200 * MIB),
-            held(vec![user(8)], 10 * MIB),
+            held(vec![user(6), top(30)], 200 * MIB),
+            held(vec![user(8), top(30)], 10 * MIB),
         ];
+        source(&mut p, &top(30), "main()");
         let advice = advise(&report(p));
         assert_eq!(advice.len(), 1, "{advice:#?}");
         assert_eq!(advice[0].frame, Some(user(6)));
@@ -170,6 +252,51 @@ mod tests {
         assert!(advice[0]
             .evidence
             .starts_with("still held 200.00 MiB at exit, 67%"));
+    }
+
+    /// A script's own variables hold their values to the end: `x = np.ones(n)` at the top
+    /// level, `rows = build()`; and memory whose top-level line is not known proves nothing.
+    #[test]
+    fn module_variables_held_at_exit_get_none() {
+        let mut p = profile(ProfileMode::Sampled, 300 * MIB, Vec::new());
+        p.leaked = vec![
+            held(vec![top(3)], 100 * MIB),
+            held(vec![user(6), top(31)], 100 * MIB),
+            held(vec![user(7), top(32)], 100 * MIB),
+            held(vec![user(8), top(33)], 100 * MIB),
+        ];
+        source(&mut p, &top(3), "x = np.ones(n)");
+        source(
+            &mut p,
+            &top(31),
+            "rows, n = build(path, mode='r')  # main == x",
+        );
+        source(&mut p, &top(32), "for batch in stream(loader):");
+        assert_eq!(advise(&report(p)), Vec::new());
+    }
+
+    #[test]
+    fn statements_that_bind_and_those_that_do_not() {
+        for text in [
+            "x = f()",
+            "a, b = f()",
+            "x: int = f()",
+            "d['k=v'] = f()",
+            "with f() as g:",
+            "for x in f():",
+        ] {
+            assert!(binds(text), "{text}");
+        }
+        for text in [
+            "main()",
+            "f(a=1, b == 2)",
+            "print(x == y)",
+            "run('a = b')",
+            "f() # x = 1",
+            "x >= f()",
+        ] {
+            assert!(!binds(text), "{text}");
+        }
     }
 
     #[test]

@@ -5,14 +5,16 @@
 //! of the heap peak that loads whole: a library loader under it (numpy's `load` without
 //! `mmap_mode`, `loadtxt`/`genfromtxt`, pandas' `read_csv` without `chunksize`,
 //! `torch.load` without `mmap=True`, json's `load`), or, for loaders that run no Python
-//! frame, its text (`readlines()`, `json.load(`, `pickle.load(`, `list(` of a generator,
-//! `.read()`).
+//! frame, its text (`readlines()`, `json.load(`, `pickle.load(`, `.read()`); and a line that
+//! turns an iterator into a list (`list(gen)`), counting the items its callees made.
+
+use std::collections::HashMap;
 
 use memwarden_format::advice::{Advice, Technique};
-use memwarden_format::report::{Report, StackFrame};
+use memwarden_format::report::{Report, StackBytes, StackFrame};
 use memwarden_format::units::format_size;
 
-use super::frames::{at_peak, by_user_line, how_measured, percent};
+use super::frames::{at_peak, by_user_line, how_measured, is_library, percent};
 
 /// What a line loads whole, and how to stream it instead.
 struct Load {
@@ -105,18 +107,6 @@ const TEXT_LOADS: &[(ReadsWhole, Load)] = &[
         },
     ),
     (
-        |text| {
-            text.find("list(").is_some_and(|at| {
-                let rest = &text[at..];
-                rest.contains(" for ") || rest.contains("map(") || rest.contains("open(")
-            })
-        },
-        Load {
-            what: "list(...) materialises every item of an iterator",
-            fix: "iterate over the generator itself: each item is freed once used",
-        },
-    ),
-    (
         |text| text.contains(".read()"),
         Load {
             what: ".read() reads the whole file into one object",
@@ -124,6 +114,40 @@ const TEXT_LOADS: &[(ReadsWhole, Load)] = &[
         },
     ),
 ];
+
+/// Whether a line's text turns an iterator into a list: `list(`, `tuple(` or `sorted(` of
+/// a call, a generator expression or a `map`.
+fn materialises(text: &str) -> bool {
+    ["list(", "tuple(", "sorted("].iter().any(|call| {
+        text.match_indices(call).any(|(at, _)| {
+            let preceded = text[..at].chars().next_back();
+            let rest = &text[at + call.len()..];
+            !preceded.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.')
+                && (rest.contains('(') || rest.contains(" for "))
+        })
+    })
+}
+
+/// Bytes at the peak held by every stack that passes through each user frame, wherever it
+/// is in the stack: for a line that builds a list from a generator, the list and the items
+/// the generator made, charged to the generator's own lines.
+fn under_each_line(stacks: &[StackBytes]) -> HashMap<&StackFrame, u64> {
+    let mut under: HashMap<&StackFrame, u64> = HashMap::new();
+    for entry in stacks {
+        let mut seen: Vec<&StackFrame> = Vec::new();
+        for frame in entry
+            .stack
+            .iter()
+            .filter(|f| f.line > 0 && !is_library(&f.file))
+        {
+            if frame.imports.is_none() && !seen.contains(&frame) {
+                seen.push(frame);
+                *under.entry(frame).or_default() += entry.bytes;
+            }
+        }
+    }
+    under
+}
 
 /// Advice for each large user line that loads whole.
 pub fn advise(report: &Report) -> Vec<Advice> {
@@ -169,6 +193,45 @@ pub fn advise(report: &Report) -> Vec<Advice> {
                            holds file-backed pages the kernel can drop"
                 .to_owned(),
             fix: load.fix.to_owned(),
+        });
+    }
+    // A list built from a generator holds the items the generator made, which are charged
+    // to the generator's lines: what the building line holds is all that is under it.
+    let mut under: Vec<(&StackFrame, u64)> = under_each_line(at_peak(profile))
+        .into_iter()
+        .filter(|&(_, bytes)| super::is_large(bytes, profile.peak_bytes))
+        .collect();
+    under.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    for (frame, bytes) in under {
+        let source = super::source_of(profile, frame);
+        let text = source.as_deref().unwrap_or("");
+        if !materialises(text)
+            || advice
+                .iter()
+                .any(|a: &Advice| a.frame.as_ref() == Some(frame))
+        {
+            continue;
+        }
+        advice.push(Advice {
+            technique: Technique::Stream,
+            rule: "stream".to_owned(),
+            frame: Some(frame.clone()),
+            source,
+            evidence: format!(
+                "held {} at the heap peak, {} of {} ({}), counting the items made by what it \
+                 calls; it turns an iterator into a list of every item",
+                format_size(bytes),
+                percent(bytes, profile.peak_bytes),
+                format_size(profile.peak_bytes),
+                how_measured(profile),
+            ),
+            saving_bytes: Some(bytes),
+            saving_basis: "what the line and the items it collected held at the peak: iterated, \
+                           one item is held at a time"
+                .to_owned(),
+            fix: "iterate over the generator itself (for item in gen: ...), or reduce it as it \
+                  goes (sum(gen), max(gen)): each item is freed once used"
+                .to_owned(),
         });
     }
     advice
@@ -221,6 +284,51 @@ mod tests {
         let advice = advise(&report(p));
         assert_eq!(advice.len(), 1);
         assert!(advice[0].fix.contains("for line in f"));
+    }
+
+    /// `list(gen)`: the items are made (and charged) in the generator's own lines; the
+    /// building line holds them all.
+    #[test]
+    fn a_list_of_a_generators_items_is_advised_at_the_line_that_builds_it() {
+        let make = frame("train.py", 2, "numbers");
+        let objects = frame("<python objects>", 0, "[small objects]");
+        let mut p = profile(
+            ProfileMode::Sampled,
+            160 * MIB,
+            vec![
+                held(
+                    vec![
+                        objects,
+                        make.clone(),
+                        user(6),
+                        frame("train.py", 9, "<module>"),
+                    ],
+                    120 * MIB,
+                ),
+                held(vec![user(6), frame("train.py", 9, "<module>")], 30 * MIB),
+            ],
+        );
+        source(&mut p, &user(6), "values = list(numbers(4_000_000))");
+        source(&mut p, &make, "yield i * 1.5");
+        let advice = advise(&report(p));
+        assert_eq!(advice.len(), 1, "{advice:#?}");
+        assert_eq!(advice[0].frame, Some(user(6)));
+        assert_eq!(advice[0].saving_bytes, Some(150 * MIB));
+        for text in [
+            "list(x for x in y)",
+            "tuple(map(f, y))",
+            "sorted(read(path))",
+        ] {
+            assert!(materialises(text), "{text}");
+        }
+        for text in [
+            "list(rows)",
+            "mylist(f(x))",
+            "self.list(f(x))",
+            "x = [1, 2]",
+        ] {
+            assert!(!materialises(text), "{text}");
+        }
     }
 
     #[test]
