@@ -271,3 +271,70 @@ fn a_report_that_is_not_one_is_refused_with_what_to_do() {
         .expect("page")
         .contains("<html"));
 }
+
+/// Kept captures keep their run's report beside them; `memwarden report --capture-dir`
+/// analyses the profile again (here with every frame as recorded) onto that report, and
+/// the summary lists the top lines with their source text.
+#[test]
+fn a_kept_capture_directory_is_reported_again_and_the_summary_lists_the_top_lines() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("workload.py"), WORKLOAD).expect("script");
+    let caps = dir.path().join("caps");
+    let output = memwarden()
+        .args(["run", "--quiet", "--profile", "--capture-dir"])
+        .arg(&caps)
+        .arg("--")
+        .arg(python())
+        .arg("workload.py")
+        .current_dir(dir.path())
+        .output()
+        .expect("memwarden runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        caps.join("report.json").is_file(),
+        "the run's report is kept beside its captures"
+    );
+
+    let output = memwarden()
+        .arg("report")
+        .arg("--capture-dir")
+        .arg(&caps)
+        .arg("--raw-frames")
+        .args(["--json", "-"])
+        .output()
+        .expect("memwarden runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let again: Value = serde_json::from_slice(&output.stdout).expect("JSON on stdout");
+    let at_peak = again["profile"]["at_peak"].as_array().expect("stacks");
+    assert!(
+        at_peak
+            .iter()
+            .flat_map(|s| s["stack"].as_array().into_iter().flatten())
+            .all(|f| f.get("imports").is_none()),
+        "raw frames: no import folded"
+    );
+    let heap = again["profile"]["peak_bytes"].as_u64().unwrap_or(0);
+    assert!(heap > 40 << 20, "{heap}");
+
+    let output = memwarden()
+        .arg("report")
+        .arg(caps.join("report.json"))
+        .args(["--top", "2"])
+        .output()
+        .expect("memwarden runs");
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("top lines (2 of "), "{text}");
+    assert!(
+        text.contains("| return np.ones(40 * 2**20 // 8)"),
+        "the load's source text: {text}"
+    );
+}

@@ -9,11 +9,23 @@ use memwarden_format::report::{LineAllocations, LineStats, StackBytes, StackFram
 /// Most lines a profile lists: the heaviest by each of peak, exit and allocated bytes.
 pub const MAX_LINES: usize = 100;
 
-/// The line a stack is charged to: its innermost frame with a line number (a Python line,
-/// below pseudo frames such as `[small objects]` or `[thread NAME]`), else its innermost
-/// frame.
+/// Whether `file` is library code: an installed package, the standard library, a frozen
+/// module (`<string>` and `<stdin>` are the user's).
+pub fn is_library(file: &str) -> bool {
+    file.starts_with("<frozen ") || crate::imports::library_root(file).is_some()
+}
+
+/// The line a stack is charged to: the line the user can change, its innermost frame
+/// with a line number in the user's own code (`x = np.ones(n)`, not numpy's `empty` under
+/// it); else its innermost frame with a line number (all of it library code); else its
+/// innermost frame (a pseudo frame such as `[before Python started]`). Pseudo frames
+/// above a line (`[small objects]`, `[thread NAME]`) are charged to it.
 pub fn line_of(stack: &[StackFrame]) -> Option<&StackFrame> {
-    stack.iter().find(|f| f.line > 0).or_else(|| stack.first())
+    stack
+        .iter()
+        .find(|f| f.line > 0 && !is_library(&f.file))
+        .or_else(|| stack.iter().find(|f| f.line > 0))
+        .or_else(|| stack.first())
 }
 
 /// Whether a stack's memory is small Python objects (pymalloc arenas).
@@ -148,6 +160,47 @@ mod tests {
             (400, 300, 50, 1000, 7)
         );
         assert_eq!(lines[1].frame.function, "[before Python started]");
+    }
+
+    #[test]
+    fn library_lines_are_charged_to_the_users_line_that_called_them() {
+        let ones = frame(
+            "/venv/lib/python3.11/site-packages/numpy/_core/numeric.py",
+            232,
+            "ones",
+        );
+        let at_peak = [
+            held(
+                vec![
+                    ones.clone(),
+                    frame("w.py", 6, "load"),
+                    frame("w.py", 14, "main"),
+                ],
+                40,
+            ),
+            held(vec![ones.clone(), frame("w.py", 10, "grow")], 20),
+            held(
+                vec![
+                    ones.clone(),
+                    frame("/usr/lib/python3.11/threading.py", 975, "run"),
+                ],
+                5,
+            ),
+        ];
+        let lines = line_stats(&at_peak, &[], &[]);
+        let shown: Vec<(&str, u32, u64)> = lines
+            .iter()
+            .map(|l| (l.frame.file.as_str(), l.frame.line, l.peak_bytes))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("w.py", 6, 40),
+                ("w.py", 10, 20),
+                (ones.file.as_str(), 232, 5)
+            ],
+            "library code alone is its own innermost line"
+        );
     }
 
     #[test]

@@ -10,11 +10,7 @@ use std::collections::HashMap;
 
 use memwarden_format::report::{Profile, StackBytes, StackFrame};
 
-/// Whether `file` is library code: an installed package, the standard library, a frozen
-/// module.
-pub fn is_library(file: &str) -> bool {
-    file.starts_with("<frozen ") || crate::imports::library_root(file).is_some()
-}
+pub use crate::lines::is_library;
 
 /// The innermost frame of `stack` in the user's own code, with its index.
 pub fn user_frame(stack: &[StackFrame]) -> Option<(usize, &StackFrame)> {
