@@ -23,7 +23,7 @@ Steps, each an object with `do`:
   {"do": "clear", "selector": CSS}                   selects the element's text and deletes it
   {"do": "hover", "selector": CSS, "index": 0}       moves the mouse to the element's centre
   {"do": "screenshot", "name": NAME, "full_page": true}
-  {"do": "viewport", "width": W, "height": H}
+  {"do": "viewport", "width": W, "height": H}        and waits until the page has redrawn
   {"do": "upload", "selector": CSS, "path": PATH}    chooses PATH in that <input type=file>,
         as a user picking the file does (its change event fires)
 """
@@ -263,6 +263,9 @@ class Browser:
         elif do == "viewport":
             self.call("Emulation.setDeviceMetricsOverride", width=step["width"], height=step["height"],
                       deviceScaleFactor=1, mobile=False)
+            # Pages redraw a while after a resize (the report's after 100 ms): a timer set
+            # after the next frame fires after theirs, however loaded the machine is.
+            self.evaluate("new Promise((r) => requestAnimationFrame(() => setTimeout(() => r(true), 250)))")
         else:
             raise StepFailed("unknown step " + json.dumps(step))
 
