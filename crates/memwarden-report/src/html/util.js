@@ -121,11 +121,13 @@ function frameLabel(frame) {
   return note ? note + " " + frame.fn : frame.fn;
 }
 
-// A stack held somewhere, as a disclosure: bytes, the allocating line and its source;
-// opened, every frame, innermost first.
+// A stack held somewhere, as a disclosure: bytes, the allocating line and its source, and
+// when that line is a library's, the user's line that called it; opened, every frame,
+// innermost first.
 function stackView(stackId, bytes, total, testid) {
   const frames = DATA.stacks[stackId].map(frameOf);
   const leaf = frames.find((f) => f.line > 0) || frames[0];
+  const caller = leaf && leaf.kind !== "user" ? frames.find((f) => f.kind === "user") : null;
   const summary = el(
     "summary",
     {},
@@ -134,6 +136,16 @@ function stackView(stackId, bytes, total, testid) {
     leaf ? el("span", { class: "fn", text: frameLabel(leaf) }) : null,
     leaf ? el("span", { class: "where", text: whereOf(leaf), title: leaf.file }) : null,
     leaf && leaf.source ? el("code", { class: "src lead", text: leaf.source }) : null,
+    caller
+      ? el(
+          "span",
+          { class: "caller", "data-testid": "stack-caller" },
+          el("span", { class: "from", text: "called from" }),
+          el("span", { class: "fn", text: frameLabel(caller) }),
+          el("span", { class: "where", text: whereOf(caller), title: caller.file }),
+          caller.source ? el("code", { class: "src", text: caller.source }) : null,
+        )
+      : null,
   );
   const body = el("ol", { class: "frames" });
   for (const frame of frames) {
