@@ -118,6 +118,8 @@ fn a_profiled_pool_run_makes_a_page_that_works_in_chromium() {
             {"do": "viewport", "width": 1400, "height": 1000},
             {"do": "wait", "js": READY},
             {"do": "eval", "as": "processes", "js": "document.querySelectorAll('[data-testid=process-row]').length"},
+            // numpy's lines hold the arrays: each says which of the script's lines called it.
+            {"do": "eval", "as": "callers", "js": "[...document.querySelectorAll('[data-testid=stack-caller] .where')].map((e) => e.textContent)"},
             // Zoom: the widest frame that is not already (nearly) the whole width.
             {"do": "eval", "as": "picked", "js": format!("(() => {{ const box = {flame}; const w = box.clientWidth; \
                 const pick = [...box.querySelectorAll('[data-testid=flame-frame]:not(.kind-root)')] \
@@ -205,6 +207,19 @@ fn a_profiled_pool_run_makes_a_page_that_works_in_chromium() {
     assert_eq!(browsed.value("sort_asc"), "allocated:asc");
     assert_ne!(browsed.value("rows_desc"), browsed.value("rows_asc"));
     assert_ne!(browsed.value("rows_by_peak"), browsed.value("rows_asc"));
+
+    let callers = browsed
+        .value("callers")
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        !callers.is_empty()
+            && callers
+                .iter()
+                .all(|c| c.as_str().is_some_and(|c| c.starts_with("workload.py:"))),
+        "{callers:?}"
+    );
 
     let peak_index = browsed.value("peak_index");
     assert_ne!(browsed.value("clicked_index"), peak_index);
