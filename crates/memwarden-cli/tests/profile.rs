@@ -4,11 +4,11 @@
 
 mod util;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
-use util::{line_of, memwarden, python, run, run_script, within, Run};
+use util::{line_of, memwarden, pyenv_python, python, run, run_script, within, Run};
 
 const MIB: u64 = 1 << 20;
 
@@ -155,29 +155,6 @@ fn small_python_objects_are_charged_to_the_line_creating_them() {
         bytes > 150 * MIB,
         "only {bytes} bytes charged to the comprehension"
     );
-}
-
-/// The root of pyenv's install of `version` (e.g. "3.12"), if there is one.
-fn pyenv_python(version: &str) -> Option<PathBuf> {
-    let output = Command::new("pyenv")
-        .args(["versions", "--bare"])
-        .output()
-        .ok()?;
-    let installed = String::from_utf8_lossy(&output.stdout).into_owned();
-    let full = installed
-        .lines()
-        .map(str::trim)
-        .rfind(|v| {
-            v.starts_with(&format!("{version}."))
-                && v[version.len() + 1..].chars().all(|c| c.is_ascii_digit())
-        })?
-        .to_owned();
-    let prefix = Command::new("pyenv")
-        .args(["prefix", &full])
-        .output()
-        .ok()?;
-    let root = PathBuf::from(String::from_utf8_lossy(&prefix.stdout).trim());
-    Some(root.join("bin").join(format!("python{version}")))
 }
 
 const BYTEARRAY: &str = "\

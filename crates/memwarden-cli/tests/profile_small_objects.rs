@@ -6,12 +6,9 @@
 
 mod util;
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use memwarden_format::capture::{SMALL_OBJECTS_FILE, SMALL_OBJECTS_FUNCTION};
 use serde_json::Value;
-use util::{line_of, python, run_script, Run};
+use util::{line_of, pyenv_python, python, run_script, Run};
 
 const MIB: u64 = 1 << 20;
 
@@ -154,30 +151,6 @@ fn a_numpy_buffer_is_not_taken_for_small_objects() {
             "{mode}: {top:#}"
         );
     }
-}
-
-/// pyenv's interpreter of `version` (e.g. "3.12"), if installed (as `tests/profile.rs`
-/// finds them).
-fn pyenv_python(version: &str) -> Option<PathBuf> {
-    let output = Command::new("pyenv")
-        .args(["versions", "--bare"])
-        .output()
-        .ok()?;
-    let installed = String::from_utf8_lossy(&output.stdout).into_owned();
-    let full = installed
-        .lines()
-        .map(str::trim)
-        .rfind(|v| {
-            v.starts_with(&format!("{version}."))
-                && v[version.len() + 1..].chars().all(|c| c.is_ascii_digit())
-        })?
-        .to_owned();
-    let prefix = Command::new("pyenv")
-        .args(["prefix", &full])
-        .output()
-        .ok()?;
-    let root = PathBuf::from(String::from_utf8_lossy(&prefix.stdout).trim());
-    Some(root.join("bin").join(format!("python{version}")))
 }
 
 #[test]

@@ -101,6 +101,16 @@ pub struct StackFrame {
 }
 
 impl StackFrame {
+    /// A frame of `file`, `line` and `function`, importing nothing.
+    pub fn new(file: impl Into<String>, line: u32, function: impl Into<String>) -> StackFrame {
+        StackFrame {
+            file: file.into(),
+            line,
+            function: function.into(),
+            imports: None,
+        }
+    }
+
     /// ` [import numpy]` when the frame imported a module, else nothing: how every renderer
     /// marks an import line.
     pub fn import_note(&self) -> String {

@@ -98,12 +98,7 @@ mod tests {
     use super::*;
 
     fn frame(line: u32) -> StackFrame {
-        StackFrame {
-            file: "a.py".to_owned(),
-            line,
-            function: format!("f{line}"),
-            imports: None,
-        }
+        StackFrame::new("a.py", line, format!("f{line}"))
     }
 
     #[test]

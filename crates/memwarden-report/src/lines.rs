@@ -108,12 +108,7 @@ mod tests {
     use memwarden_format::capture::SMALL_OBJECTS_FILE;
 
     fn frame(file: &str, line: u32, function: &str) -> StackFrame {
-        StackFrame {
-            file: file.to_owned(),
-            line,
-            function: function.to_owned(),
-            imports: None,
-        }
+        StackFrame::new(file, line, function)
     }
 
     fn held(stack: Vec<StackFrame>, bytes: u64) -> StackBytes {

@@ -437,12 +437,7 @@ mod tests {
     use super::*;
 
     fn frame(file: &str, line: u32, function: &str) -> StackFrame {
-        StackFrame {
-            file: file.to_owned(),
-            line,
-            function: function.to_owned(),
-            imports: None,
-        }
+        StackFrame::new(file, line, function)
     }
 
     #[test]

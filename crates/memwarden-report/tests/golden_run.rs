@@ -95,12 +95,7 @@ fn base_report(command: &[&str], peak: Peak) -> Report {
 }
 
 fn frame(file: &str, line: u32, function: &str) -> StackFrame {
-    StackFrame {
-        file: file.to_owned(),
-        line,
-        function: function.to_owned(),
-        imports: None,
-    }
+    StackFrame::new(file, line, function)
 }
 
 fn stack(frames: Vec<StackFrame>, bytes: u64, reserved_bytes: Option<u64>) -> StackBytes {

@@ -239,3 +239,27 @@ pub fn bytes_at(run: &Run, script: &str, list: &str, name: &str) -> u64 {
         .map(|entry| entry["bytes"].as_u64().unwrap_or(0))
         .sum()
 }
+
+/// pyenv's interpreter of `version` (e.g. "3.12"), if installed: the newest of that minor
+/// version (`pyenv versions`), under its `pyenv prefix`.
+pub fn pyenv_python(version: &str) -> Option<PathBuf> {
+    let output = Command::new("pyenv")
+        .args(["versions", "--bare"])
+        .output()
+        .ok()?;
+    let installed = String::from_utf8_lossy(&output.stdout).into_owned();
+    let full = installed
+        .lines()
+        .map(str::trim)
+        .rfind(|v| {
+            v.starts_with(&format!("{version}."))
+                && v[version.len() + 1..].chars().all(|c| c.is_ascii_digit())
+        })?
+        .to_owned();
+    let prefix = Command::new("pyenv")
+        .args(["prefix", &full])
+        .output()
+        .ok()?;
+    let root = PathBuf::from(String::from_utf8_lossy(&prefix.stdout).trim());
+    Some(root.join("bin").join(format!("python{version}")))
+}

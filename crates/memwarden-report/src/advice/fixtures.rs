@@ -13,12 +13,7 @@ pub const GIB: u64 = 1 << 30;
 pub const NUMPY: &str = "/venv/lib/python3.11/site-packages/numpy";
 
 pub fn frame(file: &str, line: u32, function: &str) -> StackFrame {
-    StackFrame {
-        file: file.to_owned(),
-        line,
-        function: function.to_owned(),
-        imports: None,
-    }
+    StackFrame::new(file, line, function)
 }
 
 /// `train.py:line` in `main`.

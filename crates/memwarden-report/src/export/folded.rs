@@ -42,12 +42,7 @@ mod tests {
     use memwarden_format::names::unescape;
 
     fn frame(file: &str, line: u32, function: &str) -> StackFrame {
-        StackFrame {
-            file: file.to_owned(),
-            line,
-            function: function.to_owned(),
-            imports: None,
-        }
+        StackFrame::new(file, line, function)
     }
 
     #[test]

@@ -16,33 +16,24 @@ const STACKS_PER_PROCESS: usize = 25;
 const DISTINCT_STACKS: usize = 100_000;
 const TIMELINE_POINTS: usize = 2000;
 
-fn frame(file: String, line: u32, function: String) -> StackFrame {
-    StackFrame {
-        file,
-        line,
-        function,
-        imports: None,
-    }
-}
-
 /// A deep stack, innermost first, as a training loop in a library would make: `depth`
 /// frames, the innermost ones named by `leaf`.
 fn stack(leaf: usize, depth: u32, module: usize) -> Vec<StackFrame> {
     let mut frames: Vec<StackFrame> = (0..depth)
         .map(|level| {
-            frame(
+            StackFrame::new(
                 format!("/srv/venv/lib/python3.11/site-packages/pkg{module}/layer{level}.py"),
                 100 + level * 7,
                 format!("Layer{level}.forward"),
             )
         })
         .collect();
-    frames[0] = frame(
+    frames[0] = StackFrame::new(
         format!("/srv/project/data/shard_{}.py", leaf % 997),
         10 + (leaf % 400) as u32,
         format!("load_batch_{leaf}"),
     );
-    frames.push(frame(
+    frames.push(StackFrame::new(
         "/srv/project/train.py".to_owned(),
         12,
         "<module>".to_owned(),

@@ -22,12 +22,7 @@ const HOSTILE: [&str; 6] = [
 ];
 
 fn frame(file: &str, line: u32, function: &str) -> StackFrame {
-    StackFrame {
-        file: file.to_owned(),
-        line,
-        function: function.to_owned(),
-        imports: None,
-    }
+    StackFrame::new(file, line, function)
 }
 
 fn held(stack: Vec<StackFrame>, bytes: u64) -> StackBytes {
