@@ -142,6 +142,10 @@ pub mod field {
     /// last peak snapshot's ([`PEAK_NS`]), or an earlier one's when `mallinfo2` was slow
     /// (many free chunks) and skipped at the later ones to bound its cost.
     pub const MALLOC_READ_NS: usize = 248;
+    /// The highest requested live bytes since code in the process last set a mark
+    /// (`memwarden_heap_mark`, the in-process API the Python package reads a block's heap
+    /// peak with); from the capture's start until then.
+    pub const MARK_PEAK_BYTES: usize = 256;
     /// Whether this image's live bytes are counted in the run's tree counter
     /// ([`crate::tree`]): one of [`super::tree_state`]. Offsets 1024 to 1087 are kept for
     /// the tree.
@@ -715,6 +719,7 @@ mod tests {
             field::MALLOC_ARENA_AT_PEAK,
             field::MALLOC_MMAPPED_AT_PEAK,
             field::MALLOC_READ_NS,
+            field::MARK_PEAK_BYTES,
             field::TREE_STATE,
             field::TREE_RESERVED_BYTES,
         ];

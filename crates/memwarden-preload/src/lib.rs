@@ -35,6 +35,7 @@
 #![allow(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod api;
 mod dlsym;
 mod hooks;
 mod malloc_info;

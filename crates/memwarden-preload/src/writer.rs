@@ -504,9 +504,11 @@ impl Writer {
             .header(field::LIVE_BYTES)
             .fetch_add(weight, Ordering::Relaxed)
             + weight;
-        let peak = self.header(field::PEAK_BYTES);
-        if live > peak.load(Ordering::Relaxed) {
-            peak.fetch_max(live, Ordering::Relaxed);
+        for high in [field::PEAK_BYTES, field::MARK_PEAK_BYTES] {
+            let high = self.header(high);
+            if live > high.load(Ordering::Relaxed) {
+                high.fetch_max(live, Ordering::Relaxed);
+            }
         }
         crate::tree::add(weight);
         if self.peak_due(live) {

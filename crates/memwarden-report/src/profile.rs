@@ -72,6 +72,56 @@ pub(crate) fn stack_frame(frame: &Frame) -> StackFrame {
     }
 }
 
+/// One line's counters in a capture, summed over the stacks charged to it
+/// ([`crate::lines::line_of`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineTotals {
+    /// The line.
+    pub frame: StackFrame,
+    /// Bytes live now (or at the process's death).
+    pub live_bytes: i64,
+    /// Bytes allocated over the capture's life.
+    pub allocated_bytes: u64,
+    /// Allocations recorded (samples, in sampled mode).
+    pub allocations: u64,
+}
+
+/// Each line's counters in one capture (import machinery folded, as in reports), for
+/// code that compares them over time, such as the Python package's blocks.
+pub fn line_totals(capture: &Capture) -> Vec<LineTotals> {
+    let mut stacks = Stacks {
+        frames: Frames::Folded,
+        names: ImportNames::default(),
+    };
+    stacks.names.learn(capture);
+    let mut by_line: HashMap<StackFrame, LineTotals> = HashMap::new();
+    for (node, counters) in capture.counters.iter().enumerate().skip(1) {
+        if counters.allocated == 0 && counters.live == 0 {
+            continue;
+        }
+        let stack = stack_of(capture, node as u32, &stacks);
+        let Some(line) = crate::lines::line_of(&stack) else {
+            continue;
+        };
+        let totals = by_line.entry(line.clone()).or_insert_with(|| LineTotals {
+            frame: line.clone(),
+            live_bytes: 0,
+            allocated_bytes: 0,
+            allocations: 0,
+        });
+        totals.live_bytes += counters.live;
+        totals.allocated_bytes += counters.allocated;
+        totals.allocations += counters.count;
+    }
+    let mut lines: Vec<LineTotals> = by_line.into_values().collect();
+    lines.sort_by(|a, b| {
+        b.allocated_bytes
+            .cmp(&a.allocated_bytes)
+            .then_with(|| a.frame.cmp(&b.frame))
+    });
+    lines
+}
+
 /// How stacks are turned into report frames.
 struct Stacks {
     frames: Frames,
