@@ -3,6 +3,8 @@
 
 use std::ffi::OsString;
 use std::fs::{self, File};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -76,6 +78,104 @@ fn find_preload() -> Result<PathBuf, String> {
         })
 }
 
+/// Whether the dynamic loader would cut `path` apart: LD_PRELOAD separates its libraries
+/// with spaces and colons, and has no quoting.
+fn splits_ld_preload(path: &Path) -> bool {
+    path.as_os_str()
+        .as_bytes()
+        .iter()
+        .any(|b| matches!(b, b' ' | b':'))
+}
+
+/// The path to preload `library` by: the library's own, or, when that holds a space or a
+/// colon (a virtual environment under "My Projects"), a symbolic link to it in `links`, a
+/// directory of this user's alone (made when missing). The link is named by the library's
+/// device and inode, so that each installed library has its own and later runs reuse it;
+/// one that points elsewhere (an inode reused) is replaced.
+fn preloadable(library: &Path, links: &Path) -> Result<PathBuf, String> {
+    if !splits_ld_preload(library) {
+        return Ok(library.to_owned());
+    }
+    let fail = |e: std::io::Error| {
+        format!(
+            "the preload library's path {} holds a space or a colon, which LD_PRELOAD cannot carry, and a link to it cannot be made in {}: {e}; set MEMWARDEN_PRELOAD to a copy of it at a path without either",
+            library.display(),
+            links.display()
+        )
+    };
+    if splits_ld_preload(links) {
+        return Err(fail(std::io::Error::other("that path holds one too")));
+    }
+    // The link's target must not depend on the directory it is read from.
+    let library = fs::canonicalize(library).map_err(fail)?;
+    let identity = fs::metadata(&library).map_err(fail)?;
+    create_private_dir(links).map_err(fail)?;
+    let name = format!(
+        "libmemwarden_preload-{}-{}.so",
+        identity.dev(),
+        identity.ino()
+    );
+    let link = links.join(&name);
+    if fs::read_link(&link).is_ok_and(|target| target == library) {
+        return Ok(link);
+    }
+    // Made aside and renamed into place: a run starting at the same moment sees the old
+    // link or the new one, never none.
+    let temporary = links.join(format!(".{name}.{}", std::process::id()));
+    let _ = fs::remove_file(&temporary);
+    std::os::unix::fs::symlink(&library, &temporary).map_err(fail)?;
+    fs::rename(&temporary, &link).map_err(fail)?;
+    Ok(link)
+}
+
+/// Where [`preloadable`] puts its links: `memwarden-UID` in `$XDG_RUNTIME_DIR` (the user's
+/// own tmpfs), else in the temporary directory, else in /tmp; the first that LD_PRELOAD
+/// can carry.
+fn link_dir() -> PathBuf {
+    let name = format!("memwarden-{}", current_uid());
+    let bases = [
+        std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from),
+        Some(std::env::temp_dir()),
+    ];
+    bases
+        .into_iter()
+        .flatten()
+        .filter(|base| base.is_absolute())
+        .map(|base| base.join(&name))
+        .find(|dir| !splits_ld_preload(dir))
+        .unwrap_or_else(|| Path::new("/tmp").join(name))
+}
+
+/// This process's effective user id.
+fn current_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::geteuid()
+    }
+}
+
+/// Creates `dir` for this user alone, and refuses one in a shared place (/tmp) that is a
+/// link or another user's: whoever can write there could swap the library every profiled
+/// process loads.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
+    let meta = fs::symlink_metadata(dir)?;
+    if !meta.is_dir() || meta.uid() != current_uid() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a directory of this user's",
+            dir.display()
+        )));
+    }
+    if meta.mode() & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 /// Makes sure captures can be written in `dir` before the command starts.
 fn check_writable(dir: &Path) -> Result<(), String> {
     let fail = |e: std::io::Error| {
@@ -112,13 +212,7 @@ impl Profiling {
                 bytes
             }
         };
-        let preload = find_preload()?;
-        let preload_text = preload.to_string_lossy();
-        if preload_text.contains([' ', ':']) {
-            return Err(format!(
-                "the preload library's path {preload_text} contains a space or a colon, which LD_PRELOAD cannot carry; move it or set MEMWARDEN_PRELOAD"
-            ));
-        }
+        let preload = preloadable(&find_preload()?, &link_dir())?;
         let dir = match capture_dir {
             Some(dir) => {
                 check_writable(&dir)?;
@@ -468,4 +562,71 @@ fn warn_of_unseen_memory(report: &mut Report) {
         }
     }
     report.warnings.extend(warnings);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in for the library in `dir`, and the folder for links beside it.
+    fn library_in(root: &Path, dir: &str) -> (PathBuf, PathBuf) {
+        let library = root.join(dir).join(LIBRARY);
+        fs::create_dir_all(library.parent().expect("parent")).expect("mkdir");
+        fs::write(&library, b"\x7fELF").expect("write library");
+        (library, root.join("links"))
+    }
+
+    #[test]
+    fn a_path_ld_preload_can_carry_is_preloaded_as_it_is() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let (library, links) = library_in(root.path(), "venv/lib");
+        assert_eq!(preloadable(&library, &links), Ok(library));
+        assert!(!links.exists(), "no link made");
+    }
+
+    #[test]
+    fn a_path_with_a_space_or_a_colon_is_preloaded_through_a_private_link_reused_later() {
+        let root = tempfile::tempdir().expect("tempdir");
+        for dir in ["venv with space/lib", "venv:colon/lib"] {
+            let (library, links) = library_in(root.path(), dir);
+            let link = preloadable(&library, &links).expect("link made");
+            assert!(link.starts_with(&links), "{link:?}");
+            assert!(!splits_ld_preload(&link), "{link:?}");
+            assert_eq!(fs::read_link(&link).ok(), fs::canonicalize(&library).ok());
+            let mode = fs::metadata(&links).expect("links").mode();
+            assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+            let made = fs::symlink_metadata(&link).expect("link").ino();
+            assert_eq!(preloadable(&library, &links).as_ref(), Ok(&link));
+            let reused = fs::symlink_metadata(&link).expect("link").ino();
+            assert_eq!(made, reused, "the second run reuses the link");
+        }
+    }
+
+    #[test]
+    fn a_link_to_another_file_is_replaced() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let (library, links) = library_in(root.path(), "my venv/lib");
+        let link = preloadable(&library, &links).expect("link made");
+        fs::remove_file(&link).expect("remove");
+        std::os::unix::fs::symlink(root.path(), &link).expect("stale link");
+        assert_eq!(preloadable(&library, &links).as_ref(), Ok(&link));
+        assert_eq!(fs::read_link(&link).ok(), fs::canonicalize(&library).ok());
+    }
+
+    #[test]
+    fn links_are_never_made_in_a_folder_that_is_a_link() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let (library, links) = library_in(root.path(), "my venv/lib");
+        let elsewhere = root.path().join("elsewhere");
+        fs::create_dir(&elsewhere).expect("mkdir");
+        std::os::unix::fs::symlink(&elsewhere, &links).expect("link");
+        let error = preloadable(&library, &links).expect_err("refused");
+        assert!(error.contains("not a directory of this user's"), "{error}");
+        assert_eq!(fs::read_dir(&elsewhere).expect("list").count(), 0);
+    }
+
+    #[test]
+    fn the_folder_of_links_is_one_ld_preload_can_carry() {
+        assert!(!splits_ld_preload(&link_dir()), "{:?}", link_dir());
+    }
 }

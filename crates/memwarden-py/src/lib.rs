@@ -1,0 +1,129 @@
+//! `memwarden._native`: the Python package's view of memwarden's library crates.
+//!
+//! Thin on purpose: each function converts its arguments, calls one library function and
+//! converts the result (JSON text for structured results, which the Python side parses
+//! into its own types). The `memwarden` command and the preload library ship beside this
+//! module in the same wheel (`memwarden/_bin/`); the Python side finds them itself. Type
+//! stubs: `python/memwarden/_native.pyi`.
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+
+use memwarden_format::report::{ProfileMode, Report};
+use memwarden_report::profile;
+use pyo3::exceptions::{PyNotADirectoryError, PyUserWarning, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+/// memwarden's version, as its Cargo manifest states it.
+#[pyfunction]
+fn version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}
+
+/// The bytes a name escaped by the report (`\\` and `\xNN`) stands for.
+#[pyfunction]
+fn unescape<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyBytes>> {
+    let bytes = memwarden_format::names::unescape(text).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "not an escaped name (a backslash starts neither \\\\ nor \\xNN): {text:?}"
+        ))
+    })?;
+    Ok(PyBytes::new(py, &bytes))
+}
+
+/// The profile of a capture directory kept with `memwarden run --capture-dir DIR`, as the
+/// JSON text of a report's `profile` section. With the run's report in `DIR/report.json`
+/// the profile is timed from the run's start; without it, from the first capture's.
+/// Problems that leave a profile (an unreadable capture among good ones) become
+/// `UserWarning`s; none left raises `ValueError`.
+#[pyfunction]
+#[pyo3(signature = (dir, raw_frames = false))]
+fn analyze_captures(py: Python<'_>, dir: PathBuf, raw_frames: bool) -> PyResult<String> {
+    if !std::fs::metadata(&dir)?.is_dir() {
+        return Err(PyNotADirectoryError::new_err(format!(
+            "{}: not a directory of captures",
+            dir.display()
+        )));
+    }
+    let (profile, warnings) = py.detach(|| analyze(&dir, raw_frames))?;
+    let category = py.get_type::<PyUserWarning>();
+    for warning in warnings {
+        let message = CString::new(warning.replace('\0', "\\x00")).unwrap_or_default();
+        PyErr::warn(py, &category, &message, 1)?;
+    }
+    Ok(profile)
+}
+
+/// [`analyze_captures`] without the interpreter: the profile's JSON and the warnings.
+fn analyze(dir: &Path, raw_frames: bool) -> PyResult<(String, Vec<String>)> {
+    let report_path = dir.join("report.json");
+    let (profile, warnings) = match std::fs::read(&report_path) {
+        Ok(text) => {
+            let mut report: Report = serde_json::from_slice(&text).map_err(|e| {
+                PyValueError::new_err(format!(
+                    "{}: not a memwarden run report ({e})",
+                    report_path.display()
+                ))
+            })?;
+            let before = report.warnings.len();
+            memwarden_run::recover::attach_kept_profile(&mut report, dir, raw_frames);
+            let warnings = report.warnings.split_off(before);
+            match report.profile {
+                Some(profile) => (profile, warnings),
+                None => return Err(PyValueError::new_err(warnings.join("; "))),
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            analyze_without_report(dir, raw_frames)?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let json = serde_json::to_string(&profile)
+        .map_err(|e| PyValueError::new_err(format!("cannot write the profile as JSON: {e}")))?;
+    Ok((json, warnings))
+}
+
+/// The profile of the captures in `dir`, timed from the first capture's start.
+fn analyze_without_report(
+    dir: &Path,
+    raw_frames: bool,
+) -> PyResult<(memwarden_format::report::Profile, Vec<String>)> {
+    let (captures, errors) = profile::read_dir(dir)?;
+    let mut warnings: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    let Some(first) = captures.first() else {
+        warnings.insert(
+            0,
+            format!("no capture with recorded allocations in {}", dir.display()),
+        );
+        return Err(PyValueError::new_err(warnings.join("; ")));
+    };
+    let mode = if first.exact {
+        ProfileMode::Exact
+    } else {
+        ProfileMode::Sampled
+    };
+    let start_ns = captures.iter().map(|c| c.start_ns).min().unwrap_or(0);
+    let frames = if raw_frames {
+        profile::Frames::Raw
+    } else {
+        profile::Frames::Folded
+    };
+    let (analysis, tree_error) =
+        profile::analyze_kept(dir, &captures, mode, first.sample_bytes, start_ns, frames);
+    if let Some(e) = tree_error {
+        warnings.push(format!(
+            "{e}; the tree's heap peak is the sum of each process's own peak"
+        ));
+    }
+    Ok((analysis.profile, warnings))
+}
+
+/// The module `memwarden._native`.
+#[pymodule]
+fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_function(wrap_pyfunction!(version, module)?)?;
+    module.add_function(wrap_pyfunction!(unescape, module)?)?;
+    module.add_function(wrap_pyfunction!(analyze_captures, module)?)?;
+    Ok(())
+}
