@@ -15,7 +15,12 @@ from memwarden._paths import binary_path
 
 
 def main() -> None:
-    """Runs ``memwarden`` with this process's arguments; never returns."""
+    """Runs ``memwarden`` with this process's arguments; never returns. ``memwarden kernel
+    ...`` is the Python side's (:mod:`memwarden.kernel`, a Jupyter kernelspec)."""
+    if sys.argv[1:2] == ["kernel"]:
+        from memwarden.kernel import main as kernel
+
+        sys.exit(kernel(sys.argv[2:]))
     try:
         binary = binary_path()
     except FileNotFoundError as e:

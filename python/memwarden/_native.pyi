@@ -21,3 +21,15 @@ def analyze_captures(dir: str | os.PathLike[str], raw_frames: bool = False) -> s
     capture among good ones) are issued as ``UserWarning``; none left raises ``ValueError``;
     a missing ``DIR`` raises ``FileNotFoundError``, a file ``NotADirectoryError``.
     """
+
+def parse_size(text: str) -> int:
+    """Bytes from a size as memwarden writes them: ``512MiB``, ``2 GiB``, ``1.5GB`` (powers
+    of 1000), ``1048576``. Raises ``ValueError`` with what to write instead."""
+
+def format_size(bytes: int) -> str:
+    """A size as memwarden prints it: ``1.50 GiB``."""
+
+def capture_lines(path: str | os.PathLike[str]) -> list[tuple[str, int, str, int, int, int]]:
+    """Each of the user's lines in one capture file as the profiler left it now:
+    ``(file, line, function, live_bytes, allocated_bytes, allocations)``, most allocated
+    first. Raises ``ValueError`` when the file is no capture."""

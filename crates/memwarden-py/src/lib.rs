@@ -119,11 +119,55 @@ fn analyze_without_report(
     Ok((analysis.profile, warnings))
 }
 
+/// Bytes from a size as memwarden writes them: `512MiB`, `2 GiB`, `1.5GB` (powers of
+/// 1000), `1048576`.
+#[pyfunction]
+fn parse_size(text: &str) -> PyResult<u64> {
+    memwarden_format::units::parse_size(text).map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
+/// A size as memwarden prints it: `1.50 GiB`.
+#[pyfunction]
+fn format_size(bytes: u64) -> String {
+    memwarden_format::units::format_size(bytes)
+}
+
+/// Each of the user's lines in one capture file, as the profiler left it now:
+/// `(file, line, function, live_bytes, allocated_bytes, allocations)`, most allocated first
+/// (the stacks charged to a line summed, as the report's tables do).
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+fn capture_lines(
+    py: Python<'_>,
+    path: PathBuf,
+) -> PyResult<Vec<(String, u32, String, i64, u64, u64)>> {
+    let capture = py
+        .detach(|| memwarden_format::capture::Capture::read(&path))
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(profile::line_totals(&capture)
+        .into_iter()
+        .map(|l| {
+            let function = format!("{}{}", l.frame.function, l.frame.import_note());
+            (
+                l.frame.file,
+                l.frame.line,
+                function,
+                l.live_bytes,
+                l.allocated_bytes,
+                l.allocations,
+            )
+        })
+        .collect())
+}
+
 /// The module `memwarden._native`.
 #[pymodule]
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(version, module)?)?;
     module.add_function(wrap_pyfunction!(unescape, module)?)?;
     module.add_function(wrap_pyfunction!(analyze_captures, module)?)?;
+    module.add_function(wrap_pyfunction!(parse_size, module)?)?;
+    module.add_function(wrap_pyfunction!(format_size, module)?)?;
+    module.add_function(wrap_pyfunction!(capture_lines, module)?)?;
     Ok(())
 }

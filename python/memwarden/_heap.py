@@ -1,0 +1,104 @@
+"""The heap as memwarden's profiler counts it, read from inside the profiled process.
+
+When this process runs under memwarden's profiler (``memwarden run --profile``, the pytest
+plugin's re-execution, a kernel started by ``memwarden kernel install``), the preload
+library exports ``memwarden_heap_*`` functions; they are found with ``dlsym`` in the
+process itself. Figures are the process's requested live bytes, every thread together (an
+unbiased estimate in sampled mode), as tracemalloc and memray count a heap.
+
+There is one mark per process: a block's heap peak is the highest the heap reached since
+the mark. Blocks nest by crediting every open block before a new mark is set
+(:class:`Marks`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import List, Optional
+
+
+class _Library:
+    def __init__(self) -> None:
+        process = ctypes.CDLL(None)
+        self.live = process.memwarden_heap_live
+        self.mark = process.memwarden_heap_mark
+        self.peak_since_mark = process.memwarden_heap_peak_since_mark
+        self.sample_bytes = process.memwarden_heap_sample_bytes
+        for function in (self.live, self.mark, self.peak_since_mark, self.sample_bytes):
+            function.restype = ctypes.c_uint64
+            function.argtypes = []
+
+
+def _load() -> Optional[_Library]:
+    try:
+        library = _Library()
+    except (AttributeError, OSError):
+        return None
+    # Loaded, but recording nothing in this process (no capture directory): no figures.
+    if library.sample_bytes() == 2**64 - 1:
+        return None
+    return library
+
+
+_LIBRARY = _load()
+
+
+def available() -> bool:
+    """Whether the profiler records this process's heap."""
+    return _LIBRARY is not None
+
+
+def why_unavailable() -> str:
+    """Why there are no heap figures, for messages."""
+    if "libmemwarden_preload" in os.environ.get("LD_PRELOAD", ""):
+        return "the profiler is loaded but records nothing here (no MEMWARDEN_CAPTURE_DIR)"
+    return (
+        "the process does not run under memwarden's profiler (start it with "
+        "`memwarden run --profile -- python ...`, or `memwarden kernel install` for notebooks)"
+    )
+
+
+def sample_bytes() -> Optional[int]:
+    """Mean bytes between samples (0: every allocation recorded); None without the profiler."""
+    return None if _LIBRARY is None else int(_LIBRARY.sample_bytes())
+
+
+def live_bytes() -> Optional[int]:
+    """Requested live bytes now."""
+    return None if _LIBRARY is None else int(_LIBRARY.live())
+
+
+class Marks:
+    """Open blocks and the highest heap each has seen, over the process's one mark."""
+
+    def __init__(self) -> None:
+        self._open: List[List[int]] = []
+
+    def _credit(self) -> None:
+        if _LIBRARY is None:
+            return
+        peak = int(_LIBRARY.peak_since_mark())
+        for block in self._open:
+            block[0] = max(block[0], peak)
+
+    def enter(self) -> Optional[List[int]]:
+        """Opens a block; its handle holds the highest heap seen (a one-element list)."""
+        if _LIBRARY is None:
+            return None
+        self._credit()
+        live = int(_LIBRARY.mark())
+        block = [live]
+        self._open.append(block)
+        return block
+
+    def leave(self, block: Optional[List[int]]) -> Optional[int]:
+        """Closes `block`; the highest the heap was while it was open."""
+        if block is None or _LIBRARY is None:
+            return None
+        self._credit()
+        self._open = [b for b in self._open if b is not block]
+        return block[0]
+
+
+MARKS = Marks()

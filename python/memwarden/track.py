@@ -1,0 +1,206 @@
+"""Memory of a block of code: :func:`track` and :func:`budget`.
+
+Figures are process-wide: other threads' memory during the block counts too.
+
+- ``peak_heap_bytes``: how far the heap rose above its level at the block's start, at its
+  highest (the block's own allocations, as memray counts them); needs the profiler
+  (``memwarden run --profile``, the pytest plugin, a profiled kernel), else ``None`` and
+  ``notes`` says why.
+- ``leaked_bytes``: the heap at the end less the heap at the start.
+- ``peak_rss_bytes``: the process's resident memory at its highest during the block: the
+  kernel's high-water mark, reset as the block opens (see :mod:`memwarden._host`; under
+  ``memwarden run`` it is not reset and the figure may be a lower bound,
+  ``peak_rss_exact`` says which).
+- ``peak_gpu_bytes``: ``torch.cuda.max_memory_allocated`` above its level at the start,
+  when torch with CUDA is loaded.
+- ``top_lines``: the lines that allocated the most during the block (the profiler's
+  capture, read at both ends), with what each still held at the end.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, List, Optional, TypeVar, Union
+
+from . import _heap, _host, _lines, _native
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class MemoryBudgetExceeded(Exception):
+    """A block or a function needed more memory than its budget; `track` holds the figures."""
+
+    def __init__(self, message: str, track: "Track") -> None:
+        super().__init__(message)
+        self.track = track
+
+
+def parse_size(size: Union[int, str]) -> int:
+    """Bytes from `512MiB`, `2 GiB`, `1.5GB` (powers of 1000), `1048576` or an int."""
+    if isinstance(size, bool) or not isinstance(size, (int, str)):
+        raise TypeError(f"a size is an int or a string such as '2 GiB', not {type(size).__name__}")
+    if isinstance(size, int):
+        if size < 0:
+            raise ValueError(f"a size cannot be negative: {size}")
+        return size
+    return _native.parse_size(size)
+
+
+@dataclass
+class Line:
+    """A line's allocations during a block."""
+
+    file: str
+    line: int
+    function: str
+    allocated_bytes: int
+    allocations: int
+    held_bytes: int
+
+    def __str__(self) -> str:
+        return (
+            f"{self.file}:{self.line} {self.function}: allocated {_native.format_size(self.allocated_bytes)}"
+            f", {_native.format_size(max(self.held_bytes, 0))} still held"
+        )
+
+
+@dataclass
+class Track:
+    """The memory of one block. Figures are filled in as the block ends."""
+
+    name: Optional[str] = None
+    budget_bytes: Optional[int] = None
+    peak_heap_bytes: Optional[int] = None
+    leaked_bytes: Optional[int] = None
+    heap_at_start_bytes: Optional[int] = None
+    peak_rss_bytes: Optional[int] = None
+    peak_rss_exact: bool = False
+    peak_gpu_bytes: Optional[int] = None
+    duration_s: float = 0.0
+    sampled: Optional[bool] = None
+    top_lines: List[Line] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+    _heap_block: Any = field(default=None, repr=False)
+    _host_block: Any = field(default=None, repr=False)
+    _lines_at_start: Any = field(default=None, repr=False)
+    _gpu_at_start: Optional[int] = field(default=None, repr=False)
+    _started: float = field(default=0.0, repr=False)
+
+    # -- the block ------------------------------------------------------------------
+    def __enter__(self) -> "Track":
+        self._started = time.perf_counter()
+        self._gpu_at_start = _gpu_reset()
+        self._host_block = _host.HOST.enter()
+        self._lines_at_start = _lines.snapshot()
+        self._heap_block = _heap.MARKS.enter()
+        if self._heap_block is not None:
+            self.heap_at_start_bytes = self._heap_block[0]
+        return self
+
+    def __exit__(self, kind: Any, error: Any, traceback: Any) -> None:
+        highest = _heap.MARKS.leave(self._heap_block)
+        self.duration_s = time.perf_counter() - self._started
+        self.peak_rss_bytes, self.peak_rss_exact = _host.HOST.leave(self._host_block)
+        if highest is not None and self.heap_at_start_bytes is not None:
+            self.peak_heap_bytes = max(highest - self.heap_at_start_bytes, 0)
+            now = _heap.live_bytes() or 0
+            self.leaked_bytes = now - self.heap_at_start_bytes
+            self.sampled = (_heap.sample_bytes() or 0) > 0
+            self.top_lines = _lines.since(self._lines_at_start)
+        else:
+            self.notes.append(f"no heap figures or lines: {_heap.why_unavailable()}")
+        if not self.peak_rss_exact:
+            self.notes.append(
+                "peak_rss_bytes is a lower bound: under `memwarden run` the process's high-water "
+                "mark is the runner's, and this block did not raise it"
+            )
+        self.peak_gpu_bytes = _gpu_peak(self._gpu_at_start)
+        if self.peak_gpu_bytes is None and "torch" in sys.modules:
+            self.notes.append("no GPU figures: torch is loaded but CUDA is not available")
+        if kind is None and self.budget_bytes is not None:
+            measured = self.measured_bytes()
+            if measured is not None and measured > self.budget_bytes:
+                raise MemoryBudgetExceeded(self.summary(), self)
+
+    # -- as a decorator -------------------------------------------------------------
+    def __call__(self, function: F) -> F:
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with Track(self.name or function.__qualname__, self.budget_bytes):
+                return function(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    # -- figures --------------------------------------------------------------------
+    def measured_bytes(self) -> Optional[int]:
+        """What a budget is checked against: the heap peak when the profiler measured it,
+        else the resident peak."""
+        return self.peak_heap_bytes if self.peak_heap_bytes is not None else self.peak_rss_bytes
+
+    def summary(self, lines: int = 3) -> str:
+        """One paragraph: the peaks, the budget, the top lines."""
+        size = _native.format_size
+        name = f"`{self.name}`" if self.name else "the block"
+        parts = []
+        if self.peak_heap_bytes is not None:
+            how = "sampled estimate" if self.sampled else "every allocation recorded"
+            parts.append(f"heap peak {size(self.peak_heap_bytes)} above its start ({how})")
+        if self.peak_rss_bytes is not None:
+            exact = "" if self.peak_rss_exact else " (at least)"
+            parts.append(f"process peak RSS {size(self.peak_rss_bytes)}{exact}")
+        if self.peak_gpu_bytes is not None:
+            parts.append(f"GPU peak {size(self.peak_gpu_bytes)}")
+        text = f"{name}: " + ", ".join(parts) if parts else f"{name}: nothing measured"
+        if self.budget_bytes is not None:
+            text += f"; budget {size(self.budget_bytes)}"
+        if self.top_lines:
+            text += "; top lines: " + "; ".join(str(line) for line in self.top_lines[:lines])
+        return text
+
+
+def track(name: Optional[str] = None, budget: Union[int, str, None] = None) -> Track:
+    """Measures a block (``with memwarden.track("fit") as t:``) or a function
+    (``@memwarden.track()``). With `budget`, raises :class:`MemoryBudgetExceeded` when the
+    block needed more (its heap peak, or its resident peak without the profiler)."""
+    return Track(name=name, budget_bytes=None if budget is None else parse_size(budget))
+
+
+def budget(limit: Union[int, str], name: Optional[str] = None) -> Callable[[F], F]:
+    """A function decorator: raises :class:`MemoryBudgetExceeded` with the figures when a
+    call needs more than `limit`. The limit is parsed here, so a bad one fails at import."""
+    limit_bytes = parse_size(limit)
+
+    def decorate(function: F) -> F:
+        return Track(name or function.__qualname__, limit_bytes)(function)
+
+    return decorate
+
+
+def collect() -> None:
+    """Runs the garbage collector, so what a block left is what it really holds."""
+    gc.collect()
+
+
+def _gpu_reset() -> Optional[int]:
+    torch = sys.modules.get("torch")
+    try:
+        if torch is None or not torch.cuda.is_available():
+            return None
+        torch.cuda.reset_peak_memory_stats()
+        return int(torch.cuda.memory_allocated())
+    except Exception:  # a broken CUDA set-up: no GPU figures, never a failed block
+        return None
+
+
+def _gpu_peak(at_start: Optional[int]) -> Optional[int]:
+    torch = sys.modules.get("torch")
+    if at_start is None or torch is None:
+        return None
+    try:
+        return max(int(torch.cuda.max_memory_allocated()) - at_start, 0)
+    except Exception:
+        return None

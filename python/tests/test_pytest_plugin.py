@@ -1,0 +1,112 @@
+"""The pytest plugin, on suites run by pytester in a fresh pytest process (the plugin
+starts pytest again under the profiler, which an in-process run cannot show)."""
+
+import pytest
+
+SUITE = """
+import numpy as np
+import pytest
+
+KEEP = []
+
+@pytest.mark.limit_memory("100 MB")
+def test_within():
+    x = np.ones(30 * 2**20 // 8)
+    assert x.sum() > 0
+
+@pytest.mark.limit_memory("10 MB")
+def test_over():
+    x = np.ones(40 * 2**20 // 8)   # the big one
+    assert x.sum() > 0
+
+@pytest.mark.limit_leaks("1 MB")
+def test_leaks():
+    KEEP.append(np.ones(5 * 2**20 // 8))
+
+@pytest.mark.limit_memory("1 MB")
+def test_crashes():
+    x = np.ones(20 * 2**20 // 8)
+    raise ZeroDivisionError("the test's own failure")
+
+@pytest.mark.parametrize("mib", [
+    pytest.param(5, marks=pytest.mark.limit_memory("20 MB")),
+    pytest.param(50, marks=pytest.mark.limit_memory("20 MB")),
+])
+def test_cases(mib):
+    x = np.ones(mib * 2**20 // 8)
+    assert x.sum() > 0
+"""
+
+
+def outcomes(result):
+    return {
+        line.split("::")[-1].split(" ")[0]: line.split(" ")[0]
+        for line in result.outlines
+        if "::" in line and line.split(" ")[0] in ("PASSED", "FAILED")
+    }
+
+
+def test_markers_limit_each_tests_own_allocations(pytester):
+    pytester.makepyfile(test_suite=SUITE)
+    result = pytester.runpytest_subprocess("-rA", "-p", "no:cacheprovider")
+    seen = outcomes(result)
+    assert seen == {
+        "test_within": "PASSED",
+        "test_over": "FAILED",
+        "test_leaks": "FAILED",
+        "test_crashes": "FAILED",
+        "test_cases[5]": "PASSED",
+        "test_cases[50]": "FAILED",
+    }, result.stdout.str()
+    text = result.stdout.str()
+    assert "Test allocated 40.00 MiB at its peak, over its limit of 10.00 MiB" in text
+    assert "sampled estimate" in text and " test_over: allocated 40.00 MiB" in text, "the top line is named"
+    assert "Test left 5.00 MiB allocated at its end" in text
+    assert "ZeroDivisionError: the test's own failure" in text
+    assert "over its limit of 1.00 MiB" not in text, "a crash is the crash, not a budget"
+
+
+def test_the_table_and_a_default_limit(pytester):
+    pytester.makepyfile(
+        test_plain="""
+        import numpy as np
+        def test_small():
+            assert np.ones(1000).sum() == 1000
+        def test_big():
+            assert np.ones(30 * 2**20 // 8).sum() > 0
+        """
+    )
+    result = pytester.runpytest_subprocess("--memwarden", "--memwarden-limit", "20MiB", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    text = result.stdout.str()
+    assert "memwarden: memory per test" in text and "test_plain.py::test_big" in text
+
+
+def test_xdist_workers_are_measured_too(pytester):
+    pytest.importorskip("xdist")
+    pytester.makepyfile(test_suite=SUITE)
+    result = pytester.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, failed=4)
+    assert "Test allocated 40.00 MiB at its peak" in result.stdout.str()
+
+
+def test_without_the_profiler_the_limits_fall_back_to_tracemalloc(pytester):
+    pytester.makepyfile(test_suite=SUITE)
+    result = pytester.runpytest_subprocess("--memwarden-no-preload", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, failed=4)
+    text = result.stdout.str()
+    assert "Measured with tracemalloc (--memwarden-no-preload" in text
+
+
+def test_a_size_that_does_not_parse_is_a_usage_error(pytester):
+    pytester.makepyfile(
+        test_bad="""
+        import pytest
+        @pytest.mark.limit_memory("lots")
+        def test_x():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret != 0
+    assert "invalid memory size 'lots'" in result.stderr.str() + result.stdout.str()
