@@ -2,21 +2,24 @@
 
 The profiler keeps, per stack, the bytes live, allocated and the allocations made
 (``docs/capture-format.md``), in ``$MEMWARDEN_CAPTURE_DIR/<pid>-<n>.mwcap``, updated in
-place. Reading it at a block's two ends gives what each of the user's lines allocated in
-between and what it still held at the end (``memwarden._native.capture_lines`` reads and
-sums the stacks by the user's line, as the report's tables do).
+place. A block reads each stack's allocated bytes as it opens (cheap: the counters in use)
+and, when its lines are asked for, the whole capture once: what each of the user's lines
+allocated since, summed by line as the report's tables do
+(``memwarden._native.capture_lines``).
 """
 
 from __future__ import annotations
 
 import glob
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from . import _heap, _native
 
-Key = Tuple[str, int, str]
-Figures = Dict[Key, Tuple[int, int, int]]
+if TYPE_CHECKING:
+    from .track import Line
+
+Snapshot = Tuple[str, List[int]]
 
 
 def _capture_path() -> Optional[str]:
@@ -24,8 +27,6 @@ def _capture_path() -> Optional[str]:
     if not directory or not _heap.available():
         return None
     found = glob.glob(os.path.join(glob.escape(directory), f"{os.getpid()}-*.mwcap"))
-    if not found:
-        return None
 
     def generation(path: str) -> int:
         stem = os.path.basename(path)[: -len(".mwcap")]
@@ -34,34 +35,33 @@ def _capture_path() -> Optional[str]:
         except (IndexError, ValueError):
             return -1
 
-    return max(found, key=generation)
+    return max(found, key=generation) if found else None
 
 
-def snapshot() -> Optional[Figures]:
-    """Each user line's (live, allocated, allocations) now; None without a capture."""
+def snapshot() -> Optional[Snapshot]:
+    """Each stack's allocated bytes now, with the capture they are of; None without one."""
     path = _capture_path()
     if path is None:
         return None
     try:
-        rows = _native.capture_lines(path)
-    except (OSError, ValueError):
+        return path, _native.capture_allocated(path)
+    except OSError:
         return None
-    return {(file, line, function): (live, allocated, count) for file, line, function, live, allocated, count in rows}
 
 
-def since(start: Optional[Figures], top: int = 10) -> List["Line"]:  # noqa: F821
-    """The `top` lines that allocated the most since `start`, with what they hold now."""
+def between(start: Optional[Snapshot], end: Optional[Snapshot], top: int = 10) -> List["Line"]:
+    """The `top` lines that allocated the most between two snapshots, with what each holds
+    now."""
     from .track import Line
 
-    if start is None:
-        return []
-    end = snapshot()
     if end is None:
         return []
-    lines = []
-    for key, (live, allocated, count) in end.items():
-        live0, allocated0, count0 = start.get(key, (0, 0, 0))
-        if allocated > allocated0:
-            lines.append(Line(key[0], key[1], key[2], allocated - allocated0, count - count0, live - live0))
-    lines.sort(key=lambda line: (-line.allocated_bytes, line.file, line.line))
-    return lines[:top]
+    path = end[0]
+    # A capture that began after `start` (this process's first recorded allocation came
+    # later, or it forked) is counted from its beginning.
+    baseline = start[1] if start is not None and start[0] == path else []
+    try:
+        rows = _native.capture_lines(path, baseline, end[1])
+    except (OSError, ValueError):
+        return []
+    return [Line(f, n, fn, allocated, count, live) for f, n, fn, live, allocated, count in rows[:top]]

@@ -29,7 +29,15 @@ def parse_size(text: str) -> int:
 def format_size(bytes: int) -> str:
     """A size as memwarden prints it: ``1.50 GiB``."""
 
-def capture_lines(path: str | os.PathLike[str]) -> list[tuple[str, int, str, int, int, int]]:
+def capture_allocated(path: str | os.PathLike[str]) -> list[int]:
+    """The bytes allocated at each stack of a capture file so far (a cheap reading, for
+    ``capture_lines``'s ``since``)."""
+
+def capture_lines(
+    path: str | os.PathLike[str], since: list[int] | None = None, until: list[int] | None = None
+) -> list[tuple[str, int, str, int, int, int]]:
     """Each of the user's lines in one capture file as the profiler left it now:
     ``(file, line, function, live_bytes, allocated_bytes, allocations)``, most allocated
-    first. Raises ``ValueError`` when the file is no capture."""
+    first; with ``since`` (from ``capture_allocated``), the bytes allocated after that
+    reading (and before ``until``'s), lines that allocated none left out. Raises ``ValueError`` when the file is
+    no capture."""

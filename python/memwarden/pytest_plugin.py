@@ -152,17 +152,23 @@ class _Measure:
             tracemalloc.reset_peak()
             self.start = tracemalloc.get_traced_memory()[0]
 
-    def finish(self) -> Tuple[Optional[int], Optional[int], str, List[str]]:
-        """(peak above the start, left allocated at the end, how measured, top lines)."""
-        gc.collect()
+    def finish(self, collect: bool) -> Tuple[Optional[int], Optional[int], str]:
+        """(peak above the start, left allocated at the end, how measured); `collect` runs
+        the garbage collector first, so what is left is what the test really holds."""
+        if collect:
+            gc.collect()
         if self.track is not None:
             self.track.__exit__(None, None, None)
             how = "sampled estimate" if self.track.sampled else "every allocation recorded"
-            return self.track.peak_heap_bytes, self.track.leaked_bytes, how, [str(line) for line in self.track.top_lines]
+            return self.track.peak_heap_bytes, self.track.leaked_bytes, how
         if tracemalloc.is_tracing():
             now, peak = tracemalloc.get_traced_memory()
-            return max(peak - self.start, 0), now - self.start, "tracemalloc", []
-        return None, None, "not measured", []
+            return max(peak - self.start, 0), now - self.start, "tracemalloc"
+        return None, None, "not measured"
+
+    def lines(self, top: int) -> List[str]:
+        """The lines that allocated the most in the test (read from the capture now)."""
+        return [str(line) for line in self.track.top_lines[:top]] if self.track is not None else []
 
 
 def _limit(item: pytest.Item, name: str) -> Optional[int]:
@@ -184,23 +190,29 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[Any]:
     if memory_limit is None:
         memory_limit = getattr(config, "_memwarden_limit", None)
     leak_limit = _limit(item, "limit_leaks")
+    table = config.getoption("memwarden")
+    if memory_limit is None and leak_limit is None and not table:
+        return (yield)
     measure = _Measure(item.nodeid)
     try:
         result = yield
     finally:
-        peak, left, how, lines = measure.finish()
-        item.user_properties.append(("memwarden", (peak, left, how, lines[:1])))
+        peak, left, how = measure.finish(collect=leak_limit is not None)
+        item.user_properties.append(("memwarden", (peak, left, how, measure.lines(1) if table else [])))
     size = _native.format_size
     fallback = getattr(config, "_memwarden_fallback", None)
     note = f" Measured with {how}" + (f" ({fallback})." if fallback else ".")
-    top = (" Top lines: " + "; ".join(lines[:3]) + ".") if lines else ""
-    if memory_limit is not None and peak is not None and peak > memory_limit:
+    over_memory = memory_limit is not None and peak is not None and peak > memory_limit
+    over_leaks = leak_limit is not None and left is not None and left > leak_limit
+    lines = measure.lines(3) if over_memory or over_leaks else []
+    top = (" Top lines: " + "; ".join(lines) + ".") if lines else ""
+    if over_memory:
         pytest.fail(
             f"Test allocated {size(peak)} at its peak, over its limit of {size(memory_limit)}"
             f" (the heap's highest above its level when the test began).{note}{top}",
             pytrace=False,
         )
-    if leak_limit is not None and left is not None and left > leak_limit:
+    if over_leaks:
         pytest.fail(
             f"Test left {size(left)} allocated at its end (after a garbage collection), over its"
             f" leak limit of {size(leak_limit)}.{note}{top}",

@@ -14,7 +14,8 @@ Figures are process-wide: other threads' memory during the block counts too.
 - ``peak_gpu_bytes``: ``torch.cuda.max_memory_allocated`` above its level at the start,
   when torch with CUDA is loaded.
 - ``top_lines``: the lines that allocated the most during the block (the profiler's
-  capture, read at both ends), with what each still held at the end.
+  capture, read as the block opens and when they are first asked for), with what each
+  holds then.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class Line:
     allocated_bytes: int
     allocations: int
     held_bytes: int
+    """What the line holds now, all of it (not only what it allocated in the block)."""
 
     def __str__(self) -> str:
         return (
@@ -82,13 +84,22 @@ class Track:
     peak_gpu_bytes: Optional[int] = None
     duration_s: float = 0.0
     sampled: Optional[bool] = None
-    top_lines: List[Line] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
     _heap_block: Any = field(default=None, repr=False)
     _host_block: Any = field(default=None, repr=False)
     _lines_at_start: Any = field(default=None, repr=False)
     _gpu_at_start: Optional[int] = field(default=None, repr=False)
     _started: float = field(default=0.0, repr=False)
+    _lines_at_end: Any = field(default=None, repr=False)
+    _top_lines: Optional[List[Line]] = field(default=None, repr=False)
+
+    @property
+    def top_lines(self) -> List[Line]:
+        """The lines that allocated the most in the block (empty without the profiler)."""
+        if self._top_lines is None:
+            measured = self.peak_heap_bytes is not None
+            self._top_lines = _lines.between(self._lines_at_start, self._lines_at_end) if measured else []
+        return self._top_lines
 
     # -- the block ------------------------------------------------------------------
     def __enter__(self) -> "Track":
@@ -103,6 +114,7 @@ class Track:
 
     def __exit__(self, kind: Any, error: Any, traceback: Any) -> None:
         highest = _heap.MARKS.leave(self._heap_block)
+        self._lines_at_end = _lines.snapshot()
         self.duration_s = time.perf_counter() - self._started
         self.peak_rss_bytes, self.peak_rss_exact = _host.HOST.leave(self._host_block)
         if highest is not None and self.heap_at_start_bytes is not None:
@@ -110,7 +122,6 @@ class Track:
             now = _heap.live_bytes() or 0
             self.leaked_bytes = now - self.heap_at_start_bytes
             self.sampled = (_heap.sample_bytes() or 0) > 0
-            self.top_lines = _lines.since(self._lines_at_start)
         else:
             self.notes.append(f"no heap figures or lines: {_heap.why_unavailable()}")
         if not self.peak_rss_exact:

@@ -435,11 +435,71 @@ pub fn string_at(region: &[u8], offset: usize) -> Option<&[u8]> {
     region.get(start..start.checked_add(len)?)
 }
 
+/// The bytes of a capture file, as long as the file, with its header and the used part of
+/// each region read and the rest left zero.
+fn read_used(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path)?;
+    let length = file.metadata()?.len().min(FILE_SIZE) as usize;
+    let mut bytes = vec![0u8; length];
+    let fill = |bytes: &mut [u8], offset: u64, len: u64| -> std::io::Result<()> {
+        let start = (offset as usize).min(length);
+        let end = offset.saturating_add(len).min(length as u64) as usize;
+        let mut at = start;
+        while at < end {
+            match file.read_at(&mut bytes[at..end], at as u64)? {
+                0 => break,
+                n => at += n,
+            }
+        }
+        Ok(())
+    };
+    fill(&mut bytes, 0, HEADER_SIZE)?;
+    let header = |offset: usize| u64_at(&bytes, offset as u64).unwrap_or(0);
+    let (strings, frames, nodes) = (
+        header(field::STRINGS_USED).min(STRINGS_CAPACITY),
+        header(field::FRAMES_USED).min(MAX_FRAMES),
+        header(field::NODES_USED).min(MAX_NODES),
+    );
+    fill(&mut bytes, STRINGS_OFFSET, strings)?;
+    fill(&mut bytes, FRAMES_OFFSET, frames * FRAME_SIZE)?;
+    fill(&mut bytes, NODES_OFFSET, nodes * NODE_SIZE)?;
+    fill(&mut bytes, COUNTERS_OFFSET, nodes * COUNTER_SIZE)?;
+    Ok(bytes)
+}
+
+/// The bytes allocated at each stack (node) of a capture file so far, by node: a cheap
+/// reading (the header and the counters in use) to compare a later full reading with.
+pub fn read_allocated(path: &Path) -> std::io::Result<Vec<u64>> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path)?;
+    let mut header = vec![0u8; HEADER_SIZE as usize];
+    file.read_exact_at(&mut header, 0)?;
+    if header[..8] != MAGIC {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a memwarden capture file",
+        ));
+    }
+    let nodes = u64_at(&header, field::NODES_USED as u64)
+        .unwrap_or(0)
+        .min(MAX_NODES);
+    let mut counters = vec![0u8; (nodes * COUNTER_SIZE) as usize];
+    file.read_exact_at(&mut counters, COUNTERS_OFFSET)?;
+    Ok((0..nodes)
+        .map(|node| u64_at(&counters, node * COUNTER_SIZE + counter::ALLOCATED).unwrap_or(0))
+        .collect())
+}
+
 impl Capture {
     /// Reads and checks a capture file. Every offset and count is bounds-checked: a
     /// truncated, corrupt or foreign file gives [`CaptureError::Invalid`], never a panic.
+    ///
+    /// Only the parts in use are read (the header says how much of each region is): the
+    /// file is sparse and mostly unused, and the buffer's unread pages are zero pages the
+    /// system never materialises.
     pub fn read(path: &Path) -> Result<Capture, CaptureError> {
-        let bytes = std::fs::read(path).map_err(|source| CaptureError::Io {
+        let bytes = read_used(path).map_err(|source| CaptureError::Io {
             path: path.to_owned(),
             source,
         })?;

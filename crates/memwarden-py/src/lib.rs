@@ -132,19 +132,32 @@ fn format_size(bytes: u64) -> String {
     memwarden_format::units::format_size(bytes)
 }
 
+/// The bytes allocated at each stack of a capture file so far: a cheap reading for
+/// [`capture_lines`]'s `since`.
+#[pyfunction]
+fn capture_allocated(py: Python<'_>, path: PathBuf) -> PyResult<Vec<u64>> {
+    Ok(py.detach(|| memwarden_format::capture::read_allocated(&path))?)
+}
+
 /// Each of the user's lines in one capture file, as the profiler left it now:
 /// `(file, line, function, live_bytes, allocated_bytes, allocations)`, most allocated first
-/// (the stacks charged to a line summed, as the report's tables do).
+/// (the stacks charged to a line summed, as the report's tables do); with `since` (from
+/// [`capture_allocated`]), bytes allocated after that reading (and before `until`'s, when
+/// given), lines that allocated none left out.
 #[pyfunction]
+#[pyo3(signature = (path, since = None, until = None))]
 #[allow(clippy::type_complexity)]
 fn capture_lines(
     py: Python<'_>,
     path: PathBuf,
+    since: Option<Vec<u64>>,
+    until: Option<Vec<u64>>,
 ) -> PyResult<Vec<(String, u32, String, i64, u64, u64)>> {
     let capture = py
         .detach(|| memwarden_format::capture::Capture::read(&path))
         .map_err(|e| PyValueError::new_err(e.to_string()))?;
-    Ok(profile::line_totals(&capture)
+    let (since, until) = (since.unwrap_or_default(), until.unwrap_or_default());
+    Ok(profile::line_totals(&capture, &since, &until)
         .into_iter()
         .map(|l| {
             let function = format!("{}{}", l.frame.function, l.frame.import_note());
@@ -168,6 +181,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(analyze_captures, module)?)?;
     module.add_function(wrap_pyfunction!(parse_size, module)?)?;
     module.add_function(wrap_pyfunction!(format_size, module)?)?;
+    module.add_function(wrap_pyfunction!(capture_allocated, module)?)?;
     module.add_function(wrap_pyfunction!(capture_lines, module)?)?;
     Ok(())
 }

@@ -87,8 +87,12 @@ pub struct LineTotals {
 }
 
 /// Each line's counters in one capture (import machinery folded, as in reports), for
-/// code that compares them over time, such as the Python package's blocks.
-pub fn line_totals(capture: &Capture) -> Vec<LineTotals> {
+/// code that compares them over time, such as the Python package's blocks: `since` and
+/// `until` hold each node's allocated bytes at two earlier readings
+/// ([`memwarden_format::capture::read_allocated`]); what was allocated between them is
+/// counted (`since` empty: from the start; `until` empty: to now; nodes made after
+/// `until`'s reading count nothing then).
+pub fn line_totals(capture: &Capture, since: &[u64], until: &[u64]) -> Vec<LineTotals> {
     let mut stacks = Stacks {
         frames: Frames::Folded,
         names: ImportNames::default(),
@@ -96,7 +100,12 @@ pub fn line_totals(capture: &Capture) -> Vec<LineTotals> {
     stacks.names.learn(capture);
     let mut by_line: HashMap<StackFrame, LineTotals> = HashMap::new();
     for (node, counters) in capture.counters.iter().enumerate().skip(1) {
-        if counters.allocated == 0 && counters.live == 0 {
+        let end = match until {
+            [] => counters.allocated,
+            _ => until.get(node).copied().unwrap_or(0),
+        };
+        let allocated = end.saturating_sub(since.get(node).copied().unwrap_or(0));
+        if allocated == 0 && (counters.live == 0 || !since.is_empty()) {
             continue;
         }
         let stack = stack_of(capture, node as u32, &stacks);
@@ -110,7 +119,7 @@ pub fn line_totals(capture: &Capture) -> Vec<LineTotals> {
             allocations: 0,
         });
         totals.live_bytes += counters.live;
-        totals.allocated_bytes += counters.allocated;
+        totals.allocated_bytes += allocated;
         totals.allocations += counters.count;
     }
     let mut lines: Vec<LineTotals> = by_line.into_values().collect();
