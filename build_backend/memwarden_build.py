@@ -51,6 +51,14 @@ BINARIES = [
     ("memwarden-preload", "memwarden_preload", "cdylib", "libmemwarden_preload.so"),
 ]
 
+# The workspace's release profile keeps line tables (for the profiler's own backtraces in
+# development); the wheel's binaries need none. Symbols stay: the preload library's dynamic
+# symbol table is how it interposes malloc.
+WITHOUT_DEBUG_INFO = {
+    "CARGO_PROFILE_RELEASE_DEBUG": "false",
+    "CARGO_PROFILE_RELEASE_STRIP": "debuginfo",
+}
+
 
 def build_binaries() -> None:
     """Builds the executable and the preload library (release, no debug information) and
@@ -58,13 +66,11 @@ def build_binaries() -> None:
     command = ["cargo", "build", "--release", "--message-format=json-render-diagnostics"]
     for package, _, _, _ in BINARIES:
         command += ["-p", package]
-    env = dict(
-        os.environ,
-        CARGO_PROFILE_RELEASE_DEBUG="false",
-        CARGO_PROFILE_RELEASE_STRIP="debuginfo",
-    )
+    # maturin's build of the extension module inherits this too: both builds then share
+    # the compiled dependencies.
+    os.environ.update(WITHOUT_DEBUG_INFO)
     print("Running `{}`".format(" ".join(command)), file=sys.stderr, flush=True)
-    result = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, check=False)
+    result = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, check=False)
     if result.returncode != 0:
         sys.exit(f"memwarden: `{' '.join(command)}` failed with exit status {result.returncode}")
     # cargo's messages name each artifact it built (or found fresh), wherever its target
