@@ -8,9 +8,9 @@ backend builds them with cargo, copies them into ``python/memwarden/_bin/`` (git
 named in ``[tool.maturin] include``), then hands every hook to maturin's backend, which
 packs ``_bin/`` with the rest of the package. ``pip install .`` stays one step.
 
-The binaries are built without debug information (``memwarden run`` needs none; the wheel
-is a third of the size); the preload library keeps its dynamic symbol table, which is
-how it interposes ``malloc``.
+The binaries are built without debug information, which they do not use (the command is
+10 MB instead of 58 MB with the workspace's line tables); the preload library keeps its
+dynamic symbol table, by which it interposes ``malloc``.
 """
 
 from __future__ import annotations
@@ -51,6 +51,12 @@ BINARIES = [
     ("memwarden-preload", "memwarden_preload", "cdylib", "libmemwarden_preload.so"),
 ]
 
+# The workspace's release profile keeps line tables; the wheel's binaries go without.
+WITHOUT_DEBUG_INFO = {
+    "CARGO_PROFILE_RELEASE_DEBUG": "false",
+    "CARGO_PROFILE_RELEASE_STRIP": "debuginfo",
+}
+
 
 def build_binaries() -> None:
     """Builds the executable and the preload library (release, no debug information) and
@@ -58,13 +64,11 @@ def build_binaries() -> None:
     command = ["cargo", "build", "--release", "--message-format=json-render-diagnostics"]
     for package, _, _, _ in BINARIES:
         command += ["-p", package]
-    env = dict(
-        os.environ,
-        CARGO_PROFILE_RELEASE_DEBUG="false",
-        CARGO_PROFILE_RELEASE_STRIP="debuginfo",
-    )
+    # maturin's build of the extension module inherits this too: both builds then share
+    # the compiled dependencies.
+    os.environ.update(WITHOUT_DEBUG_INFO)
     print("Running `{}`".format(" ".join(command)), file=sys.stderr, flush=True)
-    result = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, check=False)
+    result = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, check=False)
     if result.returncode != 0:
         sys.exit(f"memwarden: `{' '.join(command)}` failed with exit status {result.returncode}")
     # cargo's messages name each artifact it built (or found fresh), wherever its target
@@ -115,4 +119,6 @@ def build_editable(
 ) -> str:
     # The editable install imports python/memwarden itself, so _bin/ is filled in place.
     build_binaries()
-    return maturin.build_editable(wheel_directory, config_settings, metadata_directory)
+    return maturin.build_editable(
+        wheel_directory, with_compatibility(config_settings), metadata_directory
+    )

@@ -22,7 +22,7 @@ ensure_venv() {
 # What the tests need on top of the example's requirements (scripts/test-requirements.txt).
 ensure_test_requirements() {
     local root=$1
-    if ! "$root/.venv/bin/python" -c 'import h5py, lz4, websocket' 2>/dev/null; then
+    if ! "$root/.venv/bin/python" -c 'import h5py, lz4, websocket, auditwheel' 2>/dev/null; then
         echo "==> installing the tests' requirements into .venv (PyPI)"
         "$root/.venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$root/scripts/test-requirements.txt"
     fi

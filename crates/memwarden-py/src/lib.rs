@@ -40,7 +40,10 @@ fn unescape<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyBytes>> {
 #[pyfunction]
 #[pyo3(signature = (dir, raw_frames = false))]
 fn analyze_captures(py: Python<'_>, dir: PathBuf, raw_frames: bool) -> PyResult<String> {
-    if !std::fs::metadata(&dir)?.is_dir() {
+    if !std::fs::metadata(&dir)
+        .map_err(|e| io_error(&dir, e))?
+        .is_dir()
+    {
         return Err(PyNotADirectoryError::new_err(format!(
             "{}: not a directory of captures",
             dir.display()
@@ -77,7 +80,7 @@ fn analyze(dir: &Path, raw_frames: bool) -> PyResult<(String, Vec<String>)> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             analyze_without_report(dir, raw_frames)?
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(io_error(&report_path, e)),
     };
     let json = serde_json::to_string(&profile)
         .map_err(|e| PyValueError::new_err(format!("cannot write the profile as JSON: {e}")))?;
@@ -89,7 +92,7 @@ fn analyze_without_report(
     dir: &Path,
     raw_frames: bool,
 ) -> PyResult<(memwarden_format::report::Profile, Vec<String>)> {
-    let (captures, errors) = profile::read_dir(dir)?;
+    let (captures, errors) = profile::read_dir(dir).map_err(|e| io_error(dir, e))?;
     let mut warnings: Vec<String> = errors.iter().map(ToString::to_string).collect();
     let Some(first) = captures.first() else {
         warnings.insert(
@@ -136,7 +139,8 @@ fn format_size(bytes: u64) -> String {
 /// [`capture_lines`]'s `since`.
 #[pyfunction]
 fn capture_allocated(py: Python<'_>, path: PathBuf) -> PyResult<Vec<u64>> {
-    Ok(py.detach(|| memwarden_format::capture::read_allocated(&path))?)
+    py.detach(|| memwarden_format::capture::read_allocated(&path))
+        .map_err(|e| io_error(&path, e))
 }
 
 /// Each of the user's lines in one capture file, as the profiler left it now:
@@ -171,6 +175,12 @@ fn capture_lines(
             )
         })
         .collect())
+}
+
+/// `e` as the `OSError` subclass Python gives it (`FileNotFoundError`, `PermissionError`,
+/// ...), its message naming `path`.
+fn io_error(path: &Path, e: std::io::Error) -> PyErr {
+    std::io::Error::new(e.kind(), format!("{}: {e}", path.display())).into()
 }
 
 /// The module `memwarden._native`.
