@@ -22,7 +22,6 @@ Run with an interpreter that has memwarden installed (`pip install .`), numpy an
 import json
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import textwrap
 import time
 
 PY = sys.executable
-MEMWARDEN = shutil.which("memwarden", path=os.path.dirname(PY))
+MEMWARDEN = os.path.join(os.path.dirname(PY), "memwarden")
 
 
 def timed(argv, cwd=None, env=None):
@@ -134,7 +133,7 @@ def bench_accuracy(scratch):
 
 
 def main():
-    if MEMWARDEN is None:
+    if not os.access(MEMWARDEN, os.X_OK):
         print("memwarden is not installed beside this interpreter: pip install . first")
         return 2
     with tempfile.TemporaryDirectory() as scratch:

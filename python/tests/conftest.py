@@ -3,7 +3,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -15,8 +14,9 @@ pytest_plugins = ["pytester"]
 
 @pytest.fixture
 def memwarden_bin():
-    found = shutil.which("memwarden", path=os.path.dirname(sys.executable))
-    assert found, "the package's `memwarden` command is installed beside this interpreter"
+    # Not shutil.which: its search path splits on ':', which this venv's path may hold.
+    found = os.path.join(os.path.dirname(sys.executable), "memwarden")
+    assert os.access(found, os.X_OK), "the package's `memwarden` command is installed beside this interpreter"
     return found
 
 

@@ -40,10 +40,48 @@ fn succeed(command: &mut Command) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// The wheel, built on first use.
+/// This test process's own folder under the target folder: nextest runs each test in a
+/// process of its own, and they must not build into (or delete) each other's wheels and
+/// venvs. Folders of processes that are gone are removed.
+fn own_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-package");
+        fs::create_dir_all(&base).expect("python-package folder");
+        for entry in fs::read_dir(&base).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name
+                .parse::<u32>()
+                .is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+            {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+        let own = base.join(std::process::id().to_string());
+        fs::create_dir_all(&own).expect("own folder");
+        own
+    })
+}
+
+/// Runs `f` holding a lock every test process of this file takes: `pip wheel .` builds in
+/// the checkout (its `python/memwarden/_bin/`) and one cargo target folder.
+fn exclusively<T>(f: impl FnOnce() -> T) -> T {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-package.lock");
+    let file = fs::File::create(&path).expect("lock file");
+    // SAFETY: flock on a descriptor this function owns for the whole call; the lock goes
+    // with the descriptor when `file` is dropped.
+    #[allow(unsafe_code)]
+    let locked = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) };
+    assert_eq!(locked, 0, "flock {}", path.display());
+    let result = f();
+    drop(file);
+    result
+}
+
+/// The wheel, built on first use (in each test process: a warm build takes seconds).
 fn wheel() -> &'static Path {
     static WHEEL: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match WHEEL.get_or_init(build_wheel) {
+    match WHEEL.get_or_init(|| exclusively(build_wheel)) {
         Ok(path) => path,
         Err(why) => panic!("{why}"),
     }
@@ -52,7 +90,7 @@ fn wheel() -> &'static Path {
 /// `pip wheel . --no-deps -w DIR`.
 fn build_wheel() -> Result<PathBuf, String> {
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let dir = tmp.join("wheel");
+    let dir = own_dir().join("wheel");
     let _ = fs::remove_dir_all(&dir);
     let mut pip = Command::new(python());
     pip.args([
@@ -112,11 +150,9 @@ fn install(base: &Path, interpreter: &Path) -> PathBuf {
     venv
 }
 
-/// A fresh folder `name` for venvs, in this test binary's part of the target folder.
+/// A fresh folder `name` for venvs, in this test process's part of the target folder.
 fn venv_base(name: &str) -> PathBuf {
-    let base = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("python-package")
-        .join(name);
+    let base = own_dir().join(name);
     let _ = fs::remove_dir_all(&base);
     fs::create_dir_all(&base).expect("venv folder");
     base
@@ -419,4 +455,56 @@ fn the_same_wheel_installs_on_cpython_3_9() {
 #[test]
 fn the_same_wheel_installs_on_cpython_3_13() {
     installs_on("3.13");
+}
+
+/// The Python side's own tests (`python/tests`: the API, the pytest plugin through
+/// pytester, the `%%memwarden` magic through IPython and a kernel through jupyter_client),
+/// run by the installed package's interpreter, so they test what `pip install` gave.
+#[test]
+fn the_python_api_the_pytest_plugin_and_the_magic_pass_their_tests_where_installed() {
+    let venv = venv();
+    let python = venv.join("bin/python");
+    succeed(
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args([
+                "numpy",
+                "pytest>=8",
+                "pytest-xdist",
+                "ipython",
+                "ipykernel",
+                "jupyter_client",
+            ]),
+    );
+    let tests = util::workspace_root().join("python/tests");
+    let output = Command::new(&python)
+        .args([
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-W",
+            "error::pytest.PytestUnknownMarkWarning",
+        ])
+        .arg(&tests)
+        .current_dir(venv)
+        .env("MEMWARDEN_NO_GPU", "1")
+        .env_remove("LD_PRELOAD")
+        .env_remove("MEMWARDEN_PRELOAD")
+        .env_remove("MEMWARDEN_CAPTURE_DIR")
+        .env_remove("MEMWARDEN_RUN_ID")
+        .output()
+        .expect("pytest runs");
+    assert!(
+        output.status.success(),
+        "python/tests failed:\n{}",
+        text(&output)
+    );
 }
