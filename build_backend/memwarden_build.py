@@ -65,8 +65,11 @@ def build_binaries() -> None:
     for package, _, _, _ in BINARIES:
         command += ["-p", package]
     # maturin's build of the extension module inherits this too: both builds then share
-    # the compiled dependencies.
+    # the compiled dependencies. Their own target folder (unless CARGO_TARGET_DIR says
+    # otherwise) keeps them apart from `cargo build --release`'s, whose settings differ:
+    # neither build then undoes the other's.
     os.environ.update(WITHOUT_DEBUG_INFO)
+    os.environ.setdefault("CARGO_TARGET_DIR", os.fspath(ROOT / "target" / "wheel"))
     print("Running `{}`".format(" ".join(command)), file=sys.stderr, flush=True)
     result = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, check=False)
     if result.returncode != 0:
