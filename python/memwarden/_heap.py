@@ -25,7 +25,8 @@ class _Library:
         self.mark = process.memwarden_heap_mark
         self.peak_since_mark = process.memwarden_heap_peak_since_mark
         self.sample_bytes = process.memwarden_heap_sample_bytes
-        for function in (self.live, self.mark, self.peak_since_mark, self.sample_bytes):
+        self.python_frames = process.memwarden_python_frames
+        for function in (self.live, self.mark, self.peak_since_mark, self.sample_bytes, self.python_frames):
             function.restype = ctypes.c_uint64
             function.argtypes = []
 
@@ -62,6 +63,12 @@ def why_unavailable() -> str:
 def sample_bytes() -> Optional[int]:
     """Mean bytes between samples (0: every allocation recorded); None without the profiler."""
     return None if _LIBRARY is None else int(_LIBRARY.sample_bytes())
+
+
+def reads_python_frames() -> bool:
+    """Whether the profiler charges allocations to Python lines here (a CPython whose frame
+    layout it knows: 3.10 to 3.13)."""
+    return _LIBRARY is not None and bool(_LIBRARY.python_frames())
 
 
 def live_bytes() -> Optional[int]:

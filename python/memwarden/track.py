@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import warnings
 import sys
 import time
 from dataclasses import dataclass, field
@@ -97,7 +98,7 @@ class Track:
     def top_lines(self) -> List[Line]:
         """The lines that allocated the most in the block (empty without the profiler)."""
         if self._top_lines is None:
-            measured = self.peak_heap_bytes is not None
+            measured = self.peak_heap_bytes is not None and _heap.reads_python_frames()
             self._top_lines = _lines.between(self._lines_at_start, self._lines_at_end) if measured else []
         return self._top_lines
 
@@ -122,6 +123,9 @@ class Track:
             now = _heap.live_bytes() or 0
             self.leaked_bytes = now - self.heap_at_start_bytes
             self.sampled = (_heap.sample_bytes() or 0) > 0
+            if not _heap.reads_python_frames():
+                self.notes.append(_NO_FRAMES)
+                _warn_once(_NO_FRAMES)
         else:
             self.notes.append(f"no heap figures or lines: {_heap.why_unavailable()}")
         if not self.peak_rss_exact:
@@ -189,6 +193,19 @@ def budget(limit: Union[int, str], name: Optional[str] = None) -> Callable[[F], 
         return Track(name or function.__qualname__, limit_bytes)(function)
 
     return decorate
+
+
+_NO_FRAMES = (
+    f"no lines: memwarden's profiler does not read the frames of Python "
+    f"{sys.version_info.major}.{sys.version_info.minor} (it reads 3.10 to 3.13); heap figures are whole-process"
+)
+_WARNED = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def collect() -> None:

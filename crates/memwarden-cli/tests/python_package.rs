@@ -445,6 +445,33 @@ fn installs_on(version: &str) {
     );
     let version_line = succeed(Command::new(venv.join("bin/memwarden")).arg("--version"));
     assert!(version_line.starts_with("memwarden "), "{version_line}");
+
+    // A block under the profiler: heap figures on every version; lines where the profiler
+    // reads the interpreter's frames (3.10 to 3.13), else one warning saying why not.
+    let home = venv_base(&format!("{version}-home"));
+    let output = venv_memwarden(&home)
+        .args(["run", "--quiet", "--profile", "--"])
+        .arg(venv.join("bin/python"))
+        .args([
+            "-c",
+            "import memwarden\nwith memwarden.track() as t:\n    x = bytearray(40 << 20)\n\
+             print(t.peak_heap_bytes >= 40 << 20, len(t.top_lines) > 0, t.notes)",
+        ])
+        .output()
+        .expect("memwarden runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{}", text(&output));
+    let reads_frames = version != "3.9";
+    assert!(
+        stdout.starts_with(if reads_frames { "True True" } else { "True False" }),
+        "{version}: {stdout} {stderr}"
+    );
+    assert_eq!(
+        stderr.matches("does not read the frames of Python").count(),
+        usize::from(!reads_frames),
+        "{version}: one warning where there are no lines: {stderr}"
+    );
 }
 
 #[test]

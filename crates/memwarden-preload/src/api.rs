@@ -63,3 +63,10 @@ pub extern "C" fn memwarden_heap_sample_bytes() -> u64 {
         settings.sample_bytes
     }
 }
+
+/// 1 when the profiler reads this process's Python frames (a CPython it knows the layout
+/// of), so allocations are charged to Python lines; 0 otherwise.
+#[no_mangle]
+pub extern "C" fn memwarden_python_frames() -> u64 {
+    u64::from(crate::IS_PYTHON.load(Ordering::Relaxed))
+}
