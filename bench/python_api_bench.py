@@ -12,7 +12,8 @@ Run with an interpreter that has memwarden installed (`pip install .`), numpy an
 2. The plugin: a generated suite of 200 tests, each building a few numpy arrays, run
    `-p no:memwarden` (bare), plain (the plugin measures nothing: no marker), with a
    `limit_memory` marker on every test (pytest started again under the profiler), and with
-   `--memwarden` (the table too); median wall time of 3, interleaved.
+   `--memwarden` (the table too); median wall time of 3 (MEMWARDEN_BENCH_REPEAT), interleaved;
+   the suite again with tests that each sort a million numbers (about 20 ms of work).
 3. Accuracy: one test allocating 64 MiB of numpy arrays through several lines (and freeing
    half before the peak); the plugin's reported peak against the heap increase of the same
    code under `memwarden run --profile=exact` (its report's heap timeline), and against the
@@ -30,6 +31,7 @@ import textwrap
 import time
 
 PY = sys.executable
+REPEAT = int(os.environ.get("MEMWARDEN_BENCH_REPEAT", "3"))
 MEMWARDEN = os.path.join(os.path.dirname(PY), "memwarden")
 
 
@@ -61,19 +63,21 @@ def bench_track(scratch):
     print(f"track enter+leave: {plain:.0f} µs plain, {profiled:.0f} µs under the profiler (mean of 2000)")
 
 
-def suite(directory, marker):
+def suite(directory, marker, work):
+    """200 tests; each sorts `work` random numbers (0: builds two small arrays only)."""
     os.makedirs(directory, exist_ok=True)
     mark = '@pytest.mark.limit_memory("100 MB")\n' if marker else ""
     with open(os.path.join(directory, "test_many.py"), "w") as f:
         f.write("import numpy as np\nimport pytest\n\n")
         for i in range(200):
-            f.write(f"{mark}def test_{i}():\n    a = np.ones(20000 + {i})\n    b = a * 2\n    assert b.sum() > 0\n\n")
+            body = f"np.sort(np.random.rand({work}))" if work else "np.ones(100)"
+            f.write(f"{mark}def test_{i}():\n    a = np.ones(20000 + {i})\n    b = a * 2 + {body}.sum()\n    assert b.sum() > 0\n\n")
 
 
-def bench_plugin(scratch):
-    plain_dir, marked_dir = os.path.join(scratch, "plain"), os.path.join(scratch, "marked")
-    suite(plain_dir, False)
-    suite(marked_dir, True)
+def bench_plugin(scratch, work):
+    plain_dir, marked_dir = os.path.join(scratch, f"plain{work}"), os.path.join(scratch, f"marked{work}")
+    suite(plain_dir, False, work)
+    suite(marked_dir, True, work)
     runs = {
         "bare (-p no:memwarden)": (plain_dir, ["-p", "no:memwarden"]),
         "plugin, no marker": (plain_dir, []),
@@ -81,7 +85,7 @@ def bench_plugin(scratch):
         "plugin, --memwarden table": (plain_dir, ["--memwarden"]),
     }
     times = {name: [] for name in runs}
-    for _ in range(3):
+    for _ in range(REPEAT):
         for name, (directory, extra) in runs.items():
             elapsed, done = timed([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra], cwd=directory)
             if done.returncode != 0:
@@ -91,7 +95,8 @@ def bench_plugin(scratch):
     bare = statistics.median(times["bare (-p no:memwarden)"])
     for name, values in times.items():
         median = statistics.median(values)
-        print(f"200 tests, {name}: {median:.2f} s ({median / bare:.2f}× bare)")
+        print(f"200 tests ({'sorting ' + str(work) + ' numbers each' if work else 'tiny'}), {name}: "
+              f"{median:.2f} s ({median / bare:.2f}× bare)")
 
 
 ACCURACY = """
@@ -119,13 +124,14 @@ def bench_accuracy(scratch):
     found = re.search(r"Test allocated ([\d.]+) MiB at its peak", done.stdout)
     plugin = float(found.group(1)) if found else None
     with open(os.path.join(directory, "run_work.py"), "w") as f:
-        f.write("import time, work\ntime.sleep(0.2)\nwork.work()\ntime.sleep(0.2)\n")
+        f.write("import time, work\ntime.sleep(0.8)\nwork.work()\ntime.sleep(0.3)\n")
     report = os.path.join(directory, "r.json")
     subprocess.run([MEMWARDEN, "run", "--quiet", "--profile=exact", "--interval", "5ms", "--json", report, "--", PY, "run_work.py"],
                    cwd=directory, check=True, capture_output=True)
     with open(report) as f:
         points = json.load(f)["profile"]["timeline"]
-    before = points[0]["heap_bytes"]
+    # The heap once the imports are done, while the script sleeps before the work.
+    before = [p["heap_bytes"] for p in points if 0.5 <= p["t_s"] <= 0.75][-1]
     increase = (max(p["heap_bytes"] for p in points) - before) / 2**20
     truth = 64.0  # a and b (32), a freed (16), c (48), d (64): b + c + d at the peak
     print(f"a test's own heap peak: plugin {plugin} MiB, memwarden run's heap increase {increase:.2f} MiB "
@@ -138,7 +144,8 @@ def main():
         return 2
     with tempfile.TemporaryDirectory() as scratch:
         bench_track(scratch)
-        bench_plugin(scratch)
+        bench_plugin(scratch, 0)
+        bench_plugin(scratch, 1_000_000)
         bench_accuracy(scratch)
     return 0
 

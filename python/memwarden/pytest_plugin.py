@@ -36,7 +36,7 @@ from typing import Any, Iterator, List, Optional, Tuple
 import pytest
 
 from . import _heap, _native, _preload
-from .track import Track, parse_size
+from .track import Track, parse_size, signed_size
 
 _REEXECUTED = "MEMWARDEN_PYTEST_REEXECUTED"
 _MARKERS = ("limit_memory", "limit_leaks")
@@ -240,6 +240,6 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     terminalreporter.write_line(f"{'heap peak':>12} {'left':>12}  {'outcome':<8} test  (how measured; top line)")
     for nodeid, outcome, peak, left, how, lines in sorted(_ROWS, key=lambda r: -(r[2] or 0)):
         peak_text = "-" if peak is None else size(peak)
-        left_text = "-" if left is None else size(left)
+        left_text = "-" if left is None else signed_size(left)
         extra = f"  ({how}" + (f"; {lines[0]}" if lines else "") + ")"
         terminalreporter.write_line(f"{peak_text:>12} {left_text:>12}  {outcome:<8} {nodeid}{extra}")

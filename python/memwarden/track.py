@@ -177,6 +177,12 @@ class Track:
         return text
 
 
+def signed_size(bytes_: int) -> str:
+    """A size that may be negative (a block that freed more than it allocated)."""
+    text = _native.format_size(abs(bytes_))
+    return f"-{text}" if bytes_ < 0 else text
+
+
 def track(name: Optional[str] = None, budget: Union[int, str, None] = None) -> Track:
     """Measures a block (``with memwarden.track("fit") as t:``) or a function
     (``@memwarden.track()``). With `budget`, raises :class:`MemoryBudgetExceeded` when the

@@ -70,6 +70,9 @@ def test_the_table_and_a_default_limit(pytester):
     pytester.makepyfile(
         test_plain="""
         import numpy as np
+        BIG = [np.ones(4 * 2**20 // 8)]
+        def test_frees_more_than_it_allocates():
+            BIG.clear()
         def test_small():
             assert np.ones(1000).sum() == 1000
         def test_big():
@@ -77,9 +80,10 @@ def test_the_table_and_a_default_limit(pytester):
         """
     )
     result = pytester.runpytest_subprocess("--memwarden", "--memwarden-limit", "20MiB", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=1, failed=1)
+    result.assert_outcomes(passed=2, failed=1)
     text = result.stdout.str()
     assert "memwarden: memory per test" in text and "test_plain.py::test_big" in text
+    assert "-4.00 MiB" in text, "what a test freed shows as negative"
 
 
 def test_xdist_workers_are_measured_too(pytester):
