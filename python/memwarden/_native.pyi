@@ -41,3 +41,23 @@ def capture_lines(
     first; with ``since`` (from ``capture_allocated``), the bytes allocated after that
     reading (and before ``until``'s), lines that allocated none left out. Raises ``ValueError`` when the file is
     no capture."""
+
+def record_block(
+    model: str,
+    version: str,
+    stage: str,
+    tags: list[str],
+    ledger: str | None,
+    command: list[str],
+    started_at_unix_s: float,
+    duration_s: float,
+    peak_rss_bytes: int,
+    peak_rss_exact: bool,
+    peak_heap_bytes: int | None,
+    peak_gpu_bytes: int | None,
+    budget_bytes: int | None,
+    failed: bool,
+) -> str:
+    """Records a finished block in the ledger, as ``memwarden run --model`` records a run;
+    the line saying where (or that the record was spooled). Raises ``ValueError`` for a
+    model, version, tag or ledger that cannot be recorded."""

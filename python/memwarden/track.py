@@ -26,7 +26,7 @@ import warnings
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional, TypeVar, Union
+from typing import Any, Callable, Dict, List, Optional, TypeVar, Union
 
 from . import _heap, _host, _lines, _native
 
@@ -77,6 +77,9 @@ class Track:
 
     name: Optional[str] = None
     budget_bytes: Optional[int] = None
+    record: Optional["Recording"] = None
+    recorded: Optional[str] = None
+    """Where the block was recorded in the ledger (with ``model=``), or why it was spooled."""
     peak_heap_bytes: Optional[int] = None
     leaked_bytes: Optional[int] = None
     heap_at_start_bytes: Optional[int] = None
@@ -91,6 +94,7 @@ class Track:
     _lines_at_start: Any = field(default=None, repr=False)
     _gpu_at_start: Optional[int] = field(default=None, repr=False)
     _started: float = field(default=0.0, repr=False)
+    _started_unix_s: float = field(default=0.0, repr=False)
     _lines_at_end: Any = field(default=None, repr=False)
     _top_lines: Optional[List[Line]] = field(default=None, repr=False)
 
@@ -105,6 +109,7 @@ class Track:
     # -- the block ------------------------------------------------------------------
     def __enter__(self) -> "Track":
         self._started = time.perf_counter()
+        self._started_unix_s = time.time()
         self._gpu_at_start = _gpu_reset()
         self._host_block = _host.HOST.enter()
         self._lines_at_start = _lines.snapshot()
@@ -136,16 +141,43 @@ class Track:
         self.peak_gpu_bytes = _gpu_peak(self._gpu_at_start)
         if self.peak_gpu_bytes is None and "torch" in sys.modules:
             self.notes.append("no GPU figures: torch is loaded but CUDA is not available")
+        if self.record is not None:
+            self._record(failed=kind is not None)
         if kind is None and self.budget_bytes is not None:
             measured = self.measured_bytes()
             if measured is not None and measured > self.budget_bytes:
                 raise MemoryBudgetExceeded(self.summary(), self)
 
+    def _record(self, failed: bool) -> None:
+        record = self.record
+        assert record is not None
+        try:
+            self.recorded = _native.record_block(
+                record.model,
+                record.version,
+                record.stage,
+                [f"{k}={v}" for k, v in record.tags.items()] + ([f"block={self.name}"] if self.name else []),
+                record.ledger,
+                [sys.executable, *sys.argv],
+                self._started_unix_s,
+                self.duration_s,
+                self.peak_rss_bytes or 0,
+                self.peak_rss_exact,
+                self.peak_heap_bytes,
+                self.peak_gpu_bytes,
+                self.budget_bytes,
+                failed,
+            )
+        except ValueError as e:
+            self.recorded = None
+            self.notes.append(f"not recorded in the ledger: {e}")
+            _warn_once(f"memwarden.track: not recorded in the ledger: {e}")
+
     # -- as a decorator -------------------------------------------------------------
     def __call__(self, function: F) -> F:
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with Track(self.name or function.__qualname__, self.budget_bytes):
+            with Track(self.name or function.__qualname__, self.budget_bytes, self.record):
                 return function(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]
@@ -183,11 +215,44 @@ def signed_size(bytes_: int) -> str:
     return f"-{text}" if bytes_ < 0 else text
 
 
-def track(name: Optional[str] = None, budget: Union[int, str, None] = None) -> Track:
+@dataclass
+class Recording:
+    """Where a block is recorded: the ledger's key (model, version, stage) and tags."""
+
+    model: str
+    version: str
+    stage: str = "train"
+    tags: Dict[str, str] = field(default_factory=dict)
+    ledger: Optional[str] = None
+
+
+STAGES = ("train", "eval", "inference", "test")
+
+
+def track(
+    name: Optional[str] = None,
+    budget: Union[int, str, None] = None,
+    *,
+    model: Optional[str] = None,
+    version: Optional[str] = None,
+    stage: str = "train",
+    tags: Optional[Dict[str, str]] = None,
+    ledger: Optional[str] = None,
+) -> Track:
     """Measures a block (``with memwarden.track("fit") as t:``) or a function
     (``@memwarden.track()``). With `budget`, raises :class:`MemoryBudgetExceeded` when the
-    block needed more (its heap peak, or its resident peak without the profiler)."""
-    return Track(name=name, budget_bytes=None if budget is None else parse_size(budget))
+    block needed more (its heap peak, or its resident peak without the profiler). With
+    `model` and `version`, records the block in the ledger under them and `stage` (as
+    ``memwarden run --model`` records a run; `ledger` as ``--ledger``, default the data
+    directory's), so ``memwarden history MODEL`` shows it."""
+    record = None
+    if model is not None or version is not None:
+        if not model or not version:
+            raise ValueError("memwarden.track: give both model= and version= to record the block")
+        if stage not in STAGES:
+            raise ValueError(f"memwarden.track: stage {stage!r} is not one of {', '.join(STAGES)}")
+        record = Recording(model, str(version), stage, dict(tags or {}), ledger)
+    return Track(name=name, budget_bytes=None if budget is None else parse_size(budget), record=record)
 
 
 def budget(limit: Union[int, str], name: Optional[str] = None) -> Callable[[F], F]:

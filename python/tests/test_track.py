@@ -111,3 +111,25 @@ def test_a_budget_raises_with_the_figures_and_a_bad_one_fails_when_decorating(ru
         memwarden.budget("ten megs")
     with pytest.raises(ValueError):
         memwarden.track(budget="2 GiBs")
+
+
+def test_a_block_is_recorded_in_the_ledger_under_its_model_version_and_stage(tmp_path, memwarden_bin, monkeypatch):
+    import json
+
+    monkeypatch.setenv("MEMWARDEN_HOME", str(tmp_path / "home"))
+    ledger = str(tmp_path / "ledger.sqlite")
+    with memwarden.track("fit", model="fraud", version="3", stage="eval", tags={"data": "2026-11"}, ledger=ledger) as t:
+        x = bytearray(30 * MIB)
+    del x
+    assert t.recorded and "recorded fraud@3 (eval)" in t.recorded, t.recorded
+    history = subprocess.run(
+        [memwarden_bin, "--ledger", ledger, "history", "fraud", "--json"], capture_output=True, text=True
+    )
+    assert history.returncode == 0, history.stderr
+    rows = json.loads(history.stdout)
+    rows = rows if isinstance(rows, list) else rows.get("rows", rows)
+    assert any(r["version"] == "3" and r["stage"] == "eval" and r["max_peak_rss_bytes"] >= 30 * MIB for r in rows), rows
+    with pytest.raises(ValueError):
+        memwarden.track(model="fraud")
+    with pytest.raises(ValueError):
+        memwarden.track(model="fraud", version="3", stage="deploy")

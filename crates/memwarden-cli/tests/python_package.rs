@@ -464,7 +464,11 @@ fn installs_on(version: &str) {
     assert!(output.status.success(), "{}", text(&output));
     let reads_frames = version != "3.9";
     assert!(
-        stdout.starts_with(if reads_frames { "True True" } else { "True False" }),
+        stdout.starts_with(if reads_frames {
+            "True True"
+        } else {
+            "True False"
+        }),
         "{version}: {stdout} {stderr}"
     );
     assert_eq!(

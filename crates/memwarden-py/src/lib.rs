@@ -177,6 +177,50 @@ fn capture_lines(
         .collect())
 }
 
+/// Records a finished block of the program in the ledger (`memwarden.track(...,
+/// model=...)`); the line saying where. A ledger that cannot take it gets it spooled (the
+/// line says so); arguments that cannot be recorded raise `ValueError`.
+#[pyfunction]
+#[pyo3(signature = (model, version, stage, tags, ledger, command, started_at_unix_s, duration_s,
+    peak_rss_bytes, peak_rss_exact, peak_heap_bytes, peak_gpu_bytes, budget_bytes, failed))]
+#[allow(clippy::too_many_arguments)]
+fn record_block(
+    py: Python<'_>,
+    model: String,
+    version: String,
+    stage: String,
+    tags: Vec<String>,
+    ledger: Option<String>,
+    command: Vec<String>,
+    started_at_unix_s: f64,
+    duration_s: f64,
+    peak_rss_bytes: u64,
+    peak_rss_exact: bool,
+    peak_heap_bytes: Option<u64>,
+    peak_gpu_bytes: Option<u64>,
+    budget_bytes: Option<u64>,
+    failed: bool,
+) -> PyResult<String> {
+    let block = memwarden_run::block::Block {
+        model,
+        version,
+        stage,
+        tags,
+        ledger,
+        command,
+        started_at_unix_s,
+        duration_s,
+        peak_rss_bytes,
+        peak_rss_exact,
+        peak_heap_bytes,
+        peak_gpu_bytes,
+        budget_bytes,
+        failed,
+    };
+    py.detach(|| memwarden_run::block::record(&block))
+        .map_err(PyValueError::new_err)
+}
+
 /// `e` as the `OSError` subclass Python gives it (`FileNotFoundError`, `PermissionError`,
 /// ...), its message naming `path`.
 fn io_error(path: &Path, e: std::io::Error) -> PyErr {
@@ -192,6 +236,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(parse_size, module)?)?;
     module.add_function(wrap_pyfunction!(format_size, module)?)?;
     module.add_function(wrap_pyfunction!(capture_allocated, module)?)?;
+    module.add_function(wrap_pyfunction!(record_block, module)?)?;
     module.add_function(wrap_pyfunction!(capture_lines, module)?)?;
     Ok(())
 }

@@ -258,7 +258,7 @@ impl RunConfig {
     }
 }
 
-fn governance(
+pub(crate) fn governance(
     model: String,
     version: String,
     stage: &str,

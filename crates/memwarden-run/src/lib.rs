@@ -10,6 +10,7 @@
 //! A run is journaled while it lasts, and a [`guardian`] process finishes it should
 //! memwarden die; [`recover`] finishes runs whose memwarden and guardian both died.
 
+pub mod block;
 mod config;
 pub mod guardian;
 mod isolation;
@@ -531,7 +532,10 @@ fn write_html(
 }
 
 /// Writes `report` as JSON to `path` as [`write_file_at`] does.
-fn write_report_at(path: &Path, report: &memwarden_format::report::Report) -> io::Result<()> {
+pub(crate) fn write_report_at(
+    path: &Path,
+    report: &memwarden_format::report::Report,
+) -> io::Result<()> {
     write_file_at(path, &report_json(report)?)
 }
 
