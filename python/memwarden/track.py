@@ -21,7 +21,6 @@ Figures are process-wide: other threads' memory during the block counts too.
 from __future__ import annotations
 
 import functools
-import gc
 import warnings
 import sys
 import time
@@ -92,7 +91,7 @@ class Track:
     _heap_block: Any = field(default=None, repr=False)
     _host_block: Any = field(default=None, repr=False)
     _lines_at_start: Any = field(default=None, repr=False)
-    _gpu_at_start: Optional[int] = field(default=None, repr=False)
+    _gpu_block: Any = field(default=None, repr=False)
     _started: float = field(default=0.0, repr=False)
     _started_unix_s: float = field(default=0.0, repr=False)
     _lines_at_end: Any = field(default=None, repr=False)
@@ -110,7 +109,7 @@ class Track:
     def __enter__(self) -> "Track":
         self._started = time.perf_counter()
         self._started_unix_s = time.time()
-        self._gpu_at_start = _gpu_reset()
+        self._gpu_block = GPU.enter()
         self._host_block = _host.HOST.enter()
         self._lines_at_start = _lines.snapshot()
         self._heap_block = _heap.MARKS.enter()
@@ -138,7 +137,7 @@ class Track:
                 "peak_rss_bytes is a lower bound: under `memwarden run` the process's high-water "
                 "mark is the runner's, and this block did not raise it"
             )
-        self.peak_gpu_bytes = _gpu_peak(self._gpu_at_start)
+        self.peak_gpu_bytes = GPU.leave(self._gpu_block)
         if self.peak_gpu_bytes is None and "torch" in sys.modules:
             self.notes.append("no GPU figures: torch is loaded but CUDA is not available")
         if self.record is not None:
@@ -279,27 +278,52 @@ def _warn_once(message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-def collect() -> None:
-    """Runs the garbage collector, so what a block left is what it really holds."""
-    gc.collect()
+class _GpuMarks:
+    """Open blocks over torch's one peak counter (``max_memory_allocated``), credited before
+    each reset as the heap's and the kernel's marks are, so nested blocks are each right."""
 
+    def __init__(self) -> None:
+        self._open: List[List[int]] = []
 
-def _gpu_reset() -> Optional[int]:
-    torch = sys.modules.get("torch")
-    try:
-        if torch is None or not torch.cuda.is_available():
+    @staticmethod
+    def _torch() -> Any:
+        torch = sys.modules.get("torch")
+        try:
+            return torch if torch is not None and torch.cuda.is_available() else None
+        except Exception:  # a broken CUDA set-up: no GPU figures, never a failed block
             return None
-        torch.cuda.reset_peak_memory_stats()
-        return int(torch.cuda.memory_allocated())
-    except Exception:  # a broken CUDA set-up: no GPU figures, never a failed block
-        return None
+
+    def _credit(self, torch: Any) -> None:
+        peak = int(torch.cuda.max_memory_allocated())
+        for block in self._open:
+            block[1] = max(block[1], peak)
+
+    def enter(self) -> Optional[List[int]]:
+        """Opens a block: ``[allocated at the start, highest seen]``; None without CUDA."""
+        torch = self._torch()
+        if torch is None:
+            return None
+        try:
+            self._credit(torch)
+            torch.cuda.reset_peak_memory_stats()
+            start = int(torch.cuda.memory_allocated())
+        except Exception:
+            return None
+        block = [start, start]
+        self._open.append(block)
+        return block
+
+    def leave(self, block: Optional[List[int]]) -> Optional[int]:
+        """Closes `block`: how far GPU memory rose above its start, at its highest."""
+        torch = self._torch()
+        if block is None or torch is None:
+            return None
+        try:
+            self._credit(torch)
+        except Exception:
+            return None
+        self._open = [b for b in self._open if b is not block]
+        return max(block[1] - block[0], 0)
 
 
-def _gpu_peak(at_start: Optional[int]) -> Optional[int]:
-    torch = sys.modules.get("torch")
-    if at_start is None or torch is None:
-        return None
-    try:
-        return max(int(torch.cuda.max_memory_allocated()) - at_start, 0)
-    except Exception:
-        return None
+GPU = _GpuMarks()
