@@ -4,7 +4,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use memwarden_format::capture::SUFFIX;
-use memwarden_format::report::ProfileMode;
 use memwarden_report::profile;
 
 use crate::exit::{Failure, Status};
@@ -47,17 +46,9 @@ pub fn main(
         status: Status::Usage,
         messages: unreadable.iter().cloned().chain([message]).collect(),
     };
-    let mode = if captures[0].exact {
-        ProfileMode::Exact
-    } else {
-        ProfileMode::Sampled
-    };
+    let mode = profile::mode_of(&captures[0]);
     let start_ns = captures.iter().map(|c| c.start_ns).min().unwrap_or(0);
-    let frames = if raw_frames {
-        profile::Frames::Raw
-    } else {
-        profile::Frames::Folded
-    };
+    let frames = profile::Frames::raw_if(raw_frames);
     // One directory of a run: its tree counter gives the tree's measured peak.
     let (analysis, tree_error) = match paths {
         [dir] => profile::analyze_kept(

@@ -9,7 +9,7 @@
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
-use memwarden_format::report::{ProfileMode, Report};
+use memwarden_format::report::Report;
 use memwarden_report::profile;
 use pyo3::exceptions::{PyNotADirectoryError, PyUserWarning, PyValueError};
 use pyo3::prelude::*;
@@ -101,17 +101,9 @@ fn analyze_without_report(
         );
         return Err(PyValueError::new_err(warnings.join("; ")));
     };
-    let mode = if first.exact {
-        ProfileMode::Exact
-    } else {
-        ProfileMode::Sampled
-    };
+    let mode = profile::mode_of(first);
     let start_ns = captures.iter().map(|c| c.start_ns).min().unwrap_or(0);
-    let frames = if raw_frames {
-        profile::Frames::Raw
-    } else {
-        profile::Frames::Folded
-    };
+    let frames = profile::Frames::raw_if(raw_frames);
     let (analysis, tree_error) =
         profile::analyze_kept(dir, &captures, mode, first.sample_bytes, start_ns, frames);
     if let Some(e) = tree_error {

@@ -29,6 +29,18 @@ pub enum Frames {
     Raw,
 }
 
+impl Frames {
+    /// [`Frames::Raw`] when asked for every frame as recorded (`--raw-frames`), else
+    /// [`Frames::Folded`].
+    pub fn raw_if(raw: bool) -> Frames {
+        if raw {
+            Frames::Raw
+        } else {
+            Frames::Folded
+        }
+    }
+}
+
 /// Files of CPython's import system, frozen (3.11+ and the bootstrap of every version) or
 /// read from source (`-X frozen_modules=off`).
 const MACHINERY_FILES: [&str; 4] = [

@@ -28,6 +28,15 @@ pub fn capture_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
+/// The mode `capture` was recorded in.
+pub fn mode_of(capture: &Capture) -> ProfileMode {
+    if capture.exact {
+        ProfileMode::Exact
+    } else {
+        ProfileMode::Sampled
+    }
+}
+
 /// Reads capture files. Captures that cannot be read are returned as errors beside the
 /// good ones (one bad process does not hide the others); captures of processes that never
 /// had an allocation recorded are skipped.

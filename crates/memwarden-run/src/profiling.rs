@@ -262,11 +262,7 @@ impl Profiling {
             preload,
             dir,
             folded,
-            frames: if raw_frames {
-                profile::Frames::Raw
-            } else {
-                profile::Frames::Folded
-            },
+            frames: profile::Frames::raw_if(raw_frames),
             tree,
             watch: TreeWatch::new(&dir_path),
         })

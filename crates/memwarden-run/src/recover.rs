@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use memwarden_format::report::{
-    Budget, BudgetStatus, Exit, Gpu, Limits, ModelRun, MonitorInfo, Peak, PeakSource, ProfileMode,
-    Report, SCHEMA,
+    Budget, BudgetStatus, Exit, Gpu, Limits, ModelRun, MonitorInfo, Peak, PeakSource, Report,
+    SCHEMA,
 };
 use memwarden_ledger::LedgerLocation;
 use memwarden_monitor::cgroup;
@@ -291,17 +291,9 @@ pub fn attach_kept_profile(report: &mut Report, dir: &Path, raw_frames: bool) {
             .push("profile: no capture holds a recorded allocation".to_owned());
         return;
     };
-    let mode = if first.exact {
-        ProfileMode::Exact
-    } else {
-        ProfileMode::Sampled
-    };
+    let mode = profile::mode_of(first);
     let start_ns = (report.started_at_unix_s * 1e9) as u64;
-    let frames = if raw_frames {
-        profile::Frames::Raw
-    } else {
-        profile::Frames::Folded
-    };
+    let frames = profile::Frames::raw_if(raw_frames);
     let (analysis, tree_error) =
         profile::analyze_kept(dir, &captures, mode, first.sample_bytes, start_ns, frames);
     if let Some(e) = tree_error {
