@@ -1,6 +1,8 @@
 """The pytest plugin, on suites run by pytester in a fresh pytest process (the plugin
 starts pytest again under the profiler, which an in-process run cannot show)."""
 
+import re
+
 import pytest
 
 SUITE = """
@@ -59,9 +61,12 @@ def test_markers_limit_each_tests_own_allocations(pytester):
         "test_cases[50]": "FAILED",
     }, result.stdout.str()
     text = result.stdout.str()
-    assert "Test allocated 40.00 MiB at its peak, over its limit of 10.00 MiB" in text
-    assert "sampled estimate" in text and " test_over: allocated 40.00 MiB" in text, "the top line is named"
-    assert "Test left 5.00 MiB allocated at its end" in text
+    peak = re.search(r"Test allocated ([\d.]+) MiB at its peak, over its limit of 10.00 MiB", text)
+    assert peak and 39.5 <= float(peak.group(1)) <= 42, text
+    assert "sampled estimate" in text and re.search(r" test_over: allocated (39|40|41)\.\d\d MiB", text), "the top line is named"
+    # Sampled: what the test left is an estimate, and pytest's own frees count against it.
+    left = re.search(r"Test left ([\d.]+) MiB allocated at its end", text)
+    assert left and 3.5 <= float(left.group(1)) <= 6.5, text
     assert "ZeroDivisionError: the test's own failure" in text
     assert "over its limit of 1.00 MiB" not in text, "a crash is the crash, not a budget"
 
@@ -91,7 +96,7 @@ def test_xdist_workers_are_measured_too(pytester):
     pytester.makepyfile(test_suite=SUITE)
     result = pytester.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=2, failed=4)
-    assert "Test allocated 40.00 MiB at its peak" in result.stdout.str()
+    assert re.search(r"Test allocated (39|40|41)\.\d\d MiB at its peak", result.stdout.str())
 
 
 def test_without_the_profiler_the_limits_fall_back_to_tracemalloc(pytester):
