@@ -82,7 +82,6 @@ def pytest_configure(config: pytest.Config) -> None:
         config._memwarden_limit = None if limit is None else parse_size(limit)  # type: ignore[attr-defined]
     except ValueError as e:
         raise pytest.UsageError(f"--memwarden-limit: {e}") from None
-    config._memwarden_rows = []  # type: ignore[attr-defined]
     xdist = getattr(config.option, "numprocesses", None)
     if config.getoption("memwarden") or limit is not None or xdist:
         _profile_or_fallback(config)

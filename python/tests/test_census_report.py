@@ -1,8 +1,6 @@
 """memwarden.census and memwarden.Report."""
 
 import json
-import subprocess
-import sys
 
 import memwarden
 

@@ -4,7 +4,7 @@ import pytest
 
 
 def test_the_magic_reports_a_cells_peaks_and_why_there_are_no_lines():
-    IPython = pytest.importorskip("IPython")
+    pytest.importorskip("IPython")
     from IPython.testing.globalipapp import start_ipython
 
     ip = start_ipython()
