@@ -1,6 +1,7 @@
 """Type stubs of ``memwarden._native``, the compiled module (crates/memwarden-py)."""
 
 import os
+import pathlib
 
 def version() -> str:
     """memwarden's version, as its Cargo manifest states it."""
@@ -61,3 +62,8 @@ def record_block(
     """Records a finished block in the ledger, as ``memwarden run --model`` records a run;
     the line saying where (or that the record was spooled). Raises ``ValueError`` for a
     model, version, tag or ledger that cannot be recorded."""
+
+def preloadable(library: str | os.PathLike[str]) -> pathlib.Path:
+    """The path to put in ``LD_PRELOAD`` for the profiler library: its own, or a link to it
+    in a private directory when its path holds a space or a colon (as ``memwarden run
+    --profile`` does). Raises ``ValueError`` when no link can be made."""

@@ -34,7 +34,7 @@ pub fn main(args: ReportArgs) -> Result<Status, Failure> {
 
     let mut wrote = Vec::new();
     let mut write = |flag: &str, path: &Path, contents: &[u8]| -> Result<(), Failure> {
-        write_output(path, contents).map_err(|e| {
+        memwarden_run::write_file_at(path, contents).map_err(|e| {
             Failure::new(
                 Status::Usage,
                 format!(
@@ -127,12 +127,4 @@ fn read_report(path: &Path) -> Result<Report, Failure> {
             path.display()
         ))
     })
-}
-
-/// Writes `contents` to `path`, creating its folder.
-fn write_output(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(path, contents)
 }

@@ -195,19 +195,18 @@ fn folded_stacks_and_the_timeline_csv_add_up() {
             .max()
             .unwrap_or(0)
     };
-    let timeline_rss = json["timeline"]
-        .as_array()
-        .expect("timeline")
-        .iter()
-        .filter_map(|p| p["rss_bytes"].as_u64())
-        .max();
+    // The largest `key` over the report's points.
+    let report_max = |points: &Value, key: &str| {
+        points
+            .as_array()
+            .expect("a timeline")
+            .iter()
+            .filter_map(|p| p[key].as_u64())
+            .max()
+    };
+    let timeline_rss = report_max(&json["timeline"], "rss_bytes");
     assert_eq!(Some(max_of(column("rss_bytes"))), timeline_rss);
-    let heap_max = profile["timeline"]
-        .as_array()
-        .expect("heap timeline")
-        .iter()
-        .filter_map(|p| p["heap_bytes"].as_u64())
-        .max();
+    let heap_max = report_max(&profile["timeline"], "heap_bytes");
     assert_eq!(Some(max_of(column("heap_bytes"))), heap_max);
     assert!(heap_max.unwrap_or(0) > 40 << 20);
 }

@@ -213,6 +213,15 @@ fn record_block(
         .map_err(PyValueError::new_err)
 }
 
+/// The path to put in `LD_PRELOAD` for the profiler library at `library`: its own, or,
+/// when it holds a space or a colon (which `LD_PRELOAD` splits on), a link to it in a
+/// private directory, as `memwarden run --profile` makes. `ValueError` when none can be
+/// made.
+#[pyfunction]
+fn preloadable(library: PathBuf) -> PyResult<PathBuf> {
+    memwarden_run::preload_path(&library).map_err(PyValueError::new_err)
+}
+
 /// `e` as the `OSError` subclass Python gives it (`FileNotFoundError`, `PermissionError`,
 /// ...), its message naming `path`.
 fn io_error(path: &Path, e: std::io::Error) -> PyErr {
@@ -229,6 +238,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(format_size, module)?)?;
     module.add_function(wrap_pyfunction!(capture_allocated, module)?)?;
     module.add_function(wrap_pyfunction!(record_block, module)?)?;
+    module.add_function(wrap_pyfunction!(preloadable, module)?)?;
     module.add_function(wrap_pyfunction!(capture_lines, module)?)?;
     Ok(())
 }

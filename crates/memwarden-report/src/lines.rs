@@ -21,11 +21,18 @@ pub fn is_library(file: &str) -> bool {
 /// innermost frame (a pseudo frame such as `[before Python started]`). Pseudo frames
 /// above a line (`[small objects]`, `[thread NAME]`) are charged to it.
 pub fn line_of(stack: &[StackFrame]) -> Option<&StackFrame> {
-    stack
-        .iter()
-        .find(|f| f.line > 0 && !is_library(&f.file))
+    user_frame(stack)
+        .map(|(_, frame)| frame)
         .or_else(|| stack.iter().find(|f| f.line > 0))
         .or_else(|| stack.first())
+}
+
+/// The innermost frame of `stack` in the user's own code, with its index.
+pub fn user_frame(stack: &[StackFrame]) -> Option<(usize, &StackFrame)> {
+    stack
+        .iter()
+        .enumerate()
+        .find(|(_, f)| f.line > 0 && !is_library(&f.file))
 }
 
 /// Whether a stack's memory is small Python objects (pymalloc arenas).

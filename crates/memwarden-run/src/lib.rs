@@ -38,6 +38,7 @@ pub use config::{parse_interval, CgroupMode, Governance, RunConfig, RunOptions};
 use isolation::Isolation;
 use journal::JournalFile;
 pub use memwarden_format::report::ProfileMode;
+pub use profiling::preload_path;
 use status_line::StatusLine;
 use supervise::{Event, Supervisor};
 use tree_figures::TreeFigures;
@@ -497,7 +498,6 @@ fn write_html(
     report: &memwarden_format::report::Report,
     run_id: &str,
 ) -> (Option<Result<PathBuf, String>>, Option<String>) {
-    let written = |path: PathBuf, result: io::Result<()>| result.map(|()| path);
     match output {
         config::HtmlOutput::None => (None, None),
         config::HtmlOutput::Default => {
@@ -506,13 +506,13 @@ fn write_html(
                 .map_or_else(|| PathBuf::from(config::HTML_DIR), PathBuf::from);
             let path = dir.join(format!("{run_id}.html"));
             let html = memwarden_report::html::render(report);
-            let result = written(path.clone(), write_file_at(&path, html.as_bytes()));
-            let said = result.map_err(|e| {
-                format!(
+            let said = match write_file_at(&path, html.as_bytes()) {
+                Ok(()) => Ok(path),
+                Err(e) => Err(format!(
                     "cannot write the HTML report to {}: {e} (choose a place with --html PATH)",
                     path.display()
-                )
-            });
+                )),
+            };
             (Some(said), None)
         }
         config::HtmlOutput::At(path, temporary) => {
@@ -539,9 +539,10 @@ pub(crate) fn write_report_at(
     write_file_at(path, &report_json(report)?)
 }
 
-/// Writes `contents` to `path` through a temporary file beside it ([`write_file`]),
-/// creating the folder first.
-fn write_file_at(path: &Path, contents: &[u8]) -> io::Result<()> {
+/// Writes `contents` to `path` through a temporary file beside it, flushed to disk and
+/// renamed over `path` (which holds the whole file or what it held before, never a partial
+/// one), creating the folder first.
+pub fn write_file_at(path: &Path, contents: &[u8]) -> io::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

@@ -128,6 +128,13 @@ fn preloadable(library: &Path, links: &Path) -> Result<PathBuf, String> {
     Ok(link)
 }
 
+/// The path to put in `LD_PRELOAD` for `library` ([`preloadable`], links in
+/// [`link_dir`]): for `memwarden run --profile`, and for the Python package when it starts
+/// an interpreter under the profiler itself (its pytest plugin, its kernels).
+pub fn preload_path(library: &Path) -> Result<PathBuf, String> {
+    preloadable(library, &link_dir())
+}
+
 /// Where [`preloadable`] puts its links: `memwarden-UID` in `$XDG_RUNTIME_DIR` (the user's
 /// own tmpfs), else in the temporary directory, else in /tmp; the first that LD_PRELOAD
 /// can carry.
@@ -212,7 +219,7 @@ impl Profiling {
                 bytes
             }
         };
-        let preload = preloadable(&find_preload()?, &link_dir())?;
+        let preload = preload_path(&find_preload()?)?;
         let dir = match capture_dir {
             Some(dir) => {
                 check_writable(&dir)?;

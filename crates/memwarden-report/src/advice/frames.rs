@@ -10,15 +10,7 @@ use std::collections::HashMap;
 
 use memwarden_format::report::{Profile, StackBytes, StackFrame};
 
-pub use crate::lines::is_library;
-
-/// The innermost frame of `stack` in the user's own code, with its index.
-pub fn user_frame(stack: &[StackFrame]) -> Option<(usize, &StackFrame)> {
-    stack
-        .iter()
-        .enumerate()
-        .find(|(_, f)| f.line > 0 && !is_library(&f.file))
-}
+pub use crate::lines::{is_library, user_frame};
 
 /// Memory charged to one user line.
 pub struct UserLine<'a> {
