@@ -15,6 +15,8 @@ use pyo3::exceptions::{PyNotADirectoryError, PyUserWarning, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+mod test_ledger;
+
 /// memwarden's version, as its Cargo manifest states it.
 #[pyfunction]
 fn version() -> &'static str {
@@ -240,5 +242,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(record_block, module)?)?;
     module.add_function(wrap_pyfunction!(preloadable, module)?)?;
     module.add_function(wrap_pyfunction!(capture_lines, module)?)?;
+    module.add_class::<test_ledger::Baselines>()?;
+    module.add_class::<test_ledger::TestRecorder>()?;
     Ok(())
 }

@@ -125,51 +125,93 @@ pub fn default_report_path(run_id: &str) -> PathBuf {
 /// in the spool when the ledger cannot take it. Returns a line for the user, which names
 /// the new head.
 pub fn write(location: &LedgerLocation, record: &RunRecord) -> Result<String, String> {
+    write_all(location, std::slice::from_ref(record))
+}
+
+/// [`write`] for several records of one session (a test suite's, one per test): one
+/// connection, one anchor of the final head; on failure every record not yet written is
+/// kept in the spool.
+pub fn write_all(location: &LedgerLocation, records: &[RunRecord]) -> Result<String, String> {
+    let (Some(first), Some(last)) = (records.first(), records.last()) else {
+        return Ok("nothing to record".to_owned());
+    };
     let spool = Spool::default_dir();
-    let opened = Ledger::open(location);
-    let appended = opened.and_then(|mut ledger| {
+    let mut written = 0;
+    let appended = Ledger::open(location).and_then(|mut ledger| {
         let synced = spool.sync(&mut ledger);
-        let appended = ledger.append(record)?;
-        Ok((appended, synced))
+        let mut head = None;
+        for record in records {
+            head = Some(ledger.append(record)?);
+            written += 1;
+        }
+        Ok((head, synced))
     });
     match appended {
-        Ok(((seq, hash), synced)) => {
+        Ok((Some((seq, hash)), synced)) => {
             // Loud even with --quiet: an unanchored (or unsigned) head is a gap in the tamper
             // evidence.
             let anchored = memwarden_ledger::anchor::anchor_head(location, seq, &hash);
             for warning in &anchored.warnings {
                 eprintln!("memwarden: warning: {warning}");
             }
+            let what = match records.len() {
+                1 => format!("as run {} (#{seq})", first.run_id),
+                n => format!(
+                    "as {n} runs ({}, #{}-#{seq})",
+                    last.run_id,
+                    seq + 1 - n as i64
+                ),
+            };
             let mut line = format!(
-                "recorded {}@{} ({}) as run {} (#{seq}) in {}",
-                record.model,
-                record.version,
-                record.stage,
-                record.run_id,
+                "recorded {}@{} ({}) {what} in {}",
+                first.model,
+                first.version,
+                first.stage,
                 location.display()
             );
             if synced.written > 0 {
-                line.push_str(&format!("; wrote {} spooled record(s) first", synced.written));
+                line.push_str(&format!(
+                    "; wrote {} spooled record(s) first",
+                    synced.written
+                ));
             }
             line.push_str(&format!("; ledger head {}", anchored.head(seq, &hash)));
             Ok(line)
         }
-        Err(error) => match spool.keep(location, record, &error.to_string()) {
-            Ok(path) => {
-                let fallback = if path.starts_with(spool.dir()) {
-                    String::new()
-                } else {
-                    format!(" (the usual spool {} could not be written)", spool.dir().display())
-                };
-                Err(format!(
-                    "{error}. The record is kept in {}{fallback} and will be written by the next run against this ledger or by `memwarden ledger sync`",
-                    path.display()
-                ))
+        Ok((None, _)) => Ok("nothing to record".to_owned()),
+        Err(error) => {
+            let mut kept = Vec::new();
+            for record in &records[written..] {
+                match spool.keep(location, record, &error.to_string()) {
+                    Ok(path) => kept.push(path),
+                    Err(e) => {
+                        return Err(format!(
+                            "{error}; and it could not be kept in any spool either ({e}): {} record(s) are lost; free space or make {} writable",
+                            records.len() - written - kept.len(),
+                            spool.dir().display()
+                        ))
+                    }
+                }
             }
-            Err(e) => Err(format!(
-                "{error}; and it could not be kept in any spool either ({e}): the record is lost; free space or make {} writable",
-                spool.dir().display()
-            )),
-        },
+            let place = match kept.as_slice() {
+                [one] => one.display().to_string(),
+                _ => format!("{} files under {}", kept.len(), spool.dir().display()),
+            };
+            let fallback = if kept.iter().all(|p| p.starts_with(spool.dir())) {
+                String::new()
+            } else {
+                format!(
+                    " (the usual spool {} could not be written)",
+                    spool.dir().display()
+                )
+            };
+            let what = match kept.len() {
+                1 => "The record is".to_owned(),
+                n => format!("The {n} records are"),
+            };
+            Err(format!(
+                "{error}. {what} kept in {place}{fallback} and will be written by the next run against this ledger or by `memwarden ledger sync`"
+            ))
+        }
     }
 }

@@ -21,6 +21,7 @@ pub mod recover;
 mod report;
 mod status_line;
 mod supervise;
+pub mod test_session;
 mod tree_figures;
 mod tree_heap;
 

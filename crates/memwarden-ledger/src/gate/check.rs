@@ -22,7 +22,7 @@ pub const MIN_NOISE_RUNS: usize = 3;
 /// Robust relative standard deviation of each group's values around its own median,
 /// pooled: 1.4826 × the median absolute relative deviation. Only groups of at least
 /// [`MIN_NOISE_RUNS`] values count; `None` when there is none.
-fn relative_noise(groups: &[&[u64]]) -> Option<f64> {
+pub(super) fn relative_noise(groups: &[&[u64]]) -> Option<f64> {
     let mut deviations = Vec::new();
     for group in groups.iter().filter(|g| g.len() >= MIN_NOISE_RUNS) {
         let center = median(&mut group.iter().map(|&v| v as f64).collect::<Vec<_>>());
@@ -31,6 +31,38 @@ fn relative_noise(groups: &[&[u64]]) -> Option<f64> {
         }
     }
     (!deviations.is_empty()).then(|| 1.4826 * median(&mut deviations))
+}
+
+/// The noise tolerated on top of the allowed growth, in percent, and how it was reached:
+/// `noise_sigmas` × the learned relative noise, within `floor` and `max_noise_pct`; the
+/// floor alone while nothing was learned.
+pub(super) fn noise_tolerance(
+    noise: Option<f64>,
+    floor: f64,
+    settings: &Effective,
+) -> (f64, String) {
+    match noise {
+        Some(noise) => {
+            let tolerance = settings.noise_sigmas * noise * 100.0;
+            if tolerance > settings.max_noise_pct {
+                (
+                    settings.max_noise_pct,
+                    format!("learned {tolerance:.1}%, capped at max_noise_pct"),
+                )
+            } else if tolerance < floor {
+                (
+                    floor,
+                    format!("the floor: learned only {tolerance:.1}% from repeated runs"),
+                )
+            } else {
+                (tolerance, "learned from repeated runs".to_owned())
+            }
+        }
+        None => (
+            floor,
+            format!("the floor: {MIN_NOISE_RUNS} runs of a version teach the noise"),
+        ),
+    }
 }
 
 /// `runs`, as a count with its noun.
@@ -87,28 +119,7 @@ fn compare(
         true => settings.min_noise_pct.max(settings.sampled_noise_pct),
         false => settings.min_noise_pct,
     };
-    let (noise_pct, learned) = match relative_noise(&[&now, &before]) {
-        Some(noise) => {
-            let tolerance = settings.noise_sigmas * noise * 100.0;
-            if tolerance > settings.max_noise_pct {
-                (
-                    settings.max_noise_pct,
-                    format!("learned {tolerance:.1}%, capped at max_noise_pct"),
-                )
-            } else if tolerance < floor {
-                (
-                    floor,
-                    format!("the floor: learned only {tolerance:.1}% from repeated runs"),
-                )
-            } else {
-                (tolerance, "learned from repeated runs".to_owned())
-            }
-        }
-        None => (
-            floor,
-            format!("the floor: {MIN_NOISE_RUNS} runs of a version teach the noise"),
-        ),
-    };
+    let (noise_pct, learned) = noise_tolerance(relative_noise(&[&now, &before]), floor, settings);
     let allowed_pct = settings.regression_pct + noise_pct;
     let within = change_pct <= allowed_pct;
     let verdict = match (gates, within) {

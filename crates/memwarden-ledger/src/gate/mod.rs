@@ -18,12 +18,16 @@
 //! `max_noise_pct`. With fewer runs only the floor applies, so rerunning a version a few
 //! times is what teaches the gate how noisy it is.
 //!
+//! **Tests** (`pytest --memwarden-baseline`) are judged against their own history by the
+//! same rules: [`baseline`].
+//!
 //! **What gates**: kernel high-water marks (peak RSS from `VmHWM`, `ru_maxrss` or the
 //! cgroup) and the profiler's figures (heap peak, leaked) gate by default. Figures sampled
 //! at ticks (PSS, GPU, an RSS without a kernel mark) miss short peaks, so they are
 //! reported and gate only when the policy lists them in `gate_sampled`, with a noise floor
 //! of `sampled_noise_pct`.
 
+pub mod baseline;
 mod check;
 mod diff;
 mod history;
