@@ -29,6 +29,14 @@ class _Library:
         for function in (self.live, self.mark, self.peak_since_mark, self.sample_bytes, self.python_frames):
             function.restype = ctypes.c_uint64
             function.argtypes = []
+        try:
+            self.tree = [process.memwarden_tree_live, process.memwarden_tree_mark,
+                         process.memwarden_tree_peak_since_mark, process.memwarden_tree_images]
+        except AttributeError:  # a profiler from before the tree's mark
+            self.tree = []
+        for function in self.tree:
+            function.restype = ctypes.c_int64
+            function.argtypes = []
 
 
 def _load() -> Optional[_Library]:
@@ -74,6 +82,42 @@ def reads_python_frames() -> bool:
 def live_bytes() -> Optional[int]:
     """Requested live bytes now."""
     return None if _LIBRARY is None else int(_LIBRARY.live())
+
+
+_NO_TREE = -(2**63)
+
+
+class Tree:
+    """The heap of every profiled process of the tree together (this one and the processes
+    it starts, while they run under the profiler), with one mark in the tree's shared
+    counter: see ``memwarden_format::tree``. Only one process of a tree may use the mark
+    (the pytest plugin's, which claims it)."""
+
+    @staticmethod
+    def available() -> bool:
+        return _LIBRARY is not None and bool(_LIBRARY.tree) and _LIBRARY.tree[0]() != _NO_TREE
+
+    @staticmethod
+    def mark() -> int:
+        """Sets the mark; the tree's live bytes now."""
+        assert _LIBRARY is not None
+        return int(_LIBRARY.tree[1]())
+
+    @staticmethod
+    def live() -> int:
+        assert _LIBRARY is not None
+        return int(_LIBRARY.tree[0]())
+
+    @staticmethod
+    def peak_since_mark() -> int:
+        assert _LIBRARY is not None
+        return int(_LIBRARY.tree[2]())
+
+    @staticmethod
+    def images() -> int:
+        """Process images counted in the tree so far (each ``exec`` counts again)."""
+        assert _LIBRARY is not None
+        return int(_LIBRARY.tree[3]())
 
 
 class Marks:

@@ -64,4 +64,7 @@ def between(start: Optional[Snapshot], end: Optional[Snapshot], top: int = 10) -
         rows = _native.capture_lines(path, baseline, end[1])
     except (OSError, ValueError):
         return []
+    # memwarden's own readings (the snapshots themselves) are not the block's.
+    own = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    rows = [row for row in rows if not row[0].startswith(own)]
     return [Line(f, n, fn, allocated, count, live) for f, n, fn, live, allocated, count in rows[:top]]

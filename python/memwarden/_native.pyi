@@ -67,3 +67,53 @@ def preloadable(library: str | os.PathLike[str]) -> pathlib.Path:
     """The path to put in ``LD_PRELOAD`` for the profiler library: its own, or a link to it
     in a private directory when its path holds a space or a colon (as ``memwarden run
     --profile`` does). Raises ``ValueError`` when no link can be made."""
+
+def tree_create(dir: str | os.PathLike[str]) -> None:
+    """Creates the tree counter (``tree.mwtree``) in the capture directory ``dir``, so that
+    the processes started with it count their heaps together (``memwarden_tree_*``)."""
+
+def tree_withdraw_ended(dir: str | os.PathLike[str]) -> int:
+    """Takes the share of every process of ``dir``'s tree that ended without doing so
+    (killed by a signal, replaced by ``exec``) out of its counter, as ``memwarden run``
+    does at each tick; how many. 0 without a tree counter."""
+
+class Baselines:
+    """The recorded histories of a suite's tests in the ledger (read once, when made), for
+    ``pytest --memwarden-baseline``."""
+
+    def __init__(self, model: str, ledger: str | None = None) -> None:
+        """Reads ``model``'s records from ``ledger`` (None: the data directory's). Raises
+        ``ValueError`` when the ledger or the policy cannot be read."""
+
+    def judge(self, test: str, profile: str, heap_bytes: int, sample_bytes: int) -> tuple[bool, bool, str]:
+        """``(passes, judged, explanation)`` for ``test``'s heap peak measured the
+        ``profile`` way (``sampled``, ``exact``, ``tracemalloc``), ``sample_bytes`` apart
+        when sampled (0: exact)."""
+
+class TestRecorder:
+    """A session's test records, written together by :meth:`finish`."""
+
+    def __init__(self, model: str, version: str | None, ledger: str | None, command: list[str]) -> None:
+        """Collects the provenance (git state, Python environment, host) once. ``version``
+        None: the git commit (``+dirty`` with changes), else ``unversioned``."""
+
+    @property
+    def version(self) -> str:
+        """The version the records carry."""
+
+    def add(
+        self,
+        test: str,
+        passed: bool,
+        started_at_unix_s: float,
+        duration_s: float,
+        heap_bytes: int,
+        leaked_bytes: int,
+        profile: str,
+        baseline: str | None = None,
+    ) -> None:
+        """Adds one test's figures; ``baseline``: ``regression`` or ``accepted``."""
+
+    def finish(self) -> str:
+        """Writes every record; the line saying where. ``ValueError`` when the ledger could
+        not take them (its message says where they were kept to be written later)."""

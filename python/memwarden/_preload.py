@@ -30,16 +30,25 @@ def library() -> Optional[Path]:
         return None
 
 
-def environment(capture_dir: str, mode: str = "sampled") -> Optional[Dict[str, str]]:
-    """This process's environment with the profiler added; None when there is no library."""
+class Unavailable(RuntimeError):
+    """The profiler cannot be added to a new process's environment; the message says why."""
+
+
+def environment(capture_dir: str, mode: str = "sampled") -> Dict[str, str]:
+    """This process's environment with the profiler added. Raises :class:`Unavailable` with
+    the reason when there is no library or no path to preload it by."""
     found = library()
     if found is None:
-        return None
+        named = os.environ.get("MEMWARDEN_PRELOAD")
+        raise Unavailable(
+            f"MEMWARDEN_PRELOAD names {named!r}, which is not a file" if named
+            else "memwarden's profiler library is not installed with this package; reinstall memwarden"
+        )
     env = dict(os.environ)
     try:
         preload = os.fspath(_native.preloadable(found))
-    except ValueError:
-        return None
+    except ValueError as e:
+        raise Unavailable(f"the profiler library cannot be preloaded: {e}") from None
     env["LD_PRELOAD"] = f"{preload} {env['LD_PRELOAD']}" if env.get("LD_PRELOAD") else preload
     env["MEMWARDEN_CAPTURE_DIR"] = capture_dir
     env["MEMWARDEN_PROFILE_MODE"] = mode

@@ -42,10 +42,6 @@ def install(name: str = NAME, user: bool = True, prefix: Optional[str] = None) -
     directory.mkdir(parents=True, exist_ok=True)
     _forget_dead_kernels(directory)
     env = _preload.environment(os.fspath(directory))
-    if env is None:
-        raise RuntimeError(
-            "memwarden's profiler library is not installed with this package; reinstall memwarden"
-        )
     spec = {
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": f"Python {sys.version_info.major}.{sys.version_info.minor} (memwarden)",

@@ -11,6 +11,17 @@ pytest-memray's marker names, and a per-test table.
 - ``--memwarden``: a table of every test's peaks at the end; ``--memwarden-limit SIZE``: a
   limit for every test without a ``limit_memory`` marker (memwarden's sizes: ``1GiB``,
   ``500MB`` = 500 × 10^6).
+- ``--memwarden-baseline``: each test's heap peak is compared with the test's history in
+  the ledger, and the test fails only beyond the noise that history shows (three earlier
+  runs teach it; until then it only learns). The session's figures are recorded at its
+  end as runs of the suite (``--memwarden-model``, default the root directory's name;
+  ``--memwarden-version``, default the git commit; stage ``test``), so ``memwarden
+  history MODEL`` shows them. ``--memwarden-accept-baseline`` records this session's
+  figures as the new baselines instead (after an increase made on purpose).
+
+**Tests that start processes** are measured with them, as one tree, when pytest runs
+under the profiler with a tree counter (the plugin's re-execution makes one): see
+``memwarden._pytest_measure``.
 
 **How the heap is measured.** A test's allocations are seen by memwarden's profiler, an
 ``LD_PRELOAD`` library, which a running interpreter cannot load. So when a test needs it
@@ -24,19 +35,20 @@ runs; pytest-xdist's workers inherit it. ``--memwarden-no-preload`` (or
 
 from __future__ import annotations
 
-import gc
 import os
 import re
 import shutil
 import sys
 import tempfile
+import time
 import tracemalloc
 from typing import Any, Iterator, List, Optional, Tuple
 
 import pytest
 
 from . import _heap, _native, _preload
-from .track import Track, parse_size, signed_size
+from ._pytest_measure import Ledger, Measure, claim_tree
+from .track import parse_size, signed_size
 
 _REEXECUTED = "MEMWARDEN_PYTEST_REEXECUTED"
 _MARKERS = ("limit_memory", "limit_leaks")
@@ -64,6 +76,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="limit for the allocations of each test without a limit_memory marker (e.g. 1GiB)",
     )
     group.addoption(
+        "--memwarden-baseline",
+        action="store_true",
+        help="fail tests whose heap peak grew beyond the noise of their history in the ledger; record this session's",
+    )
+    group.addoption(
+        "--memwarden-accept-baseline",
+        action="store_true",
+        help="record this session's figures as every test's new baseline (after an increase made on purpose)",
+    )
+    group.addoption("--memwarden-model", metavar="NAME", help="the suite's model name in the ledger (default: the root directory's name)")
+    group.addoption("--memwarden-version", metavar="VERSION", help="the version recorded (default: the git commit)")
+    group.addoption("--memwarden-ledger", metavar="PATH_OR_URL", help="the ledger (default: the data directory's)")
+    parser.addini("memwarden_model", "the suite's model name in memwarden's ledger")
+    group.addoption(
         "--memwarden-no-preload",
         action="store_true",
         help="do not start pytest again under memwarden's profiler; measure with tracemalloc",
@@ -82,9 +108,22 @@ def pytest_configure(config: pytest.Config) -> None:
         config._memwarden_limit = None if limit is None else parse_size(limit)  # type: ignore[attr-defined]
     except ValueError as e:
         raise pytest.UsageError(f"--memwarden-limit: {e}") from None
-    xdist = getattr(config.option, "numprocesses", None)
-    if config.getoption("memwarden") or limit is not None or xdist:
+    baseline = config.getoption("memwarden_baseline") or config.getoption("memwarden_accept_baseline")
+    if baseline:
+        model = config.getoption("memwarden_model") or config.getini("memwarden_model") or config.rootpath.name
+        config._memwarden_ledger = Ledger(  # type: ignore[attr-defined]
+            model,
+            config.getoption("memwarden_version"),
+            config.getoption("memwarden_ledger"),
+            accept=config.getoption("memwarden_accept_baseline"),
+        )
+    if config.getoption("memwarden") or limit is not None or _xdist(config) or baseline:
         _profile_or_fallback(config)
+    config._memwarden_tree = claim_tree()  # type: ignore[attr-defined]
+
+
+def _xdist(config: pytest.Config) -> bool:
+    return bool(getattr(config.option, "numprocesses", None))
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -108,8 +147,15 @@ def _profile_or_fallback(config: pytest.Config) -> None:
         return
     if _wanted(config):
         capture_dir = tempfile.mkdtemp(prefix="memwarden-pytest-")
-        env = _preload.environment(capture_dir)
-        if env is not None:
+        try:
+            env = _preload.environment(capture_dir)
+            # The tree's counter, so tests are measured with the processes they start
+            # (xdist's workers would share it: they measure their own process instead).
+            if not _xdist(config):
+                _native.tree_create(capture_dir)
+        except (_preload.Unavailable, OSError) as e:
+            why = str(e)
+        else:
             env[_REEXECUTED] = capture_dir
             argv = list(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
             argv[0] = sys.executable
@@ -122,7 +168,6 @@ def _profile_or_fallback(config: pytest.Config) -> None:
             sys.stderr.flush()
             os.execve(sys.executable, argv, env)
         shutil.rmtree(capture_dir, ignore_errors=True)
-        why = "memwarden's profiler library is not installed with this package"
     elif os.environ.get(_REEXECUTED):
         why = "pytest was started again under the profiler, but it records nothing (unsupported platform?)"
     else:
@@ -136,38 +181,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     capture_dir = os.environ.get(_REEXECUTED)
     if capture_dir and not os.environ.get("PYTEST_XDIST_WORKER"):
         shutil.rmtree(capture_dir, ignore_errors=True)
-
-
-class _Measure:
-    """One test's figures: with the profiler (a :class:`Track`), else with tracemalloc."""
-
-    def __init__(self, name: str) -> None:
-        self.track: Optional[Track] = None
-        self.start = 0
-        if _heap.available():
-            self.track = Track(name)
-            self.track.__enter__()
-        elif tracemalloc.is_tracing():
-            tracemalloc.reset_peak()
-            self.start = tracemalloc.get_traced_memory()[0]
-
-    def finish(self, collect: bool) -> Tuple[Optional[int], Optional[int], str]:
-        """(peak above the start, left allocated at the end, how measured); `collect` runs
-        the garbage collector first, so what is left is what the test really holds."""
-        if collect:
-            gc.collect()
-        if self.track is not None:
-            self.track.__exit__(None, None, None)
-            how = "sampled estimate" if self.track.sampled else "every allocation recorded"
-            return self.track.peak_heap_bytes, self.track.leaked_bytes, how
-        if tracemalloc.is_tracing():
-            now, peak = tracemalloc.get_traced_memory()
-            return max(peak - self.start, 0), now - self.start, "tracemalloc"
-        return None, None, "not measured"
-
-    def lines(self, top: int) -> List[str]:
-        """The lines that allocated the most in the test (read from the capture now)."""
-        return [str(line) for line in self.track.top_lines[:top]] if self.track is not None else []
 
 
 def _limit(item: pytest.Item, name: str) -> Optional[int]:
@@ -190,20 +203,28 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[Any]:
         memory_limit = getattr(config, "_memwarden_limit", None)
     leak_limit = _limit(item, "limit_leaks")
     table = config.getoption("memwarden")
-    if memory_limit is None and leak_limit is None and not table:
+    ledger: Optional[Ledger] = getattr(config, "_memwarden_ledger", None)
+    if memory_limit is None and leak_limit is None and not table and ledger is None:
         return (yield)
-    measure = _Measure(item.nodeid)
+    measure = Measure(item.nodeid, tree=getattr(config, "_memwarden_tree", False))
     try:
         result = yield
     finally:
         peak, left, how = measure.finish(collect=leak_limit is not None)
         item.user_properties.append(("memwarden", (peak, left, how, measure.lines(1) if table else [])))
+    verdict, judgement = None, ""
+    if ledger is not None and peak is not None:
+        verdict, judged, judgement = ledger.judge(item.nodeid, measure.profile(), peak)
+        duration = time.time() - measure.started_unix_s
+        item.user_properties.append(
+            ("memwarden_run", (measure.started_unix_s, duration, peak, left or 0, measure.profile(), verdict, judged))
+        )
     size = _native.format_size
     fallback = getattr(config, "_memwarden_fallback", None)
     note = f" Measured with {how}" + (f" ({fallback})." if fallback else ".")
     over_memory = memory_limit is not None and peak is not None and peak > memory_limit
     over_leaks = leak_limit is not None and left is not None and left > leak_limit
-    lines = measure.lines(3) if over_memory or over_leaks else []
+    lines = measure.lines(3) if over_memory or over_leaks or verdict == "regression" else []
     top = (" Top lines: " + "; ".join(lines) + ".") if lines else ""
     if over_memory:
         pytest.fail(
@@ -217,21 +238,61 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[Any]:
             f" leak limit of {size(leak_limit)}.{note}{top}",
             pytrace=False,
         )
+    if verdict == "regression":
+        pytest.fail(f"Test's heap peak grew beyond its baseline in the ledger: {judgement}.{note}{top}", pytrace=False)
     return result
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.when != "call":
         return
     for key, value in report.user_properties:
         if key == "memwarden":
             _ROWS.append((report.nodeid, report.outcome, *value))
+        elif key == "memwarden_run" and _LEDGER_ROWS is not None:
+            started, duration, peak, left, profile, verdict, judged = value
+            _LEDGER_ROWS.append((report.nodeid, report.outcome == "passed", started, duration, peak, left, profile, verdict))
+            _JUDGED.append(judged)
+
+
+_LEDGER_ROWS: Optional[List[Tuple[Any, ...]]] = None
+_JUDGED: List[bool] = []
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    global _LEDGER_ROWS
+    if getattr(session.config, "_memwarden_ledger", None) is not None and not os.environ.get("PYTEST_XDIST_WORKER"):
+        _LEDGER_ROWS = []
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    ledger: Optional[Ledger] = getattr(session.config, "_memwarden_ledger", None)
+    if ledger is not None and _LEDGER_ROWS:
+        ledger.rows = _LEDGER_ROWS
+        ledger.record([sys.executable, *sys.argv])
 
 
 _ROWS: List[Tuple[Any, ...]] = []
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    ledger: Optional[Ledger] = getattr(config, "_memwarden_ledger", None)
+    if ledger is not None and (ledger.outcome or ledger.problem):
+        terminalreporter.section("memwarden: baselines")
+        if ledger.problem:
+            terminalreporter.write_line(ledger.problem)
+        if _LEDGER_ROWS and not ledger.problem:
+            regressions = sum(1 for row in _LEDGER_ROWS if row[-1] == "regression")
+            learning = _JUDGED.count(False)
+            accepted = sum(1 for row in _LEDGER_ROWS if row[-1] == "accepted")
+            terminalreporter.write_line(
+                f"{len(_LEDGER_ROWS)} test(s) measured: {regressions} beyond their baseline"
+                + (f", {accepted} accepted as new baselines" if accepted else
+                   f", {learning} still learning theirs (3 earlier runs teach a baseline)" if learning else "")
+            )
+        if ledger.outcome:
+            terminalreporter.write_line(ledger.outcome)
     if not config.getoption("memwarden") or not _ROWS:
         return
     size = _native.format_size

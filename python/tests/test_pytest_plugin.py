@@ -1,7 +1,10 @@
 """The pytest plugin, on suites run by pytester in a fresh pytest process (the plugin
 starts pytest again under the profiler, which an in-process run cannot show)."""
 
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -119,3 +122,94 @@ def test_a_size_that_does_not_parse_is_a_usage_error(pytester):
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     assert result.ret != 0
     assert "invalid memory size 'lots'" in result.stderr.str() + result.stdout.str()
+
+
+TREE_SUITE = """
+import multiprocessing as mp
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+def work(mib):
+    return float(np.ones(mib * 2**20 // 8).sum())
+
+@pytest.mark.limit_memory("30 MB")
+def test_forked_pool():
+    with mp.get_context("fork").Pool(2) as pool:
+        pool.map(work, [40, 40], chunksize=1)
+
+@pytest.mark.limit_memory("30 MB")
+def test_subprocess():
+    subprocess.run([sys.executable, "-c", "import numpy as np; np.ones(40 * 2**20 // 8).sum()"], check=True)
+
+@pytest.mark.limit_memory("30 MB")
+def test_own_process_only():
+    work(10)
+"""
+
+
+def test_tests_that_start_processes_are_measured_as_a_tree(pytester):
+    pytester.makepyfile(test_tree=TREE_SUITE)
+    result = pytester.runpytest_subprocess("--memwarden", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=2)
+    text = result.stdout.str()
+    # Both workers of the pool hold 40 MiB at once (a barrier-free pool may run them one
+    # after the other, so at least one).
+    pool = re.search(r"Test allocated ([\d.]+) MiB at its peak.*with (\d) process", text)
+    assert pool and float(pool.group(1)) >= 40, text
+    assert re.search(r"test_subprocess.*\n?.*with 1 process it started", text), text
+    own = [line for line in text.splitlines() if "test_tree.py::test_own_process_only" in line and "MiB" in line]
+    assert own and "it started" not in own[0], own
+
+
+def test_baselines_learn_then_fail_only_beyond_the_noise(pytester, tmp_path, monkeypatch):
+    pytester.makepyfile(
+        test_base="""
+        import os
+        import numpy as np
+        def test_grows():
+            assert np.ones(int(os.environ.get("MIB", "20")) * 2**20 // 8).sum() > 0
+        def test_steady():
+            assert np.ones(2**20).sum() > 0
+        """
+    )
+    ledger = str(tmp_path / "ledger.sqlite")
+    monkeypatch.setenv("MEMWARDEN_HOME", str(tmp_path / "home"))
+    args = ("--memwarden-baseline", "--memwarden-ledger", ledger, "--memwarden-model", "suite", "-p", "no:cacheprovider")
+    for _ in range(3):
+        learning = pytester.runpytest_subprocess(*args)
+        learning.assert_outcomes(passed=2)
+    assert "2 still learning theirs" in learning.stdout.str()
+    assert re.search(r"recorded suite@\S+ \(test\) as 2 runs", learning.stdout.str()), learning.stdout.str()
+
+    monkeypatch.setenv("MIB", "21")  # within 5% + noise
+    pytester.runpytest_subprocess(*args).assert_outcomes(passed=2)
+    monkeypatch.setenv("MIB", "40")
+    grown = pytester.runpytest_subprocess(*args)
+    grown.assert_outcomes(passed=1, failed=1)
+    text = grown.stdout.str()
+    assert "grew beyond its baseline in the ledger: heap peak" in text and "REGRESSION" in text, text
+    assert "test_base.py:4 test_grows" in text, "the top line is named"
+
+    # An increase made on purpose: accepted, then the new figure is the baseline's start.
+    pytester.runpytest_subprocess(*args, "--memwarden-accept-baseline").assert_outcomes(passed=2)
+    again = pytester.runpytest_subprocess(*args)
+    again.assert_outcomes(passed=2)
+    assert "still learning" in again.stdout.str()
+
+    memwarden = os.path.join(os.path.dirname(sys.executable), "memwarden")
+    history = subprocess.run([memwarden, "history", "suite", "--ledger", ledger], capture_output=True, text=True)
+    assert history.returncode == 0 and "test" in history.stdout, history.stdout + history.stderr
+
+
+def test_baselines_with_an_unreadable_ledger_say_so_and_keep_the_records(pytester, tmp_path, monkeypatch):
+    pytester.makepyfile(test_one="def test_one():\n    assert [0] * 10\n")
+    monkeypatch.setenv("MEMWARDEN_HOME", str(tmp_path / "home"))
+    bad = tmp_path / "not-a-ledger.sqlite"
+    bad.write_text("this is not a database")
+    result = pytester.runpytest_subprocess("--memwarden-baseline", "--memwarden-ledger", str(bad), "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    text = result.stdout.str()
+    assert "not recorded:" in text and "kept in" in text, text

@@ -40,6 +40,16 @@ pub const VERSION: u64 = 2;
 /// File name suffix of captures.
 pub const SUFFIX: &str = "mwcap";
 
+/// `PID-N.mwcap` (the N-th image of process PID, counting its `exec`s and forks) → (PID, N).
+pub fn parse_file_name(path: &Path) -> Option<(u32, u64)> {
+    if path.extension()? != SUFFIX {
+        return None;
+    }
+    let stem = path.file_stem()?.to_str()?;
+    let (pid, seq) = stem.split_once('-')?;
+    Some((pid.parse().ok()?, seq.parse().ok()?))
+}
+
 /// Size of the header region.
 pub const HEADER_SIZE: u64 = 4096;
 /// Capacity of the string region in bytes.

@@ -36,6 +36,7 @@
 //! | 80 | when the peak was last raised, in time-stamp counter cycles |
 //! | 88 | images that loaded the profiler with this file mapped (whether or not they ever recorded anything, and so opened a capture) |
 //! | 96 | exit records claimed (may exceed [`EXIT_SLOTS`]: those past it were not kept) |
+//! | 104 | highest live bytes since code in the tree last set a mark (`i64`; `memwarden_tree_mark`, which the pytest plugin reads a test's tree peak with) |
 //! | 4096 | [`EXIT_SLOTS`] exit records of [`EXIT_RECORD_SIZE`] bytes ([`ExitMark`]) |
 //!
 //! All fields are little-endian 8-byte words, updated with atomic instructions.
@@ -97,6 +98,10 @@ pub mod field {
     pub const LOADED: usize = 88;
     /// Exit records claimed.
     pub const EXITS: usize = 96;
+    /// The highest [`LIVE_BYTES`] since code in one of the tree's processes last set a mark
+    /// (`memwarden_tree_mark`, the in-process API); since the file was made until then.
+    /// The runner does not read it: marks never change its figures.
+    pub const MARK_PEAK_BYTES: usize = 104;
 }
 
 /// One exit record: a profiled image's own high-water mark, written as it ended.

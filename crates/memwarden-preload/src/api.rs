@@ -8,10 +8,17 @@
 //! block's end gives the block's highest heap, whatever it freed before the end. There is
 //! one mark per process: callers that nest blocks credit the open ones before they set a
 //! new mark. Before the capture exists (nothing recorded yet) every figure is 0.
+//!
+//! The `memwarden_tree_*` functions read the run's tree counter (`memwarden_format::tree`)
+//! the same way: the live bytes of every profiled process of the tree together (this one,
+//! its children, their children), and a mark of its own in the shared page, so that a
+//! block's peak counts the workers it starts. Without a tree counter they return
+//! `i64::MIN`.
 
 use std::sync::atomic::Ordering;
 
 use memwarden_format::capture::field;
+use memwarden_format::tree::field as tree_field;
 
 use crate::writer::CAPTURE;
 
@@ -69,4 +76,41 @@ pub extern "C" fn memwarden_heap_sample_bytes() -> u64 {
 #[no_mangle]
 pub extern "C" fn memwarden_python_frames() -> u64 {
     u64::from(crate::IS_PYTHON.load(Ordering::Relaxed))
+}
+
+/// The tree's live bytes now (every profiled process of the run); `i64::MIN` without a tree
+/// counter.
+#[no_mangle]
+pub extern "C" fn memwarden_tree_live() -> i64 {
+    crate::tree::page().map_or(i64::MIN, |tree| {
+        crate::tree::signed(tree, tree_field::LIVE_BYTES).load(Ordering::Relaxed)
+    })
+}
+
+/// Sets the tree's mark: its peak since the mark becomes its live bytes now, which it
+/// returns; `i64::MIN` without a tree counter.
+#[no_mangle]
+pub extern "C" fn memwarden_tree_mark() -> i64 {
+    crate::tree::page().map_or(i64::MIN, |tree| {
+        let live = crate::tree::signed(tree, tree_field::LIVE_BYTES).load(Ordering::Relaxed);
+        crate::tree::signed(tree, tree_field::MARK_PEAK_BYTES).store(live, Ordering::Relaxed);
+        live
+    })
+}
+
+/// The tree's highest live bytes since its last mark; `i64::MIN` without a tree counter.
+#[no_mangle]
+pub extern "C" fn memwarden_tree_peak_since_mark() -> i64 {
+    crate::tree::page().map_or(i64::MIN, |tree| {
+        crate::tree::signed(tree, tree_field::MARK_PEAK_BYTES).load(Ordering::Relaxed)
+    })
+}
+
+/// Process images that have counted in the tree so far (each `exec` counts again); 0
+/// without a tree counter.
+#[no_mangle]
+pub extern "C" fn memwarden_tree_images() -> u64 {
+    crate::tree::page().map_or(0, |tree| {
+        crate::tree::signed(tree, tree_field::IMAGES).load(Ordering::Relaxed) as u64
+    })
 }

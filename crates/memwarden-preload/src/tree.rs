@@ -188,12 +188,25 @@ pub fn add(weight: u64) {
     let weight = weight as i64;
     let live =
         word::<AtomicI64>(tree, field::LIVE_BYTES).fetch_add(weight, Ordering::Relaxed) + weight;
-    let requested_peak = word::<AtomicI64>(tree, field::REQUESTED_PEAK_BYTES);
-    if live > requested_peak.load(Ordering::Relaxed) {
-        requested_peak.fetch_max(live, Ordering::Relaxed);
+    for high in [field::REQUESTED_PEAK_BYTES, field::MARK_PEAK_BYTES] {
+        let high = word::<AtomicI64>(tree, high);
+        if live > high.load(Ordering::Relaxed) {
+            high.fetch_max(live, Ordering::Relaxed);
+        }
     }
     let reserved = word::<AtomicI64>(tree, field::RESERVED_BYTES).load(Ordering::Relaxed);
     raise_peak(tree, live - reserved);
+}
+
+/// The tree's page, when this image has one (for `crate::api`).
+pub fn page() -> Option<*mut u8> {
+    let tree = TREE.load(Ordering::Acquire);
+    (!tree.is_null()).then_some(tree)
+}
+
+/// A word of the tree's page as a signed integer (for `crate::api`).
+pub fn signed(tree: *mut u8, offset: usize) -> &'static AtomicI64 {
+    word::<AtomicI64>(tree, offset)
 }
 
 /// Takes a recorded block's weight out of the tree.

@@ -224,6 +224,28 @@ fn preloadable(library: PathBuf) -> PyResult<PathBuf> {
     memwarden_run::preload_path(&library).map_err(PyValueError::new_err)
 }
 
+/// Creates the tree counter (`tree.mwtree`) in the capture directory `dir`, so that the
+/// processes started with it count their heaps together (`memwarden_tree_*`).
+#[pyfunction]
+fn tree_create(dir: PathBuf) -> PyResult<()> {
+    memwarden_run::tree_heap::SharedTree::create(&dir)
+        .map(drop)
+        .map_err(|e| io_error(&dir, e))
+}
+
+/// Takes the share of every process of `dir`'s tree that ended without doing so (killed
+/// by a signal, replaced by `exec`) out of its counter, as `memwarden run` does at each
+/// tick; how many. 0 without a tree counter.
+#[pyfunction]
+fn tree_withdraw_ended(py: Python<'_>, dir: PathBuf) -> PyResult<usize> {
+    py.detach(|| match memwarden_run::tree_heap::SharedTree::open(&dir) {
+        Ok(tree) => tree.withdraw_ended(&dir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e),
+    })
+    .map_err(|e| io_error(&dir, e))
+}
+
 /// `e` as the `OSError` subclass Python gives it (`FileNotFoundError`, `PermissionError`,
 /// ...), its message naming `path`.
 fn io_error(path: &Path, e: std::io::Error) -> PyErr {
@@ -242,6 +264,8 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(record_block, module)?)?;
     module.add_function(wrap_pyfunction!(preloadable, module)?)?;
     module.add_function(wrap_pyfunction!(capture_lines, module)?)?;
+    module.add_function(wrap_pyfunction!(tree_create, module)?)?;
+    module.add_function(wrap_pyfunction!(tree_withdraw_ended, module)?)?;
     module.add_class::<test_ledger::Baselines>()?;
     module.add_class::<test_ledger::TestRecorder>()?;
     Ok(())

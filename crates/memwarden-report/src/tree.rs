@@ -177,13 +177,6 @@ fn word32(bytes: &[u8], offset: usize) -> u32 {
     fmt::u32_at(bytes, offset as u64).unwrap_or(0)
 }
 
-/// `PID-N.mwcap` → (PID, N).
-fn parse_name(path: &Path) -> Option<(u32, u64)> {
-    let stem = path.file_stem()?.to_str()?;
-    let (pid, seq) = stem.split_once('-')?;
-    Some((pid.parse().ok()?, seq.parse().ok()?))
-}
-
 impl TreeWatch {
     /// Follows the captures that appear in `dir`.
     pub fn new(dir: &Path) -> TreeWatch {
@@ -232,7 +225,7 @@ impl TreeWatch {
             if self.known.contains(&path) {
                 continue;
             }
-            let Some((pid, seq)) = parse_name(&path) else {
+            let Some((pid, seq)) = memwarden_format::capture::parse_file_name(&path) else {
                 continue;
             };
             let Ok(file) = File::open(&path) else {

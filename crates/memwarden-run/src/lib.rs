@@ -23,7 +23,7 @@ mod status_line;
 mod supervise;
 pub mod test_session;
 mod tree_figures;
-mod tree_heap;
+pub mod tree_heap;
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};

@@ -7,7 +7,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
@@ -101,6 +101,51 @@ impl SharedTree {
         file.set_len(tree::SIZE)?;
         let page = Page::map(&file)?;
         Ok(SharedTree { page })
+    }
+
+    /// Maps the counter an earlier [`SharedTree::create`] made in `dir`.
+    pub fn open(dir: &Path) -> io::Result<SharedTree> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.join(tree::FILE_NAME))?;
+        let page = Page::map(&file)?;
+        if page.u64_at(field::MAGIC).load(Ordering::Acquire) != u64::from_le_bytes(tree::MAGIC) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a memwarden tree counter",
+            ));
+        }
+        Ok(SharedTree { page })
+    }
+
+    /// Takes out the share of every image of `dir` that ended without doing it (killed by a
+    /// signal, replaced by `exec`), as the runner's ticks do, for code that measures the
+    /// tree without a runner (the pytest plugin, between tests). An image has ended when a
+    /// later capture of the same pid exists (it `exec`'d) or its process is gone or a
+    /// zombie. Returns how many shares were taken out.
+    pub fn withdraw_ended(&self, dir: &Path) -> io::Result<usize> {
+        let mut latest: std::collections::HashMap<u32, (u64, PathBuf)> = Default::default();
+        let mut images = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            let Some((pid, seq)) = capture::parse_file_name(&path) else {
+                continue;
+            };
+            let newest = latest.entry(pid).or_insert((seq, path.clone()));
+            if seq > newest.0 {
+                *newest = (seq, path.clone());
+            }
+            images.push((pid, path));
+        }
+        let mut withdrawn = 0;
+        for (pid, path) in images {
+            let replaced = latest.get(&pid).is_some_and(|(_, newest)| *newest != path);
+            if (replaced || process_start(pid).is_none()) && self.withdraw(&path)?.is_some() {
+                withdrawn += 1;
+            }
+        }
+        Ok(withdrawn)
     }
 
     /// The counter's figures now.

@@ -1,0 +1,138 @@
+"""What the pytest plugin measures of one test, and the ledger's baselines of tests.
+
+**A test and the processes it starts.** When pytest runs under the profiler with a tree
+counter (the plugin's own re-execution makes one; so does ``memwarden run --profile``),
+every profiled process it starts, forked or ``exec``'d, adds its heap to one shared
+counter; a test's peak is that counter's highest above its level when the test began,
+so workers a test starts are measured with it, together, at the moment they peak
+together. One process claims the counter's mark: the first pytest to configure the
+plugin (``MEMWARDEN_TREE_OWNER``); a pytest started inside a test, and pytest-xdist's
+workers (which share one counter), measure their own process only. Top lines are the
+test's own process's.
+
+**Baselines.** ``--memwarden-baseline`` judges each test's heap peak against the test's
+history in the ledger (``memwarden._native.Baselines``, the ledger's rules, read once per
+process) and records the session's figures at its end (``memwarden._native.TestRecorder``:
+provenance collected once).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+import tracemalloc
+from typing import Any, List, Optional, Tuple
+
+from . import _heap, _native
+from .track import Track
+
+TREE_OWNER = "MEMWARDEN_TREE_OWNER"
+
+
+def claim_tree() -> bool:
+    """Whether this process measures tests with the tree's counter (claiming its mark)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or not _heap.Tree.available():
+        return False
+    owner = os.environ.setdefault(TREE_OWNER, str(os.getpid()))
+    return owner == str(os.getpid())
+
+
+class Measure:
+    """One test's figures: with the profiler (a :class:`Track`, and the tree's counter when
+    this process owns it), else with tracemalloc."""
+
+    def __init__(self, name: str, tree: bool) -> None:
+        self.track: Optional[Track] = None
+        self.start = 0
+        self.tree_start: Optional[int] = None
+        self.images = 0
+        self.started_unix_s = time.time()
+        if _heap.available():
+            if tree:
+                self.images = _heap.Tree.images()
+                self.tree_start = _heap.Tree.mark()
+            self.track = Track(name)
+            self.track.__enter__()
+        elif tracemalloc.is_tracing():
+            tracemalloc.reset_peak()
+            self.start = tracemalloc.get_traced_memory()[0]
+
+    def finish(self, collect: bool) -> Tuple[Optional[int], Optional[int], str]:
+        """(peak above the start, left allocated at the end, how measured); `collect` runs
+        the garbage collector first, so what is left is what the test really holds."""
+        if collect:
+            gc.collect()
+        if self.track is not None:
+            self.track.__exit__(None, None, None)
+            how = "sampled estimate" if self.track.sampled else "every allocation recorded"
+            peak, left = self.track.peak_heap_bytes, self.track.leaked_bytes
+            if self.tree_start is not None:
+                children = _heap.Tree.images() - self.images
+                if children:
+                    # Workers killed by a signal could not take their share out themselves.
+                    _native.tree_withdraw_ended(os.environ.get("MEMWARDEN_CAPTURE_DIR", ""))
+                    how += f", with {children} process{'es' if children > 1 else ''} it started"
+                peak = max(peak or 0, _heap.Tree.peak_since_mark() - self.tree_start)
+                left = _heap.Tree.live() - self.tree_start
+            return peak, left, how
+        if tracemalloc.is_tracing():
+            now, peak = tracemalloc.get_traced_memory()
+            return max(peak - self.start, 0), now - self.start, "tracemalloc"
+        return None, None, "not measured"
+
+    def profile(self) -> str:
+        """How the heap was measured, as baselines tell figures apart."""
+        if self.track is None:
+            return "tracemalloc"
+        return "sampled" if self.track.sampled else "exact"
+
+    def lines(self, top: int) -> List[str]:
+        """The lines that allocated the most in the test (read from the capture now)."""
+        return [str(line) for line in self.track.top_lines[:top]] if self.track is not None else []
+
+
+class Ledger:
+    """``--memwarden-baseline``: the suite's model in the ledger, its baselines (loaded on
+    first use) and, in the process that reports (not an xdist worker), its records."""
+
+    def __init__(self, model: str, version: Optional[str], ledger: Optional[str], accept: bool) -> None:
+        self.model, self.version, self.ledger, self.accept = model, version, ledger, accept
+        self._baselines: Any = None
+        self.problem: Optional[str] = None
+        self.rows: List[Tuple[Any, ...]] = []
+        self.outcome: Optional[str] = None
+
+    def judge(self, test: str, profile: str, peak: int) -> Tuple[Optional[str], bool, str]:
+        """(the verdict to record: None, ``regression`` or ``accepted``; whether the history
+        was long enough to judge; the explanation)."""
+        if self.accept:
+            return "accepted", False, "accepted as the new baseline (--memwarden-accept-baseline)"
+        if self._baselines is None and self.problem is None:
+            try:
+                self._baselines = _native.Baselines(self.model, self.ledger)
+            except ValueError as e:
+                self.problem = f"no baselines, no test judged: {_plugin_words(e)}"
+        if self._baselines is None:
+            return None, False, self.problem or ""
+        sample = _heap.sample_bytes() if profile != "tracemalloc" else 0
+        passes, judged, text = self._baselines.judge(test, profile, peak, sample or 0)
+        return (None if passes else "regression"), judged, text
+
+    def record(self, command: List[str]) -> None:
+        """Writes the session's rows (one run per test); sets :attr:`outcome` to the line
+        saying where, or why not."""
+        if not self.rows:
+            return
+        try:
+            recorder = _native.TestRecorder(self.model, self.version, self.ledger, command)
+            for row in self.rows:
+                recorder.add(*row)
+            self.outcome = recorder.finish()
+        except ValueError as e:
+            self.outcome = f"not recorded: {_plugin_words(e)}"
+
+
+def _plugin_words(error: Exception) -> str:
+    """A ledger message with the command's option named as the plugin names it."""
+    return str(error).replace("with --ledger or", "with --memwarden-ledger or")
