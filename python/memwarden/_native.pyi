@@ -117,3 +117,25 @@ class TestRecorder:
     def finish(self) -> str:
         """Writes every record; the line saying where. ``ValueError`` when the ledger could
         not take them (its message says where they were kept to be written later)."""
+
+def block_report(
+    name: str,
+    capture: str | os.PathLike[str] | None,
+    since: list[int],
+    started_at_unix_s: float,
+    duration_s: float,
+    peak_rss_bytes: int,
+    peak_rss_exact: bool,
+    peak_heap_bytes: int | None,
+    left_bytes: int,
+    peak_gpu_bytes: int | None,
+    failed: bool,
+    sources: dict[str, str],
+) -> tuple[str, str]:
+    """The report of a block measured in this process (a notebook cell): ``(JSON, HTML)``.
+
+    With ``peak_heap_bytes``, its profile is read from ``capture`` (this process's capture
+    file), whose nodes' allocated bytes were ``since`` as the block began; the advice and
+    the page are made as ``memwarden run --profile`` makes them. ``sources`` maps the names
+    of code that is no file (a notebook's cells) to its text. Raises ``ValueError`` when
+    the capture cannot be read."""

@@ -2,17 +2,67 @@
 
 The cell runs inside :func:`memwarden.track`; below it come its peaks, the lines that
 allocated the most (when the kernel runs under memwarden's profiler: ``memwarden kernel
-install`` makes a kernel that does) and what to change. Without the profiler the magic
-still reports the cell's resident and GPU peaks, and says why there are no lines.
+install`` makes a kernel that does), the advice (what to change, with the saving), and
+the cell's full HTML report, as ``memwarden run --profile`` writes it (flame graphs of
+what the cell held at its peak and at its end, its lines, the advice), in a sandboxed
+frame. Without the profiler the magic still reports the cell's resident and GPU peaks,
+and says why there are no lines. ``%%memwarden --no-html`` leaves the page out.
+
+After the cell, ``_memwarden`` holds its :class:`memwarden.Track` and
+``_memwarden_report`` its :class:`memwarden.Report`.
 """
 
 from __future__ import annotations
 
+import os
+import shlex
 from html import escape
-from typing import Any, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from . import _native
+from .report import Report
 from .track import Track
+
+
+def cell_report(track: Track, failed: bool, sources: Dict[str, str]) -> Tuple[Report, str]:
+    """The cell's report and its page (``memwarden._native.block_report``); `sources`: the
+    text of the notebook's cells, by the file name their code carries."""
+    start, end = track._lines_at_start, track._lines_at_end
+    capture = end[0] if end is not None else None
+    since = start[1] if start is not None and capture is not None and start[0] == capture else []
+    text, page = _native.block_report(
+        f"%%memwarden {track.name}",
+        capture,
+        since,
+        track._started_unix_s,
+        track.duration_s,
+        track.peak_rss_bytes or 0,
+        track.peak_rss_exact,
+        track.peak_heap_bytes,
+        track.leaked_bytes or 0,
+        track.peak_gpu_bytes,
+        failed,
+        sources,
+    )
+    return Report.from_json(text), page
+
+
+def _advice_html(report: Report) -> str:
+    items = []
+    for advice in report.advice[:5]:
+        saving = f" (saves about {_native.format_size(advice.saving_bytes)})" if advice.saving_bytes else ""
+        where = f" <code>{escape(str(advice.frame))}</code>" if advice.frame is not None else ""
+        items.append(f"<li><b>{escape(advice.technique)}</b>{where}{escape(saving)}: {escape(advice.fix)}</li>")
+    return f"<p><b>Advice</b></p><ul>{''.join(items)}</ul>" if items else ""
+
+
+def _frame(page: str) -> str:
+    """The report's page in a sandboxed frame: its styles and scripts stay its own."""
+    return (
+        f'<details open><summary>the cell\'s report</summary><iframe sandbox="allow-scripts" '
+        f'style="width:100%;height:720px;border:1px solid #ccc" srcdoc="{escape(page, quote=True)}">'
+        "</iframe></details>"
+    )
 
 
 def _html(track: Track) -> str:
@@ -46,6 +96,17 @@ def _html(track: Track) -> str:
     )
 
 
+def _cells() -> Dict[str, str]:
+    """The text of the cells IPython has run, from its line cache (they are no files)."""
+    import linecache
+
+    return {
+        name: "".join(entry[2])
+        for name, entry in list(linecache.cache.items())
+        if len(entry) == 4 and entry[3] == name and not os.path.exists(name)
+    }
+
+
 def load_ipython_extension(ipython: Any) -> None:
     """Registers ``%%memwarden`` (``%load_ext memwarden``)."""
     from IPython.core.magic import register_cell_magic
@@ -58,11 +119,26 @@ def load_ipython_extension(ipython: Any) -> None:
         # Cached as IPython caches a cell, so tracebacks and the profiler's lines show it.
         filename = ipython.compile.cache(source)
         code = compile(source, filename, "exec")
-        with Track(line.strip() or "cell") as track:
+        words = shlex.split(line)
+        page_wanted = "--no-html" not in words
+        name = " ".join(w for w in words if w != "--no-html") or "cell"
+        failed = False
+        with Track(name) as track:
             try:
                 exec(code, ipython.user_ns)
             except Exception:
+                failed = True
                 ipython.showtraceback()
-        display(HTML(_html(track)))
+        parts = [_html(track)]
+        try:
+            report, page = cell_report(track, failed, _cells())
+        except ValueError as e:
+            parts.append(f"<p>no report: {escape(str(e))}</p>")
+        else:
+            ipython.user_ns["_memwarden_report"] = report
+            parts.append(_advice_html(report))
+            if page_wanted:
+                parts.append(_frame(page))
+        display(HTML("".join(parts)))
         ipython.user_ns["_memwarden"] = track
         return None

@@ -39,6 +39,10 @@ class StackFrame:
     def file_bytes(self) -> bytes:
         return decode(self.file)
 
+    def __str__(self) -> str:
+        """``file:line function``, the file's name decoded."""
+        return f"{decode_path(self.file)}:{self.line} {self.function}"
+
 
 @dataclass
 class StackBytes:

@@ -114,3 +114,16 @@ pub extern "C" fn memwarden_tree_images() -> u64 {
         crate::tree::signed(tree, tree_field::IMAGES).load(Ordering::Relaxed) as u64
     })
 }
+
+/// Sets whether the calling thread's allocations and releases go unseen (1) or are
+/// recorded again (0); returns the previous setting. For memwarden's own readings inside a
+/// profiled process (the Python package reading its capture), which are not the program's
+/// heap: the code run while it is set must free only what it allocated meanwhile, since
+/// releases are not seen either.
+#[no_mangle]
+pub extern "C" fn memwarden_thread_quiet(quiet: u32) -> u32 {
+    let thread = crate::thread();
+    let was = thread.busy.get();
+    thread.busy.set(quiet != 0);
+    u32::from(was)
+}

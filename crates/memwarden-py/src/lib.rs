@@ -17,6 +17,33 @@ use pyo3::types::PyBytes;
 
 mod test_ledger;
 
+/// Runs `work` with the calling thread's allocations unseen by the profiler, when this
+/// process runs under it (`memwarden_thread_quiet`): memwarden's readings of its own
+/// capture are not the program's heap, and would otherwise raise the very peak being
+/// measured. `work` must free only what it allocated (releases are not seen either).
+fn quietly<T>(work: impl FnOnce() -> T) -> T {
+    type Quiet = extern "C" fn(u32) -> u32;
+    static QUIET: std::sync::OnceLock<Option<Quiet>> = std::sync::OnceLock::new();
+    let quiet = *QUIET.get_or_init(|| {
+        // SAFETY: dlsym with a NUL-terminated name; a symbol of this name is the preload's
+        // `memwarden_thread_quiet`, of exactly this signature.
+        #[allow(unsafe_code)]
+        unsafe {
+            let symbol = libc::dlsym(libc::RTLD_DEFAULT, c"memwarden_thread_quiet".as_ptr());
+            (!symbol.is_null()).then(|| std::mem::transmute::<*mut libc::c_void, Quiet>(symbol))
+        }
+    });
+    match quiet {
+        None => work(),
+        Some(quiet) => {
+            let was = quiet(1);
+            let result = work();
+            quiet(was);
+            result
+        }
+    }
+}
+
 /// memwarden's version, as its Cargo manifest states it.
 #[pyfunction]
 fn version() -> &'static str {
@@ -51,7 +78,7 @@ fn analyze_captures(py: Python<'_>, dir: PathBuf, raw_frames: bool) -> PyResult<
             dir.display()
         )));
     }
-    let (profile, warnings) = py.detach(|| analyze(&dir, raw_frames))?;
+    let (profile, warnings) = py.detach(|| quietly(|| analyze(&dir, raw_frames)))?;
     let category = py.get_type::<PyUserWarning>();
     for warning in warnings {
         let message = CString::new(warning.replace('\0', "\\x00")).unwrap_or_default();
@@ -133,7 +160,7 @@ fn format_size(bytes: u64) -> String {
 /// [`capture_lines`]'s `since`.
 #[pyfunction]
 fn capture_allocated(py: Python<'_>, path: PathBuf) -> PyResult<Vec<u64>> {
-    py.detach(|| memwarden_format::capture::read_allocated(&path))
+    py.detach(|| quietly(|| memwarden_format::capture::read_allocated(&path)))
         .map_err(|e| io_error(&path, e))
 }
 
@@ -151,11 +178,16 @@ fn capture_lines(
     since: Option<Vec<u64>>,
     until: Option<Vec<u64>>,
 ) -> PyResult<Vec<(String, u32, String, i64, u64, u64)>> {
-    let capture = py
-        .detach(|| memwarden_format::capture::Capture::read(&path))
-        .map_err(|e| PyValueError::new_err(e.to_string()))?;
     let (since, until) = (since.unwrap_or_default(), until.unwrap_or_default());
-    Ok(profile::line_totals(&capture, &since, &until)
+    let lines = py
+        .detach(|| {
+            quietly(|| {
+                memwarden_format::capture::Capture::read(&path)
+                    .map(|capture| profile::line_totals(&capture, &since, &until))
+            })
+        })
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(lines
         .into_iter()
         .map(|l| {
             let function = format!("{}{}", l.frame.function, l.frame.import_note());
@@ -207,12 +239,74 @@ fn record_block(
         peak_rss_bytes,
         peak_rss_exact,
         peak_heap_bytes,
+        left_bytes: 0,
         peak_gpu_bytes,
         budget_bytes,
         failed,
     };
     py.detach(|| memwarden_run::block::record(&block))
         .map_err(PyValueError::new_err)
+}
+
+/// The report of a block measured in this process (a notebook cell): `(JSON, HTML)`. With
+/// `peak_heap_bytes`, its profile is read from `capture` (this process's capture file),
+/// whose nodes' allocated bytes were `since` as the block began; the advice and the page
+/// are made as `memwarden run --profile` makes them; `sources` maps the names of code
+/// that is no file (a notebook's cells) to its text. `ValueError` when the capture cannot
+/// be read.
+#[pyfunction]
+#[pyo3(signature = (name, capture, since, started_at_unix_s, duration_s, peak_rss_bytes,
+    peak_rss_exact, peak_heap_bytes, left_bytes, peak_gpu_bytes, failed, sources))]
+#[allow(clippy::too_many_arguments)]
+fn block_report(
+    py: Python<'_>,
+    name: String,
+    capture: Option<PathBuf>,
+    since: Vec<u64>,
+    started_at_unix_s: f64,
+    duration_s: f64,
+    peak_rss_bytes: u64,
+    peak_rss_exact: bool,
+    peak_heap_bytes: Option<u64>,
+    left_bytes: i64,
+    peak_gpu_bytes: Option<u64>,
+    failed: bool,
+    sources: std::collections::BTreeMap<String, String>,
+) -> PyResult<(String, String)> {
+    let block = memwarden_run::block::Block {
+        model: String::new(),
+        version: String::new(),
+        stage: String::new(),
+        tags: Vec::new(),
+        ledger: None,
+        command: vec![name],
+        started_at_unix_s,
+        duration_s,
+        peak_rss_bytes,
+        peak_rss_exact,
+        peak_heap_bytes: peak_heap_bytes.filter(|_| capture.is_some()),
+        left_bytes,
+        peak_gpu_bytes,
+        budget_bytes: None,
+        failed,
+    };
+    py.detach(|| {
+        quietly(|| {
+            let report = match &capture {
+                Some(path) => {
+                    memwarden_run::block::report_with_profile(&block, path, &since, &sources)?
+                }
+                None => {
+                    let mut report = memwarden_run::block::report(&block);
+                    memwarden_report::advice::complete_with(&mut report, &sources);
+                    report
+                }
+            };
+            let json = serde_json::to_string(&report).map_err(|e| e.to_string())?;
+            Ok::<_, String>((json, memwarden_report::html::render(&report)))
+        })
+    })
+    .map_err(PyValueError::new_err)
 }
 
 /// The path to put in `LD_PRELOAD` for the profiler library at `library`: its own, or,
@@ -265,6 +359,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(preloadable, module)?)?;
     module.add_function(wrap_pyfunction!(capture_lines, module)?)?;
     module.add_function(wrap_pyfunction!(tree_create, module)?)?;
+    module.add_function(wrap_pyfunction!(block_report, module)?)?;
     module.add_function(wrap_pyfunction!(tree_withdraw_ended, module)?)?;
     module.add_class::<test_ledger::Baselines>()?;
     module.add_class::<test_ledger::TestRecorder>()?;

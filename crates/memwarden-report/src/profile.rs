@@ -278,6 +278,80 @@ fn python_version(hexversion: u64) -> String {
     )
 }
 
+/// The analysis of a block of one process (a notebook cell, `memwarden.track`), from its
+/// capture as it is at the block's end: `since` holds each node's allocated bytes as the
+/// block began ([`memwarden_format::capture::read_allocated`]), `start_ns` and `end_ns`
+/// its wall-clock bounds, `peak_bytes` and `left_bytes` its heap figures (the block's own,
+/// from the profiler's mark). The lines are what the block allocated; what it left is
+/// each stack's live bytes, up to what the block allocated there. The stacks at the peak
+/// are the process's peak snapshot when that peak came after the block began (the block
+/// raised the process's highest heap, and its own peak is that moment; or it ended at its
+/// highest and the next allocation after it, still holding all of it, took the snapshot);
+/// otherwise none are kept, and the second value is false.
+pub fn analyze_block(
+    capture: &Capture,
+    since: &[u64],
+    start_ns: u64,
+    peak_bytes: u64,
+    left_bytes: i64,
+) -> (Analysis, bool) {
+    let mode = mode_of(capture);
+    let mut analysis = analyze(
+        std::slice::from_ref(capture),
+        mode,
+        capture.sample_bytes,
+        start_ns,
+        Frames::Folded,
+    );
+    let peak_inside = capture.peak_ns >= start_ns;
+    if !peak_inside {
+        analysis.all_at_peak.clear();
+        analysis.profile.at_peak.clear();
+        analysis.profile.at_peak_bytes = 0;
+        analysis.profile.peak_at_s = None;
+    }
+    analysis.all_lines = line_totals(capture, since, &[])
+        .into_iter()
+        .map(|line| LineAllocations {
+            frame: line.frame,
+            allocated_bytes: line.allocated_bytes,
+            allocations: line.allocations,
+        })
+        .collect();
+    let mut stacks = Stacks {
+        frames: Frames::Folded,
+        names: ImportNames::default(),
+    };
+    stacks.names.learn(capture);
+    let mut left = Totals::new();
+    add_column(
+        capture,
+        &stacks,
+        |node| {
+            let counters = capture.counters[node];
+            let allocated = counters
+                .allocated
+                .saturating_sub(since.get(node).copied().unwrap_or(0));
+            let requested = counters.live.min(allocated.min(i64::MAX as u64) as i64);
+            Held {
+                committed: requested - counters.reserved.clamp(0, requested.max(0)),
+                requested,
+            }
+        },
+        &mut left,
+    );
+    analysis.all_leaked = ranked(left, usize::MAX);
+    let profile = &mut analysis.profile;
+    profile.leaked = analysis.all_leaked.iter().take(TOP).cloned().collect();
+    profile.leaked_bytes = left_bytes.max(0) as u64;
+    profile.peak_bytes = peak_bytes;
+    profile.requested_peak_bytes = peak_bytes;
+    profile.allocated_bytes = analysis.all_lines.iter().map(|l| l.allocated_bytes).sum();
+    profile.top_lines = analysis.all_lines.iter().take(TOP).cloned().collect();
+    analysis.finish();
+    (analysis, peak_inside)
+}
+
 /// Analyses the captures kept in one run's directory, `dir`, as `memwarden analyze` and the
 /// recovery of an interrupted run do: [`analyze`], then the tree's measured peak from the
 /// directory's tree counter (no ticks were recorded, so each process's own peak snapshot

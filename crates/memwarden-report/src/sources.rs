@@ -31,15 +31,19 @@ pub fn text<'a>(profile: &'a Profile, frame: &StackFrame) -> Option<&'a str> {
 
 /// Reads the lines named by the profile's stacks and tables (and by `more`, such as the
 /// per-process stacks) into `profile.source_lines`, relative paths taken from `cwd` (the
-/// command's working directory). Files that cannot be read are left out.
+/// command's working directory), the text of the files in `given` (code that is no file
+/// on disk, such as a notebook's cells, by the name its frames carry) taken from there.
+/// Files that cannot be read are left out.
 pub fn attach<'a>(
     profile: &mut Profile,
     cwd: &str,
     more: impl IntoIterator<Item = &'a StackFrame>,
+    given: &BTreeMap<String, String>,
 ) {
     let mut wanted: BTreeSet<(String, u32)> = BTreeSet::new();
     let mut want = |frame: &StackFrame| {
-        if frame.line > 0 && !frame.file.starts_with('<') && wanted.len() < MAX_LINES {
+        let named = !frame.file.starts_with('<') || given.contains_key(&frame.file);
+        if frame.line > 0 && named && wanted.len() < MAX_LINES {
             wanted.insert((frame.file.clone(), frame.line));
         }
     };
@@ -71,8 +75,12 @@ pub fn attach<'a>(
     let base = unescape(cwd).map(|b| PathBuf::from(OsStr::from_bytes(&b)));
     let mut found = Vec::new();
     for (file, lines) in by_file {
-        let Some(text) = read(&file, base.as_deref()) else {
-            continue;
+        let text = match given.get(&file) {
+            Some(text) => text.clone().into_bytes(),
+            None => match read(&file, base.as_deref()) {
+                Some(text) => text,
+                None => continue,
+            },
         };
         let all: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
         for line in lines {
@@ -149,14 +157,24 @@ mod tests {
             file: "gone.py".to_owned(),
             ..frame(1)
         };
-        attach(&mut profile, dir.to_str().expect("utf-8"), [&missing]);
+        attach(
+            &mut profile,
+            dir.to_str().expect("utf-8"),
+            [&missing],
+            &BTreeMap::new(),
+        );
         assert_eq!(text(&profile, &frame(2)), Some("rows = f.readlines()"));
         let cut = text(&profile, &frame(3)).expect("read");
         assert_eq!(cut.chars().count(), MAX_CHARS + 1);
         assert_eq!(text(&profile, &frame(99)), None);
         assert_eq!(text(&profile, &missing), None);
         std::fs::write(dir.join("pkg/train.py"), b"\xffbad = 1\n").expect("write");
-        attach(&mut profile, dir.to_str().expect("utf-8"), []);
+        attach(
+            &mut profile,
+            dir.to_str().expect("utf-8"),
+            [],
+            &BTreeMap::new(),
+        );
         assert_eq!(text(&profile, &frame(1)), None, "line 1 was not named");
         profile.lines.push(memwarden_format::report::LineStats {
             frame: frame(1),
@@ -166,7 +184,12 @@ mod tests {
             allocated_bytes: 0,
             allocations: 0,
         });
-        attach(&mut profile, dir.to_str().expect("utf-8"), []);
+        attach(
+            &mut profile,
+            dir.to_str().expect("utf-8"),
+            [],
+            &BTreeMap::new(),
+        );
         assert_eq!(text(&profile, &frame(1)), Some("\\xffbad = 1"));
         std::fs::remove_dir_all(dir).ok();
     }

@@ -8,7 +8,11 @@
 //! peaks; processes, timeline and profile stay empty.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
+
+use memwarden_format::capture::Capture;
+use memwarden_report::profile;
 
 use memwarden_format::report::{
     Budget, BudgetStatus, Enforcement, Exit, Gpu, Limits, ModelRun, MonitorInfo, Peak, PeakSource,
@@ -44,6 +48,8 @@ pub struct Block {
     pub peak_rss_exact: bool,
     /// The heap's peak above its start, when the profiler measured it.
     pub peak_heap_bytes: Option<u64>,
+    /// The heap at the end less the heap at the start (0 without the profiler).
+    pub left_bytes: i64,
     /// The GPU peak, when torch measured it.
     pub peak_gpu_bytes: Option<u64>,
     /// The block's budget, when it had one.
@@ -65,7 +71,7 @@ pub fn record(block: &Block) -> Result<String, String> {
     )?;
     let started = UNIX_EPOCH + Duration::from_secs_f64(block.started_at_unix_s.max(0.0));
     let before = ledger_record::before(&governance, started)?;
-    let mut report = report_of(block);
+    let mut report = report(block);
     report.model = Some(ModelRun {
         name: governance.model.clone(),
         version: governance.version.clone(),
@@ -78,8 +84,37 @@ pub fn record(block: &Block) -> Result<String, String> {
     ledger_record::write(&governance.ledger, &record)
 }
 
+/// The report of a block measured with the profiler (a notebook cell): [`report`] with the
+/// profile of the block's part of its process's capture, `capture`, whose nodes' allocated
+/// bytes were `since` as the block began (see `memwarden_report::profile::analyze_block`),
+/// the source of its lines (`given`: the text of code that is no file, a notebook's
+/// cells, by file name) and the advice. Without the heap peak (no profiler), the profile
+/// stays empty.
+pub fn report_with_profile(
+    block: &Block,
+    capture: &Path,
+    since: &[u64],
+    given: &BTreeMap<String, String>,
+) -> Result<Report, String> {
+    let mut report = report(block);
+    if let Some(peak) = block.peak_heap_bytes {
+        let capture = Capture::read(capture).map_err(|e| e.to_string())?;
+        let start_ns = (block.started_at_unix_s.max(0.0) * 1e9) as u64;
+        let (analysis, peak_inside) =
+            profile::analyze_block(&capture, since, start_ns, peak, block.left_bytes);
+        if !peak_inside {
+            report.warnings.push(
+                "no stacks at this block's peak: its process had reached a higher heap before it, and the profiler keeps the stacks of the process's highest moment only; its lines show what it allocated".to_owned(),
+            );
+        }
+        report.profile = Some(analysis.profile);
+    }
+    memwarden_report::advice::complete_with(&mut report, given);
+    Ok(report)
+}
+
 /// The report of a block: its peaks, the machine's memory, its budget's verdict.
-fn report_of(block: &Block) -> Report {
+pub fn report(block: &Block) -> Report {
     let meminfo = procfs::read_meminfo().unwrap_or_default();
     let rss_source = if block.peak_rss_exact {
         PeakSource::VmHwm

@@ -11,6 +11,8 @@
 //! (`numpy/lib/npyio.py` `load`, `json/__init__.py` `load`, pandas' readers,
 //! `torch/serialization.py` `load`).
 
+use std::collections::BTreeMap;
+
 use memwarden_format::advice::{Advice, Technique};
 use memwarden_format::report::{Profile, Report, StackFrame};
 
@@ -91,6 +93,12 @@ pub fn advise(report: &Report) -> Vec<Advice> {
 /// names (read now, while the files are there; relative to the command's directory) and
 /// the advice.
 pub fn complete(report: &mut Report) {
+    complete_with(report, &BTreeMap::new());
+}
+
+/// [`complete`], with the text of code that is no file on disk (a notebook's cells, by
+/// the file name their frames carry): the advice reads what those lines do too.
+pub fn complete_with(report: &mut Report, given: &BTreeMap<String, String>) {
     if let Some(profile) = report.profile.as_mut() {
         let more = report
             .processes
@@ -98,7 +106,7 @@ pub fn complete(report: &mut Report) {
             .filter_map(|p| p.profile.as_ref())
             .flat_map(|p| p.at_peak.iter().chain(&p.leaked))
             .flat_map(|s| &s.stack);
-        crate::sources::attach(profile, &report.cwd, more);
+        crate::sources::attach(profile, &report.cwd, more, given);
     }
     report.advice = advise(report);
 }
