@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from typing import List, Optional
+from typing import Any, List, Optional
 
 
 class _Library:
@@ -87,69 +87,66 @@ def live_bytes() -> Optional[int]:
 _NO_TREE = -(2**63)
 
 
-class Tree:
-    """The heap of every profiled process of the tree together (this one and the processes
-    it starts, while they run under the profiler), with one mark in the tree's shared
-    counter: see ``memwarden_format::tree``. Only one process of a tree may use the mark
-    (the pytest plugin's, which claims it)."""
+def tree_available() -> bool:
+    """Whether this process counts in a tree counter whose mark it can use: the heap of
+    every profiled process of the tree together (this one and those it starts), see
+    ``memwarden_format::tree``."""
+    return _LIBRARY is not None and bool(_LIBRARY.tree) and _LIBRARY.tree[0]() != _NO_TREE
 
-    @staticmethod
-    def available() -> bool:
-        return _LIBRARY is not None and bool(_LIBRARY.tree) and _LIBRARY.tree[0]() != _NO_TREE
 
-    @staticmethod
-    def mark() -> int:
-        """Sets the mark; the tree's live bytes now."""
-        assert _LIBRARY is not None
-        return int(_LIBRARY.tree[1]())
+def tree_live() -> int:
+    """The tree's live bytes now."""
+    assert _LIBRARY is not None
+    return int(_LIBRARY.tree[0]())
 
-    @staticmethod
-    def live() -> int:
-        assert _LIBRARY is not None
-        return int(_LIBRARY.tree[0]())
 
-    @staticmethod
-    def peak_since_mark() -> int:
-        assert _LIBRARY is not None
-        return int(_LIBRARY.tree[2]())
-
-    @staticmethod
-    def images() -> int:
-        """Process images counted in the tree so far (each ``exec`` counts again)."""
-        assert _LIBRARY is not None
-        return int(_LIBRARY.tree[3]())
+def tree_images() -> int:
+    """Process images counted in the tree so far (each ``exec`` counts again)."""
+    assert _LIBRARY is not None
+    return int(_LIBRARY.tree[3]())
 
 
 class Marks:
-    """Open blocks and the highest heap each has seen, over the process's one mark."""
+    """Open blocks and the highest heap each has seen, over one mark (the process's, or
+    the tree's): before the mark is set again, every open block is credited with the
+    highest seen since the last, so nested blocks are each right."""
 
-    def __init__(self) -> None:
+    def __init__(self, tree: bool = False) -> None:
         self._open: List[List[int]] = []
+        self._tree = tree
 
-    def _credit(self) -> None:
+    def _functions(self) -> Optional[List[Any]]:
         if _LIBRARY is None:
-            return
-        peak = int(_LIBRARY.peak_since_mark())
+            return None
+        if self._tree:
+            return [_LIBRARY.tree[1], _LIBRARY.tree[2]] if tree_available() else None
+        return [_LIBRARY.mark, _LIBRARY.peak_since_mark]
+
+    def _credit(self, peak_since_mark: Any) -> None:
+        peak = int(peak_since_mark())
         for block in self._open:
             block[0] = max(block[0], peak)
 
     def enter(self) -> Optional[List[int]]:
         """Opens a block; its handle holds the highest heap seen (a one-element list)."""
-        if _LIBRARY is None:
+        functions = self._functions()
+        if functions is None:
             return None
-        self._credit()
-        live = int(_LIBRARY.mark())
-        block = [live]
+        mark, peak_since_mark = functions
+        self._credit(peak_since_mark)
+        block = [int(mark())]
         self._open.append(block)
         return block
 
     def leave(self, block: Optional[List[int]]) -> Optional[int]:
         """Closes `block`; the highest the heap was while it was open."""
-        if block is None or _LIBRARY is None:
+        functions = self._functions()
+        if block is None or functions is None:
             return None
-        self._credit()
+        self._credit(functions[1])
         self._open = [b for b in self._open if b is not block]
         return block[0]
 
 
 MARKS = Marks()
+TREE_MARKS = Marks(tree=True)

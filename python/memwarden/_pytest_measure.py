@@ -32,7 +32,7 @@ TREE_OWNER = "MEMWARDEN_TREE_OWNER"
 
 def claim_tree() -> bool:
     """Whether this process measures tests with the tree's counter (claiming its mark)."""
-    if os.environ.get("PYTEST_XDIST_WORKER") or not _heap.Tree.available():
+    if os.environ.get("PYTEST_XDIST_WORKER") or not _heap.tree_available():
         return False
     owner = os.environ.setdefault(TREE_OWNER, str(os.getpid()))
     return owner == str(os.getpid())
@@ -45,13 +45,15 @@ class Measure:
     def __init__(self, name: str, tree: bool) -> None:
         self.track: Optional[Track] = None
         self.start = 0
-        self.tree_start: Optional[int] = None
+        self.tree_block: Optional[List[int]] = None
+        self.tree_start = 0
         self.images = 0
         self.started_unix_s = time.time()
         if _heap.available():
             if tree:
-                self.images = _heap.Tree.images()
-                self.tree_start = _heap.Tree.mark()
+                self.images = _heap.tree_images()
+                self.tree_block = _heap.TREE_MARKS.enter()
+                self.tree_start = self.tree_block[0] if self.tree_block is not None else 0
             self.track = Track(name)
             self.track.__enter__()
         elif tracemalloc.is_tracing():
@@ -67,14 +69,15 @@ class Measure:
             self.track.__exit__(None, None, None)
             how = "sampled estimate" if self.track.sampled else "every allocation recorded"
             peak, left = self.track.peak_heap_bytes, self.track.leaked_bytes
-            if self.tree_start is not None:
-                children = _heap.Tree.images() - self.images
+            highest = _heap.TREE_MARKS.leave(self.tree_block)
+            if highest is not None:
+                children = _heap.tree_images() - self.images
                 if children:
                     # Workers killed by a signal could not take their share out themselves.
                     _native.tree_withdraw_ended(os.environ.get("MEMWARDEN_CAPTURE_DIR", ""))
                     how += f", with {children} process{'es' if children > 1 else ''} it started"
-                peak = max(peak or 0, _heap.Tree.peak_since_mark() - self.tree_start)
-                left = _heap.Tree.live() - self.tree_start
+                peak = max(peak or 0, highest - self.tree_start)
+                left = _heap.tree_live() - self.tree_start
             return peak, left, how
         if tracemalloc.is_tracing():
             now, peak = tracemalloc.get_traced_memory()

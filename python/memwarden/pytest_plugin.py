@@ -25,16 +25,18 @@ under the profiler with a tree counter (the plugin's re-execution makes one): se
 
 **How the heap is measured.** A test's allocations are seen by memwarden's profiler, an
 ``LD_PRELOAD`` library, which a running interpreter cannot load. So when a test needs it
-(``--memwarden``, ``--memwarden-limit``, ``-n`` of pytest-xdist, or a collected test with
-a limit marker) and pytest does not run under it, the plugin **starts pytest again, once,
-under the profiler** (same interpreter, same arguments, ``os.execve``), before any test
-runs; pytest-xdist's workers inherit it. ``--memwarden-no-preload`` (or
+(``--memwarden``, ``--memwarden-limit``, ``--memwarden-baseline``, ``-n`` of
+pytest-xdist, a test module whose code uses a limit marker, or a collected test with one)
+and pytest does not run under it, the plugin **starts pytest again, once, under the
+profiler** (same interpreter, same arguments, ``os.execve``), before any test runs and,
+where it can tell, before any test module is imported; pytest-xdist's workers inherit it. ``--memwarden-no-preload`` (or
 ``MEMWARDEN_PYTEST_PRELOAD=0``) keeps pytest as it is: the limits are then measured with
 ``tracemalloc`` (Python's and numpy's allocations, slower), and the report says so.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
@@ -120,10 +122,35 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("memwarden") or limit is not None or _xdist(config) or baseline:
         _profile_or_fallback(config)
     config._memwarden_tree = claim_tree()  # type: ignore[attr-defined]
+    if _OWNER[0] is None and os.environ.get(_OWNER_PID) == str(os.getpid()):
+        _OWNER[0] = config
 
 
 def _xdist(config: pytest.Config) -> bool:
     return bool(getattr(config.option, "numprocesses", None))
+
+
+def pytest_collect_file(file_path: Any, parent: Any) -> None:
+    """Starts pytest again under the profiler before importing the first test module whose
+    code uses a limit marker (``pytest.mark.limit_memory``, as an attribute: not a string
+    that names it), so that no test module is imported (nor collected) twice; markers set
+    elsewhere (a conftest's hook) are found after collection."""
+    if file_path.suffix != ".py" or _heap.available():
+        return None
+    config = parent.config
+    if getattr(config, "_memwarden_fallback", False) or not _wanted(config):
+        return None
+    try:
+        text = file_path.read_bytes()
+        # Parsed only when the name is there at all: most modules never are.
+        uses = any(name.encode() in text for name in _MARKERS) and any(
+            isinstance(node, ast.Attribute) and node.attr in _MARKERS for node in ast.walk(ast.parse(text))
+        )
+    except (OSError, SyntaxError, ValueError):
+        return None
+    if uses:
+        _profile_or_fallback(config)
+    return None
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -157,6 +184,7 @@ def _profile_or_fallback(config: pytest.Config) -> None:
             why = str(e)
         else:
             env[_REEXECUTED] = capture_dir
+            env[_OWNER_PID] = str(os.getpid())
             argv = list(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
             argv[0] = sys.executable
             # pytest may hold the standard streams redirected (capturing): give them back
@@ -178,9 +206,16 @@ def _profile_or_fallback(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    # Only the pytest that was started again removes its captures: not a pytest it runs
+    # in its own process (pytester's inline runs), nor one it starts (which inherits the
+    # environment), nor xdist's workers.
     capture_dir = os.environ.get(_REEXECUTED)
-    if capture_dir and not os.environ.get("PYTEST_XDIST_WORKER"):
+    if capture_dir and config is _OWNER[0]:
         shutil.rmtree(capture_dir, ignore_errors=True)
+
+
+_OWNER: List[Optional[pytest.Config]] = [None]
+_OWNER_PID = "MEMWARDEN_PYTEST_OWNER_PID"
 
 
 def _limit(item: pytest.Item, name: str) -> Optional[int]:

@@ -213,3 +213,17 @@ def test_baselines_with_an_unreadable_ledger_say_so_and_keep_the_records(pyteste
     result.assert_outcomes(passed=1)
     text = result.stdout.str()
     assert "not recorded:" in text and "kept in" in text, text
+
+
+def test_under_memwarden_run_nothing_restarts(pytester, memwarden_bin, tmp_path):
+    pytester.makepyfile(test_suite=SUITE)
+    done = subprocess.run(
+        [memwarden_bin, "run", "--quiet", "--profile", "--json", str(tmp_path / "run.json"), "--",
+         sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA"],
+        cwd=pytester.path, capture_output=True, text=True,
+        env={**os.environ, "MEMWARDEN_HOME": str(tmp_path / "home")},
+    )
+    text = done.stdout
+    assert text.count("test session starts") == 1, text
+    assert re.search(r"Test allocated (39|40|41)\.\d\d MiB at its peak, over its limit of 10.00 MiB", text), text
+    assert "6 passed" not in text and "4 failed, 2 passed" in text, text
