@@ -4,15 +4,17 @@ suite, and how a test's heap peak as the plugin reports it compares with `memwar
 
 Run with an interpreter that has memwarden installed (`pip install .`), numpy and pytest:
 
-    python -m venv /tmp/mw && /tmp/mw/bin/pip install . numpy pytest
+    python -m venv /tmp/mw && /tmp/mw/bin/pip install . numpy pytest pytest-memray
     /tmp/mw/bin/python bench/python_api_bench.py
 
 1. `track`: the mean time to enter and leave an empty block, 2000 times, in a plain process
    and under `memwarden run --profile` (where it also reads the heap mark and the capture).
 2. The plugin: a generated suite of 200 tests, each building a few numpy arrays, run
    `-p no:memwarden` (bare), plain (the plugin measures nothing: no marker), with a
-   `limit_memory` marker on every test (pytest started again under the profiler), and with
-   `--memwarden` (the table too); median wall time of 3 (MEMWARDEN_BENCH_REPEAT), interleaved;
+   `limit_memory` marker on every test (pytest started again under the profiler), with
+   `--memwarden` (the table too), with the markers under `memwarden run --profile -- pytest`
+   (no restart), and, when installed, pytest-memray's `--memray` on the marked suite (the
+   peer); median wall time of 3 (MEMWARDEN_BENCH_REPEAT), interleaved;
    the suite again with tests that each sort a million numbers (about 20 ms of work).
 3. Accuracy: one test allocating 64 MiB of numpy arrays through several lines (and freeing
    half before the peak); the plugin's reported peak against the heap increase of the same
@@ -77,16 +79,27 @@ def bench_plugin(scratch, work):
     plain_dir, marked_dir = os.path.join(scratch, f"plain{work}"), os.path.join(scratch, f"marked{work}")
     suite(plain_dir, False, work)
     suite(marked_dir, True, work)
+    pytest = [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
     runs = {
-        "bare (-p no:memwarden)": (plain_dir, ["-p", "no:memwarden"]),
-        "plugin, no marker": (plain_dir, []),
-        "plugin, limit_memory on every test": (marked_dir, []),
-        "plugin, --memwarden table": (plain_dir, ["--memwarden"]),
+        "bare (-p no:memwarden)": (plain_dir, [*pytest, "-p", "no:memwarden"]),
+        "plugin, no marker": (plain_dir, pytest),
+        "plugin, limit_memory on every test": (marked_dir, pytest),
+        "plugin, --memwarden table": (plain_dir, [*pytest, "--memwarden"]),
+        # Started under the profiler from the first line: the plugin restarts nothing.
+        "plugin under `memwarden run --profile`, limit_memory on every test": (
+            marked_dir, [MEMWARDEN, "run", "--quiet", "--profile", "--", *pytest]),
     }
+    try:
+        import pytest_memray  # noqa: F401  (the peer, when installed: pip install pytest-memray)
+
+        runs["pytest-memray --memray, limit_memory on every test"] = (
+            marked_dir, [*pytest, "-p", "no:memwarden", "--memray"])
+    except ImportError:
+        print("pytest-memray is not installed: its row is left out (pip install pytest-memray)")
     times = {name: [] for name in runs}
     for _ in range(REPEAT):
-        for name, (directory, extra) in runs.items():
-            elapsed, done = timed([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra], cwd=directory)
+        for name, (directory, argv) in runs.items():
+            elapsed, done = timed(argv, cwd=directory)
             if done.returncode != 0:
                 print(done.stdout[-2000:], done.stderr[-2000:])
                 raise SystemExit(1)
