@@ -79,7 +79,8 @@ def bench_plugin(scratch, work):
     plain_dir, marked_dir = os.path.join(scratch, f"plain{work}"), os.path.join(scratch, f"marked{work}")
     suite(plain_dir, False, work)
     suite(marked_dir, True, work)
-    pytest = [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    # Each tool alone: pytest-memray, when installed, also acts on limit_memory markers.
+    pytest = [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:memray"]
     runs = {
         "bare (-p no:memwarden)": (plain_dir, [*pytest, "-p", "no:memwarden"]),
         "plugin, no marker": (plain_dir, pytest),
@@ -93,7 +94,7 @@ def bench_plugin(scratch, work):
         import pytest_memray  # noqa: F401  (the peer, when installed: pip install pytest-memray)
 
         runs["pytest-memray --memray, limit_memory on every test"] = (
-            marked_dir, [*pytest, "-p", "no:memwarden", "--memray"])
+            marked_dir, [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:memwarden", "--memray"])
     except ImportError:
         print("pytest-memray is not installed: its row is left out (pip install pytest-memray)")
     times = {name: [] for name in runs}

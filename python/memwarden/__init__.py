@@ -11,9 +11,27 @@ from memwarden._native import version as _native_version
 
 __version__: str = _native_version()
 
-from memwarden.census import Census, census
-from memwarden.report import Report
+from typing import TYPE_CHECKING, Any
+
 from memwarden.track import MemoryBudgetExceeded, Track, budget, parse_size, track
+
+if TYPE_CHECKING:
+    from memwarden.census import Census, census
+    from memwarden.report import Report
+
+# Imported when first used: the pytest plugin imports this package in every pytest run,
+# and the report's types take longer to define than the rest of the package to import.
+_LAZY = {"Census": "memwarden.census", "census": "memwarden.census", "Report": "memwarden.report"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'memwarden' has no attribute {name!r}")
 
 
 def load_ipython_extension(ipython: object) -> None:
