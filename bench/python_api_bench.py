@@ -12,8 +12,8 @@ Run with an interpreter that has memwarden installed (`pip install .`), numpy an
 2. The plugin: a generated suite of 200 tests, each building a few numpy arrays, run
    `-p no:memwarden` (bare), plain (the plugin measures nothing: no marker), with a
    `limit_memory` marker on every test (pytest started again under the profiler), with
-   `--memwarden` (the table too), with the markers under `memwarden run --profile -- pytest`
-   (no restart), and, when installed, pytest-memray's `--memray` on the marked suite (the
+   `--memwarden` (the table too), with the markers under `memwarden pytest` and under
+   `memwarden run --profile -- pytest` (no restart), and, when installed, pytest-memray's `--memray` on the marked suite (the
    peer); median wall time of 3 (MEMWARDEN_BENCH_REPEAT), interleaved;
    the suite again with tests that each sort a million numbers (about 20 ms of work).
 3. Accuracy: one test allocating 64 MiB of numpy arrays through several lines (and freeing
@@ -87,6 +87,8 @@ def bench_plugin(scratch, work):
         "plugin, limit_memory on every test": (marked_dir, pytest),
         "plugin, --memwarden table": (plain_dir, [*pytest, "--memwarden"]),
         # Started under the profiler from the first line: the plugin restarts nothing.
+        "plugin under `memwarden pytest`, limit_memory on every test": (
+            marked_dir, [MEMWARDEN, "pytest", *pytest[3:]]),
         "plugin under `memwarden run --profile`, limit_memory on every test": (
             marked_dir, [MEMWARDEN, "run", "--quiet", "--profile", "--", *pytest]),
     }

@@ -16,11 +16,16 @@ from memwarden._paths import binary_path
 
 def main() -> None:
     """Runs ``memwarden`` with this process's arguments; never returns. ``memwarden kernel
-    ...`` is the Python side's (:mod:`memwarden.kernel`, a Jupyter kernelspec)."""
+    ...`` (:mod:`memwarden.kernel`, a Jupyter kernelspec) and ``memwarden pytest ...``
+    (:mod:`memwarden._pytest_launch`, pytest under the profiler) are the Python side's."""
     if sys.argv[1:2] == ["kernel"]:
         from memwarden.kernel import main as kernel
 
         sys.exit(kernel(sys.argv[2:]))
+    if sys.argv[1:2] == ["pytest"]:
+        from memwarden._pytest_launch import main as launch
+
+        sys.exit(launch(sys.argv[2:]))
     try:
         binary = binary_path()
     except FileNotFoundError as e:

@@ -30,6 +30,13 @@ def library() -> Optional[Path]:
         return None
 
 
+PYTEST_CAPTURE_DIR = "MEMWARDEN_PYTEST_REEXECUTED"
+"""Set in a pytest started under the profiler by the plugin or ``memwarden pytest``: its
+capture directory."""
+PYTEST_OWNER_PID = "MEMWARDEN_PYTEST_OWNER_PID"
+"""The process id of that pytest (which removes the directory at its end)."""
+
+
 class Unavailable(RuntimeError):
     """The profiler cannot be added to a new process's environment; the message says why."""
 

@@ -52,7 +52,7 @@ from . import _heap, _native, _preload
 from ._pytest_measure import Ledger, Measure, claim_tree
 from .track import parse_size, signed_size
 
-_REEXECUTED = "MEMWARDEN_PYTEST_REEXECUTED"
+_REEXECUTED = _preload.PYTEST_CAPTURE_DIR
 _MARKERS = ("limit_memory", "limit_leaks")
 _UNITS = {"B": 0, "KB": 1, "MB": 2, "GB": 3, "TB": 4, "PB": 5}
 
@@ -215,7 +215,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 _OWNER: List[Optional[pytest.Config]] = [None]
-_OWNER_PID = "MEMWARDEN_PYTEST_OWNER_PID"
+_OWNER_PID = _preload.PYTEST_OWNER_PID
 
 
 def _limit(item: pytest.Item, name: str) -> Optional[int]:

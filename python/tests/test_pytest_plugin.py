@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -215,11 +216,17 @@ def test_baselines_with_an_unreadable_ledger_say_so_and_keep_the_records(pyteste
     assert "not recorded:" in text and "kept in" in text, text
 
 
-def test_under_memwarden_run_nothing_restarts(pytester, memwarden_bin, tmp_path):
+@pytest.mark.parametrize("launcher", ["memwarden run --profile", "memwarden pytest"])
+def test_started_under_the_profiler_nothing_restarts(pytester, memwarden_bin, tmp_path, launcher):
     pytester.makepyfile(test_suite=SUITE)
+    if launcher == "memwarden pytest":
+        command = [memwarden_bin, "pytest"]
+    else:
+        command = [memwarden_bin, "run", "--quiet", "--profile", "--json", str(tmp_path / "run.json"), "--",
+                   sys.executable, "-m", "pytest"]
+    before = set(os.listdir(tempfile.gettempdir()))
     done = subprocess.run(
-        [memwarden_bin, "run", "--quiet", "--profile", "--json", str(tmp_path / "run.json"), "--",
-         sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA"],
+        [*command, "-p", "no:cacheprovider", "-rA"],
         cwd=pytester.path, capture_output=True, text=True,
         env={**os.environ, "MEMWARDEN_HOME": str(tmp_path / "home")},
     )
@@ -227,3 +234,5 @@ def test_under_memwarden_run_nothing_restarts(pytester, memwarden_bin, tmp_path)
     assert text.count("test session starts") == 1, text
     assert re.search(r"Test allocated (39|40|41)\.\d\d MiB at its peak, over its limit of 10.00 MiB", text), text
     assert "6 passed" not in text and "4 failed, 2 passed" in text, text
+    left = {name for name in set(os.listdir(tempfile.gettempdir())) - before if name.startswith("memwarden-pytest-")}
+    assert not left, f"the captures are removed at the end: {left}"
