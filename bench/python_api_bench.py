@@ -92,12 +92,12 @@ def bench_plugin(scratch, work):
         "plugin under `memwarden run --profile`, limit_memory on every test": (
             marked_dir, [MEMWARDEN, "run", "--quiet", "--profile", "--", *pytest]),
     }
-    try:
-        import pytest_memray  # noqa: F401  (the peer, when installed: pip install pytest-memray)
+    import importlib.util
 
+    if importlib.util.find_spec("pytest_memray") is not None:  # the peer: pip install pytest-memray
         runs["pytest-memray --memray, limit_memory on every test"] = (
             marked_dir, [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:memwarden", "--memray"])
-    except ImportError:
+    else:
         print("pytest-memray is not installed: its row is left out (pip install pytest-memray)")
     times = {name: [] for name in runs}
     for _ in range(REPEAT):

@@ -11,6 +11,8 @@ preloaded through a symbolic link in a private directory, made by the same code 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -59,4 +61,23 @@ def environment(capture_dir: str, mode: str = "sampled") -> Dict[str, str]:
     env["LD_PRELOAD"] = f"{preload} {env['LD_PRELOAD']}" if env.get("LD_PRELOAD") else preload
     env["MEMWARDEN_CAPTURE_DIR"] = capture_dir
     env["MEMWARDEN_PROFILE_MODE"] = mode
+    return env
+
+
+def pytest_environment(xdist: bool) -> Dict[str, str]:
+    """The environment of a pytest started under the profiler (by the plugin, or by
+    ``memwarden pytest``): a new capture directory, and in it a tree counter so tests are
+    measured with the processes they start (not for pytest-xdist, whose workers would share
+    one: they measure their own process). Raises :class:`Unavailable`, the directory
+    removed."""
+    capture_dir = tempfile.mkdtemp(prefix="memwarden-pytest-")
+    try:
+        env = environment(capture_dir)
+        if not xdist:
+            _native.tree_create(capture_dir)
+    except (Unavailable, OSError) as e:
+        shutil.rmtree(capture_dir, ignore_errors=True)
+        raise Unavailable(str(e)) from None
+    env[PYTEST_CAPTURE_DIR] = capture_dir
+    env[PYTEST_OWNER_PID] = str(os.getpid())
     return env

@@ -11,30 +11,21 @@ what this costs is one interpreter's start.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 from typing import List
 
-from . import _native, _preload
+from . import _preload
 
 
 def main(args: List[str]) -> int:
     """Replaces this process with pytest under the profiler; returns only on an error."""
     command = [sys.executable, "-m", "pytest", *args]
-    capture_dir = tempfile.mkdtemp(prefix="memwarden-pytest-")
+    xdist = any(a.startswith(("-n", "--numprocesses")) for a in args)
     try:
-        env = _preload.environment(capture_dir)
-        # pytest-xdist's workers would share one counter: they measure their own process.
-        if not any(a == "-n" or a.startswith(("-n", "--numprocesses", "--dist")) for a in args):
-            _native.tree_create(capture_dir)
-    except (_preload.Unavailable, OSError) as e:
-        shutil.rmtree(capture_dir, ignore_errors=True)
+        env = _preload.pytest_environment(xdist)
+    except _preload.Unavailable as e:
         print(f"memwarden pytest: {e}; pytest runs without the profiler", file=sys.stderr)
         env = dict(os.environ)
-    else:
-        env[_preload.PYTEST_CAPTURE_DIR] = capture_dir
-        env[_preload.PYTEST_OWNER_PID] = str(os.getpid())
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, command, env)

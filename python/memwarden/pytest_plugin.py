@@ -41,7 +41,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 import tracemalloc
 from typing import Any, Iterator, List, Optional, Tuple
@@ -173,18 +172,11 @@ def _profile_or_fallback(config: pytest.Config) -> None:
     if _heap.available() or getattr(config, "_memwarden_fallback", False):
         return
     if _wanted(config):
-        capture_dir = tempfile.mkdtemp(prefix="memwarden-pytest-")
         try:
-            env = _preload.environment(capture_dir)
-            # The tree's counter, so tests are measured with the processes they start
-            # (xdist's workers would share it: they measure their own process instead).
-            if not _xdist(config):
-                _native.tree_create(capture_dir)
-        except (_preload.Unavailable, OSError) as e:
+            env = _preload.pytest_environment(xdist=_xdist(config))
+        except _preload.Unavailable as e:
             why = str(e)
         else:
-            env[_REEXECUTED] = capture_dir
-            env[_OWNER_PID] = str(os.getpid())
             argv = list(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
             argv[0] = sys.executable
             # pytest may hold the standard streams redirected (capturing): give them back
@@ -195,7 +187,6 @@ def _profile_or_fallback(config: pytest.Config) -> None:
             sys.stdout.flush()
             sys.stderr.flush()
             os.execve(sys.executable, argv, env)
-        shutil.rmtree(capture_dir, ignore_errors=True)
     elif os.environ.get(_REEXECUTED):
         why = "pytest was started again under the profiler, but it records nothing (unsupported platform?)"
     else:

@@ -236,3 +236,16 @@ def test_started_under_the_profiler_nothing_restarts(pytester, memwarden_bin, tm
     assert "6 passed" not in text and "4 failed, 2 passed" in text, text
     left = {name for name in set(os.listdir(tempfile.gettempdir())) - before if name.startswith("memwarden-pytest-")}
     assert not left, f"the captures are removed at the end: {left}"
+
+
+def test_when_the_profiler_cannot_be_preloaded_the_reason_is_given(pytester, memwarden_bin):
+    pytester.makepyfile(test_suite=SUITE)
+    done = subprocess.run(
+        [memwarden_bin, "pytest", "-p", "no:cacheprovider"],
+        cwd=pytester.path, capture_output=True, text=True,
+        env={**os.environ, "MEMWARDEN_PRELOAD": "/nonexistent/libmemwarden_preload.so"},
+    )
+    assert "memwarden pytest: MEMWARDEN_PRELOAD names '/nonexistent/libmemwarden_preload.so', which is not a file" in done.stderr
+    text = done.stdout
+    assert "4 failed, 2 passed" in text, text
+    assert "Measured with tracemalloc (MEMWARDEN_PRELOAD names" in text, "the real reason, not 'not installed'"
