@@ -9,7 +9,7 @@ use crate::exit::Failure;
 
 /// Memory governance for Python machine-learning workloads.
 #[derive(Debug, Parser)]
-#[command(name = "memwarden", version, about, long_about = None)]
+#[command(name = "memwarden", version, about, long_about = None, after_help = PYTHON_COMMANDS)]
 pub struct Cli {
     /// The ledger: a file path or sqlite:///path (default: ledger.sqlite in memwarden's data
     /// directory, see docs/ledger.md), or postgres://user@host/db for a shared one.
@@ -303,6 +303,13 @@ impl StageArg {
         }
     }
 }
+
+/// The commands the Python package's `memwarden` (installed with pip) adds before handing
+/// the rest to this one (`python/memwarden/__main__.py`).
+const PYTHON_COMMANDS: &str = "Installed with pip, `memwarden` also has:
+  kernel install [--sys-prefix]  a Jupyter kernel that runs under the profiler (for %%memwarden)
+  pytest [ARGS...]               pytest under the profiler from its first line: the plugin's
+                                 limit_memory/limit_leaks markers need no restart (docs/python.md)";
 
 const RUN_EXAMPLES: &str = "\
 Examples:
