@@ -29,12 +29,10 @@ class _Library:
         for function in (self.live, self.mark, self.peak_since_mark, self.sample_bytes, self.python_frames):
             function.restype = ctypes.c_uint64
             function.argtypes = []
-        try:
-            self.tree = [process.memwarden_tree_live, process.memwarden_tree_mark,
-                         process.memwarden_tree_peak_since_mark, process.memwarden_tree_images]
-        except AttributeError:  # a profiler from before the tree's mark
-            self.tree = []
-        for function in self.tree:
+        self.tree = [process.memwarden_tree_live, process.memwarden_tree_mark,
+                     process.memwarden_tree_peak_since_mark, process.memwarden_tree_images]
+        self.capture_number = process.memwarden_capture_number
+        for function in (*self.tree, self.capture_number):
             function.restype = ctypes.c_int64
             function.argtypes = []
 
@@ -68,6 +66,14 @@ def why_unavailable() -> str:
     )
 
 
+def capture_number() -> Optional[int]:
+    """The N of this process's capture file (``<pid>-<N>.mwcap``): -1 while there is none
+    yet; None without the profiler."""
+    if _LIBRARY is None:
+        return None
+    return int(_LIBRARY.capture_number())
+
+
 def sample_bytes() -> Optional[int]:
     """Mean bytes between samples (0: every allocation recorded); None without the profiler."""
     return None if _LIBRARY is None else int(_LIBRARY.sample_bytes())
@@ -91,7 +97,7 @@ def tree_available() -> bool:
     """Whether this process counts in a tree counter whose mark it can use: the heap of
     every profiled process of the tree together (this one and those it starts), see
     ``memwarden_format::tree``."""
-    return _LIBRARY is not None and bool(_LIBRARY.tree) and _LIBRARY.tree[0]() != _NO_TREE
+    return _LIBRARY is not None and _LIBRARY.tree[0]() != _NO_TREE
 
 
 def tree_live() -> int:

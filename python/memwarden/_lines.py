@@ -10,7 +10,6 @@ allocated since, summed by line as the report's tables do
 
 from __future__ import annotations
 
-import glob
 import os
 from typing import TYPE_CHECKING, List, Optional, Tuple
 
@@ -23,19 +22,12 @@ Snapshot = Tuple[str, List[int]]
 
 
 def _capture_path() -> Optional[str]:
+    """This process's capture file, once the profiler has opened it."""
     directory = os.environ.get("MEMWARDEN_CAPTURE_DIR")
-    if not directory or not _heap.available():
+    number = _heap.capture_number()
+    if not directory or number is None or number < 0:
         return None
-    found = glob.glob(os.path.join(glob.escape(directory), f"{os.getpid()}-*.mwcap"))
-
-    def generation(path: str) -> int:
-        stem = os.path.basename(path)[: -len(".mwcap")]
-        try:
-            return int(stem.split("-", 1)[1])
-        except (IndexError, ValueError):
-            return -1
-
-    return max(found, key=generation) if found else None
+    return os.path.join(directory, f"{os.getpid()}-{number}.mwcap")
 
 
 def snapshot() -> Optional[Snapshot]:

@@ -115,6 +115,17 @@ pub extern "C" fn memwarden_tree_images() -> u64 {
     })
 }
 
+/// The N of this image's capture file, `$MEMWARDEN_CAPTURE_DIR/<pid>-<N>.mwcap`; -1 while
+/// there is none (nothing recorded yet, or no capture directory).
+#[no_mangle]
+pub extern "C" fn memwarden_capture_number() -> i64 {
+    if CAPTURE.is_open() {
+        crate::writer::NUMBER.load(Ordering::Relaxed) as i64
+    } else {
+        -1
+    }
+}
+
 /// Sets whether the calling thread's allocations and releases go unseen (1) or are
 /// recorded again (0); returns the previous setting. For memwarden's own readings inside a
 /// profiled process (the Python package reading its capture), which are not the program's

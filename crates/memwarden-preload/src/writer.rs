@@ -116,6 +116,9 @@ fn drop_table<T>(pointer: &AtomicPtr<T>, slots: usize) {
     }
 }
 
+/// The N of the capture this image writes, `<pid>-<N>.mwcap` (set as it opens).
+pub static NUMBER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Settings written into the header.
 pub struct Settings {
     /// True for exact mode.
@@ -134,8 +137,9 @@ impl Writer {
     pub fn open(&self, dir: &[u8], settings: &Settings) -> bool {
         // getpid and getppid system calls: neither allocates.
         let (pid, ppid) = (std::process::id(), std::os::unix::process::parent_id());
-        let mut fd = -1;
+        let (mut fd, mut number) = (-1, 0);
         for attempt in 0..1000u64 {
+            number = attempt;
             let mut path = StackBuf::<4096>::new();
             let fits = path.push(dir)
                 && path.push(b"/")
@@ -163,6 +167,7 @@ impl Writer {
         if fd < 0 {
             return false;
         }
+        NUMBER.store(number, Ordering::Relaxed);
         // SAFETY: `fd` is ours; a sparse file of FILE_SIZE takes no space until written,
         // and the header's blocks are reserved now so that writing it cannot fault.
         let sized = unsafe {
