@@ -34,7 +34,6 @@ import struct
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]

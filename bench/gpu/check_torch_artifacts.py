@@ -13,11 +13,8 @@ Usage: check_torch_artifacts.py MEMWARDEN OUT_DIR    (writes OUT_DIR/torch_check
 """
 
 import json
-import os
-import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -38,9 +35,7 @@ def inspect(path):
     memwarden run (a child's ru_maxrss would count the pages of this big Python parent that
     a fork copied)."""
     report_path = out / "inspect-run.json"
-    started = time.perf_counter()
     proc = subprocess.run([memwarden, "run", "-q", "--json", str(report_path), "--", memwarden, "inspect", str(path), "--json", "-"], capture_output=True, text=True)
-    elapsed = time.perf_counter() - started
     run = json.loads(report_path.read_text())
     seconds = run["duration_s"]
     return json.loads(proc.stdout), seconds, run["processes"][0]["peak_rss_bytes"] // 1024

@@ -76,7 +76,7 @@ def _html(track: Track) -> str:
         exact = "kernel high-water mark" if track.peak_rss_exact else "at least"
         rows.append(("process peak RSS", f"{size(track.peak_rss_bytes)} ({exact})"))
     if track.peak_gpu_bytes is not None:
-        rows.append(("GPU peak", size(track.peak_gpu_bytes)))
+        rows.append(("GPU peak (allocated, reserved)", f"{size(track.peak_gpu_bytes)}, {size(track.peak_gpu_reserved_bytes or 0)}"))
     rows.append(("time", f"{track.duration_s:.2f} s"))
     table = "".join(f"<tr><th style='text-align:left'>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in rows)
     lines = "".join(

@@ -11,8 +11,9 @@ Figures are process-wide: other threads' memory during the block counts too.
   kernel's high-water mark, reset as the block opens (see :mod:`memwarden._host`; under
   ``memwarden run`` it is not reset and the figure may be a lower bound,
   ``peak_rss_exact`` says which).
-- ``peak_gpu_bytes``: ``torch.cuda.max_memory_allocated`` above its level at the start,
-  when torch with CUDA is loaded.
+- ``peak_gpu_bytes``, ``peak_gpu_reserved_bytes``: ``torch.cuda.max_memory_allocated``
+  and ``max_memory_reserved`` above their levels at the start, when torch with CUDA is
+  loaded (else ``None``, and ``notes`` says so when torch is loaded without CUDA).
 - ``top_lines``: the lines that allocated the most during the block (the profiler's
   capture, read as the block opens and when they are first asked for), with what each
   holds then.
@@ -25,7 +26,7 @@ import warnings
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, TypeVar, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union
 
 from . import _heap, _host, _lines, _native
 
@@ -85,6 +86,9 @@ class Track:
     peak_rss_bytes: Optional[int] = None
     peak_rss_exact: bool = False
     peak_gpu_bytes: Optional[int] = None
+    peak_gpu_reserved_bytes: Optional[int] = None
+    """What torch's caching allocator reserved above its start, at its highest (what
+    ``nvidia-smi`` sees of the process, less CUDA's own context)."""
     duration_s: float = 0.0
     sampled: Optional[bool] = None
     notes: List[str] = field(default_factory=list)
@@ -137,7 +141,7 @@ class Track:
                 "peak_rss_bytes is a lower bound: under `memwarden run` the process's high-water "
                 "mark is the runner's, and this block did not raise it"
             )
-        self.peak_gpu_bytes = GPU.leave(self._gpu_block)
+        self.peak_gpu_bytes, self.peak_gpu_reserved_bytes = GPU.leave(self._gpu_block)
         if self.peak_gpu_bytes is None and "torch" in sys.modules:
             self.notes.append("no GPU figures: torch is loaded but CUDA is not available")
         if self.record is not None:
@@ -199,7 +203,7 @@ class Track:
             exact = "" if self.peak_rss_exact else " (at least)"
             parts.append(f"process peak RSS {size(self.peak_rss_bytes)}{exact}")
         if self.peak_gpu_bytes is not None:
-            parts.append(f"GPU peak {size(self.peak_gpu_bytes)}")
+            parts.append(f"GPU peak {size(self.peak_gpu_bytes)} ({size(self.peak_gpu_reserved_bytes or 0)} reserved)")
         text = f"{name}: " + ", ".join(parts) if parts else f"{name}: nothing measured"
         if self.budget_bytes is not None:
             text += f"; budget {size(self.budget_bytes)}"
@@ -279,8 +283,11 @@ def _warn_once(message: str) -> None:
 
 
 class _GpuMarks:
-    """Open blocks over torch's one peak counter (``max_memory_allocated``), credited before
-    each reset as the heap's and the kernel's marks are, so nested blocks are each right."""
+    """Open blocks over torch's peak counters (``max_memory_allocated`` and
+    ``max_memory_reserved``, which one ``reset_peak_memory_stats`` resets together),
+    credited before each reset as the heap's and the kernel's marks are, so nested blocks
+    are each right. A block is ``[allocated at its start, highest allocated, reserved at
+    its start, highest reserved]``."""
 
     def __init__(self) -> None:
         self._open: List[List[int]] = []
@@ -294,36 +301,38 @@ class _GpuMarks:
             return None
 
     def _credit(self, torch: Any) -> None:
-        peak = int(torch.cuda.max_memory_allocated())
+        allocated, reserved = int(torch.cuda.max_memory_allocated()), int(torch.cuda.max_memory_reserved())
         for block in self._open:
-            block[1] = max(block[1], peak)
+            block[1] = max(block[1], allocated)
+            block[3] = max(block[3], reserved)
 
     def enter(self) -> Optional[List[int]]:
-        """Opens a block: ``[allocated at the start, highest seen]``; None without CUDA."""
+        """Opens a block; None without CUDA."""
         torch = self._torch()
         if torch is None:
             return None
         try:
             self._credit(torch)
             torch.cuda.reset_peak_memory_stats()
-            start = int(torch.cuda.memory_allocated())
+            allocated, reserved = int(torch.cuda.memory_allocated()), int(torch.cuda.memory_reserved())
         except Exception:
             return None
-        block = [start, start]
+        block = [allocated, allocated, reserved, reserved]
         self._open.append(block)
         return block
 
-    def leave(self, block: Optional[List[int]]) -> Optional[int]:
-        """Closes `block`: how far GPU memory rose above its start, at its highest."""
+    def leave(self, block: Optional[List[int]]) -> Tuple[Optional[int], Optional[int]]:
+        """Closes `block`: how far GPU memory allocated, and reserved by torch's caching
+        allocator, rose above their start, at their highest."""
         torch = self._torch()
         if block is None or torch is None:
-            return None
+            return None, None
         try:
             self._credit(torch)
         except Exception:
-            return None
+            return None, None
         self._open = [b for b in self._open if b is not block]
-        return max(block[1] - block[0], 0)
+        return max(block[1] - block[0], 0), max(block[3] - block[2], 0)
 
 
 GPU = _GpuMarks()
