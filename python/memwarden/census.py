@@ -16,7 +16,7 @@ import gc
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Set
 
 from . import _native
 
@@ -93,7 +93,7 @@ def census(top: int = 10, time_limit_s: float = 5.0) -> Census:
     """Counts live objects by type (see the module's documentation); the `top` heaviest."""
     started = time.perf_counter()
     deadline = started + time_limit_s
-    seen = set()
+    seen: Set[int] = set()
     counts: Dict[type, List[int]] = {}
     complete = True
     # Every object is reached from a tracked container or is one; walking one level down

@@ -112,7 +112,7 @@ def load_ipython_extension(ipython: Any) -> None:
     from IPython.core.magic import register_cell_magic
     from IPython.display import HTML, display
 
-    @register_cell_magic("memwarden")  # type: ignore[misc]
+    @register_cell_magic("memwarden")  # type: ignore[misc, arg-type]
     def memwarden(line: str, cell: str) -> Optional[Any]:
         """Runs the cell and shows its memory: peaks, top lines, notes."""
         source = ipython.transform_cell(cell)

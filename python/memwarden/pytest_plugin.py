@@ -252,13 +252,13 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[Any]:
     over_leaks = leak_limit is not None and left is not None and left > leak_limit
     lines = measure.lines(3) if over_memory or over_leaks or verdict == "regression" else []
     top = (" Top lines: " + "; ".join(lines) + ".") if lines else ""
-    if over_memory:
+    if over_memory and peak is not None and memory_limit is not None:
         pytest.fail(
             f"Test allocated {size(peak)} at its peak, over its limit of {size(memory_limit)}"
             f" (the heap's highest above its level when the test began).{note}{top}",
             pytrace=False,
         )
-    if over_leaks:
+    if over_leaks and left is not None and leak_limit is not None:
         pytest.fail(
             f"Test left {size(left)} allocated at its end (after a garbage collection), over its"
             f" leak limit of {size(leak_limit)}.{note}{top}",
@@ -274,10 +274,11 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.when != "call":
         return
     for key, value in report.user_properties:
+        figures: Tuple[Any, ...] = tuple(value)  # type: ignore[arg-type]
         if key == "memwarden":
-            _ROWS.append((report.nodeid, report.outcome, *value))
+            _ROWS.append((report.nodeid, report.outcome, *figures))
         elif key == "memwarden_run" and _LEDGER_ROWS is not None:
-            started, duration, peak, left, profile, verdict, judged = value
+            started, duration, peak, left, profile, verdict, judged = figures
             _LEDGER_ROWS.append((report.nodeid, report.outcome == "passed", started, duration, peak, left, profile, verdict))
             _JUDGED.append(judged)
 

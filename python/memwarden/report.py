@@ -323,7 +323,7 @@ def _build(kind: Any, value: Any) -> Any:
         return [_build(get_args(kind)[0], item) for item in value]
     if origin in (dict, Dict):
         return {k: _build(get_args(kind)[1], v) for k, v in value.items()}
-    if dataclasses.is_dataclass(kind):
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
         hints = get_type_hints(kind, vars(sys.modules[__name__]))
         known = {f.name for f in dataclasses.fields(kind)}
         arguments = {k: _build(hints[k], v) for k, v in value.items() if k in known}

@@ -26,7 +26,7 @@ import warnings
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, TypeVar, Union
 
 from . import _heap, _host, _lines, _native
 
@@ -273,7 +273,7 @@ _NO_FRAMES = (
     f"no lines: memwarden's profiler does not read the frames of Python "
     f"{sys.version_info.major}.{sys.version_info.minor} (it reads 3.10 to 3.13); heap figures are whole-process"
 )
-_WARNED = set()
+_WARNED: Set[str] = set()
 
 
 def _warn_once(message: str) -> None:

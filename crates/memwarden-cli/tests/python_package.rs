@@ -539,3 +539,35 @@ fn the_python_api_the_pytest_plugin_and_the_magic_pass_their_tests_where_install
         text(&output)
     );
 }
+
+/// The package's source type-checks against its own stubs (`_native.pyi`, `py.typed`:
+/// what its users' type checkers see) and has no unused names (mypy, pyflakes).
+#[test]
+fn the_package_type_checks_with_its_stubs() {
+    let python = venv().join("bin/python");
+    succeed(
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(["mypy", "pyflakes", "pytest>=8", "ipython", "jupyter_client"]),
+    );
+    let package = util::workspace_root().join("python/memwarden");
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mypy-cache");
+    succeed(
+        Command::new(&python)
+            .args(["-m", "mypy", "--cache-dir"])
+            .arg(&cache)
+            .arg(&package),
+    );
+    succeed(
+        Command::new(&python)
+            .args(["-m", "pyflakes"])
+            .arg(&package)
+            .arg(util::workspace_root().join("python/tests")),
+    );
+}
