@@ -155,6 +155,15 @@ def pytest_collect_file(file_path: Any, parent: Any) -> None:
 def pytest_collection_finish(session: pytest.Session) -> None:
     if any(item.get_closest_marker(name) for item in session.items for name in _MARKERS):
         _profile_or_fallback(session.config)
+        if session.config.pluginmanager.hasplugin("memray"):
+            session.config.issue_config_time_warning(
+                pytest.PytestConfigWarning(
+                    "pytest-memray is installed too and acts on the same limit_memory/limit_leaks markers: "
+                    "each test is measured by both, and takes longer; run with -p no:memray (or uninstall "
+                    "pytest-memray) to use memwarden alone"
+                ),
+                stacklevel=2,
+            )
 
 
 def _wanted(config: pytest.Config) -> bool:

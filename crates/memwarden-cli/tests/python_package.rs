@@ -571,3 +571,50 @@ fn the_package_type_checks_with_its_stubs() {
             .arg(util::workspace_root().join("python/tests")),
     );
 }
+
+/// With pytest-memray installed too (a suite moving over), both act on the markers: the
+/// plugin says so once, and `-p no:memray` leaves memwarden alone, its limits still held.
+#[test]
+fn pytest_memray_installed_beside_it_is_named() {
+    let python = venv().join("bin/python");
+    succeed(
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(["pytest>=8", "pytest-memray", "numpy"]),
+    );
+    let suite = own_dir().join("memray-suite");
+    fs::create_dir_all(&suite).expect("suite folder");
+    fs::write(
+        suite.join("test_limits.py"),
+        "import numpy as np\nimport pytest\n\n@pytest.mark.limit_memory(\"10 MB\")\ndef test_over():\n    assert np.ones(40 * 2**20 // 8).sum() > 0\n",
+    )
+    .expect("suite");
+    let run = |extra: &[&str]| {
+        Command::new(&python)
+            .args(["-m", "pytest", "-p", "no:cacheprovider"])
+            .args(extra)
+            .current_dir(&suite)
+            .env("MEMWARDEN_NO_GPU", "1")
+            .env_remove("LD_PRELOAD")
+            .env_remove("MEMWARDEN_CAPTURE_DIR")
+            .output()
+            .expect("pytest runs")
+    };
+    let both = text(&run(&[]));
+    assert!(
+        both.contains("pytest-memray is installed too") && both.contains("-p no:memray"),
+        "{both}"
+    );
+    let alone = text(&run(&["-p", "no:memray"]));
+    assert!(!alone.contains("pytest-memray is installed too"), "{alone}");
+    assert!(
+        alone.contains("over its limit of 10.00 MiB") && alone.contains("1 failed"),
+        "{alone}"
+    );
+}
