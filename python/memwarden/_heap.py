@@ -35,6 +35,9 @@ class _Library:
         for function in (*self.tree, self.capture_number):
             function.restype = ctypes.c_int64
             function.argtypes = []
+        self.tree_adopt = process.memwarden_tree_adopt
+        self.tree_adopt.restype = ctypes.c_uint32
+        self.tree_adopt.argtypes = [ctypes.c_char_p]
 
 
 def _load() -> Optional[_Library]:
@@ -49,6 +52,10 @@ def _load() -> Optional[_Library]:
 
 
 _LIBRARY = _load()
+
+CAPTURE_DIR = os.environ.get("MEMWARDEN_CAPTURE_DIR") if _LIBRARY is not None else None
+"""The directory this process's capture is in (as the profiler read it when the process
+started; the environment's may name another since, for the processes it starts)."""
 
 
 def available() -> bool:
@@ -98,6 +105,12 @@ def tree_available() -> bool:
     every profiled process of the tree together (this one and those it starts), see
     ``memwarden_format::tree``."""
     return _LIBRARY is not None and _LIBRARY.tree[0]() != _NO_TREE
+
+
+def tree_adopt(directory: str) -> bool:
+    """Joins the tree counter in `directory` (``tree.mwtree``) when this process counts in
+    none yet (``memwarden_tree_adopt``); whether it counts in that tree now."""
+    return _LIBRARY is not None and bool(_LIBRARY.tree_adopt(os.fsencode(directory)))
 
 
 def tree_live() -> int:

@@ -23,7 +23,7 @@ Snapshot = Tuple[str, List[int]]
 
 def _capture_path() -> Optional[str]:
     """This process's capture file, once the profiler has opened it."""
-    directory = os.environ.get("MEMWARDEN_CAPTURE_DIR")
+    directory = _heap.CAPTURE_DIR
     number = _heap.capture_number()
     if not directory or number is None or number < 0:
         return None

@@ -6,9 +6,12 @@ every profiled process it starts, forked or ``exec``'d, adds its heap to one sha
 counter; a test's peak is that counter's highest above its level when the test began,
 so workers a test starts are measured with it, together, at the moment they peak
 together. One process claims the counter's mark: the first pytest to configure the
-plugin (``MEMWARDEN_TREE_OWNER``); a pytest started inside a test, and pytest-xdist's
-workers (which share one counter), measure their own process only. Top lines are the
-test's own process's.
+plugin (``MEMWARDEN_TREE_OWNER``); a pytest started inside a test measures its own process
+only. pytest-xdist's workers would all share their controller's counter, so none is made
+for them: each joins one of its own as it configures (``worker-gwN/tree.mwtree`` in the
+capture directory, where the processes its tests start write their captures and find it);
+workers that already count in one (under ``memwarden run --profile``) measure their own
+process only. Top lines are the test's own process's.
 
 **Baselines.** ``--memwarden-baseline`` judges each test's heap peak against the test's
 history in the ledger (``memwarden._native.Baselines``, the ledger's rules, read once per
@@ -32,10 +35,33 @@ TREE_OWNER = "MEMWARDEN_TREE_OWNER"
 
 def claim_tree() -> bool:
     """Whether this process measures tests with the tree's counter (claiming its mark)."""
-    if os.environ.get("PYTEST_XDIST_WORKER") or not _heap.tree_available():
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker and _heap.CAPTURE_DIR and not _heap.tree_available():
+        _worker_tree(worker, _heap.CAPTURE_DIR)
+    if not _heap.tree_available() or (worker and os.environ.get(TREE_OWNER) != str(os.getpid())):
         return False
     owner = os.environ.setdefault(TREE_OWNER, str(os.getpid()))
     return owner == str(os.getpid())
+
+
+def _worker_tree(worker: str, capture_dir: str) -> None:
+    """A pytest-xdist worker's own tree counter, which it joins (its siblings must not
+    share it): in a folder of its own in the capture directory, where the processes its
+    tests start write their captures and find the counter as they start."""
+    directory = os.path.join(capture_dir, f"worker-{worker}")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        _native.tree_create(directory)
+    except OSError:
+        return
+    if _heap.tree_adopt(directory):
+        os.environ["MEMWARDEN_CAPTURE_DIR"] = directory
+        os.environ[TREE_OWNER] = str(os.getpid())
+
+
+def _children_dir() -> str:
+    """Where the processes this one starts write their captures (and find the tree)."""
+    return os.environ.get("MEMWARDEN_CAPTURE_DIR", "")
 
 
 class Measure:
@@ -74,7 +100,7 @@ class Measure:
                 children = _heap.tree_images() - self.images
                 if children:
                     # Workers killed by a signal could not take their share out themselves.
-                    _native.tree_withdraw_ended(os.environ.get("MEMWARDEN_CAPTURE_DIR", ""))
+                    _native.tree_withdraw_ended(_children_dir())
                     how += f", with {children} process{'es' if children > 1 else ''} it started"
                 peak = max(peak or 0, highest - self.tree_start)
                 left = _heap.tree_live() - self.tree_start

@@ -165,6 +165,17 @@ def test_tests_that_start_processes_are_measured_as_a_tree(pytester):
     assert own and "it started" not in own[0], own
 
 
+def test_xdist_workers_measure_the_processes_their_tests_start(pytester):
+    pytest.importorskip("xdist")
+    pytester.makepyfile(test_tree=TREE_SUITE)
+    result = pytester.runpytest_subprocess("-n", "2", "--memwarden", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=2)
+    text = result.stdout.str()
+    pool = re.search(r"([\d.]+) MiB .*test_tree.py::test_forked_pool .*with 2 processes it started", text)
+    assert pool and float(pool.group(1)) >= 40, text
+    assert re.search(r"test_tree.py::test_subprocess .*with 1 process it started", text), text
+
+
 def test_baselines_learn_then_fail_only_beyond_the_noise(pytester, tmp_path, monkeypatch):
     pytester.makepyfile(
         test_base="""

@@ -106,6 +106,26 @@ pub extern "C" fn memwarden_tree_peak_since_mark() -> i64 {
     })
 }
 
+/// Joins the tree counter at `<dir>/tree.mwtree` (`dir`: a NUL-terminated path) when this
+/// process counts in none yet; 1 when it counts in that tree now, 0 otherwise. For a
+/// process whose siblings must not share its counter (a pytest-xdist worker); its children
+/// join that tree when `MEMWARDEN_CAPTURE_DIR` names `dir` as they start.
+///
+/// # Safety
+/// `dir` must point to a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn memwarden_tree_adopt(dir: *const std::ffi::c_char) -> u32 {
+    if dir.is_null() {
+        return 0;
+    }
+    // SAFETY: the caller passes a NUL-terminated string.
+    let dir = unsafe { std::ffi::CStr::from_ptr(dir) }.to_bytes();
+    if dir.is_empty() || dir.len() >= 4096 {
+        return 0;
+    }
+    u32::from(crate::tree::adopt(dir))
+}
+
 /// Process images that have counted in the tree so far (each `exec` counts again); 0
 /// without a tree counter.
 #[no_mangle]
