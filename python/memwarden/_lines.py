@@ -44,8 +44,6 @@ def snapshot() -> Optional[Snapshot]:
 def between(start: Optional[Snapshot], end: Optional[Snapshot], top: int = 10) -> List["Line"]:
     """The `top` lines that allocated the most between two snapshots, with what each holds
     now."""
-    from .track import Line
-
     if end is None:
         return []
     path = end[0]
@@ -56,7 +54,37 @@ def between(start: Optional[Snapshot], end: Optional[Snapshot], top: int = 10) -
         rows = _native.capture_lines(path, baseline, end[1])
     except (OSError, ValueError):
         return []
-    # memwarden's own readings (the snapshots themselves) are not the block's.
+    return _lines(rows)[:top]
+
+
+Row = Tuple[str, int, str, int, int, int]
+
+
+def _lines(rows: List[Row]) -> List["Line"]:
+    """Rows of ``capture_lines`` as lines, without memwarden's own readings (the snapshots
+    themselves), which are not the block's."""
+    from .track import Line
+
     own = os.path.dirname(os.path.abspath(__file__)) + os.sep
-    rows = [row for row in rows if not row[0].startswith(own)]
-    return [Line(f, n, fn, allocated, count, live) for f, n, fn, live, allocated, count in rows[:top]]
+    return [Line(f, n, fn, allocated, count, live) for f, n, fn, live, allocated, count in rows if not f.startswith(own)]
+
+
+def with_captures(lines: List["Line"], paths: List[str], top: int) -> List["Line"]:
+    """`lines` (a block's own) with those of whole captures added (the processes a block
+    started: all they allocated), summed by line, the `top` that allocated the most."""
+    from .track import Line
+
+    merged = {(line.file, line.line, line.function): line for line in lines}
+    for path in paths:
+        try:
+            rows = _native.capture_lines(path)
+        except (OSError, ValueError):
+            continue  # a capture that cannot be read (yet) adds nothing
+        for line in _lines(rows):
+            key = (line.file, line.line, line.function)
+            seen = merged.get(key)
+            merged[key] = line if seen is None else Line(
+                line.file, line.line, line.function, seen.allocated_bytes + line.allocated_bytes,
+                seen.allocations + line.allocations, seen.held_bytes + line.held_bytes,
+            )
+    return sorted(merged.values(), key=lambda line: -line.allocated_bytes)[:top]

@@ -11,7 +11,8 @@ only. pytest-xdist's workers would all share their controller's counter, so none
 for them: each joins one of its own as it configures (``worker-gwN/tree.mwtree`` in the
 capture directory, where the processes its tests start write their captures and find it);
 workers that already count in one (under ``memwarden run --profile``) measure their own
-process only. Top lines are the test's own process's.
+process only. Top lines are the test's own and those of the processes it started whose
+captures appeared during the test (in a worker, those it ``exec``'d).
 
 **Baselines.** ``--memwarden-baseline`` judges each test's heap peak against the test's
 history in the ledger (``memwarden._native.Baselines``, the ledger's rules, read once per
@@ -25,9 +26,9 @@ import gc
 import os
 import time
 import tracemalloc
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Set, Tuple
 
-from . import _heap, _native
+from . import _heap, _lines, _native
 from .track import Track
 
 TREE_OWNER = "MEMWARDEN_TREE_OWNER"
@@ -59,6 +60,14 @@ def _worker_tree(worker: str, capture_dir: str) -> None:
         os.environ[TREE_OWNER] = str(os.getpid())
 
 
+def _captures(directory: str) -> Set[str]:
+    """The names of the capture files in `directory`."""
+    try:
+        return {name for name in os.listdir(directory) if name.endswith(".mwcap")}
+    except OSError:
+        return set()
+
+
 def _children_dir() -> str:
     """Where the processes this one starts write their captures (and find the tree)."""
     return os.environ.get("MEMWARDEN_CAPTURE_DIR", "")
@@ -74,9 +83,12 @@ class Measure:
         self.tree_block: Optional[List[int]] = None
         self.tree_start = 0
         self.images = 0
+        self.captures_before: Set[str] = set()
+        self.child_captures: List[str] = []
         self.started_unix_s = time.time()
         if _heap.available():
             if tree:
+                self.captures_before = _captures(_children_dir())
                 self.images = _heap.tree_images()
                 self.tree_block = _heap.TREE_MARKS.enter()
                 self.tree_start = self.tree_block[0] if self.tree_block is not None else 0
@@ -101,6 +113,12 @@ class Measure:
                 if children:
                     # Workers killed by a signal could not take their share out themselves.
                     _native.tree_withdraw_ended(_children_dir())
+                    own = f"{os.getpid()}-"
+                    self.child_captures = [
+                        os.path.join(_children_dir(), name)
+                        for name in sorted(_captures(_children_dir()) - self.captures_before)
+                        if not name.startswith(own)
+                    ]
                     how += f", with {children} process{'es' if children > 1 else ''} it started"
                 peak = max(peak or 0, highest - self.tree_start)
                 left = _heap.tree_live() - self.tree_start
@@ -117,8 +135,11 @@ class Measure:
         return "sampled" if self.track.sampled else "exact"
 
     def lines(self, top: int) -> List[str]:
-        """The lines that allocated the most in the test (read from the capture now)."""
-        return [str(line) for line in self.track.top_lines[:top]] if self.track is not None else []
+        """The lines that allocated the most in the test and in the processes it started
+        (read from the captures now)."""
+        if self.track is None:
+            return []
+        return [str(line) for line in _lines.with_captures(self.track.top_lines, self.child_captures, top)]
 
 
 class Ledger:

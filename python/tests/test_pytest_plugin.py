@@ -160,6 +160,8 @@ def test_tests_that_start_processes_are_measured_as_a_tree(pytester):
     # after the other, so at least one).
     pool = re.search(r"Test allocated ([\d.]+) MiB at its peak.*with (\d) process", text)
     assert pool and float(pool.group(1)) >= 40, text
+    # The line to change is the workers' own, and the failure names it.
+    assert re.search(r"with 2 processes it started\. Top lines: \S*test_tree\.py:9 work: allocated (8\d|79)\.", text), text
     assert re.search(r"test_subprocess.*\n?.*with 1 process it started", text), text
     own = [line for line in text.splitlines() if "test_tree.py::test_own_process_only" in line and "MiB" in line]
     assert own and "it started" not in own[0], own
