@@ -488,15 +488,10 @@ fn the_same_wheel_installs_on_cpython_3_13() {
     installs_on("3.13");
 }
 
-/// The Python side's own tests (`python/tests`: the API, the pytest plugin through
-/// pytester, the `%%memwarden` magic through IPython and a kernel through jupyter_client),
-/// run by the installed package's interpreter, so they test what `pip install` gave.
-#[test]
-fn the_python_api_the_pytest_plugin_and_the_magic_pass_their_tests_where_installed() {
-    let venv = venv();
-    let python = venv.join("bin/python");
+/// Installs `packages` from PyPI into the venv of `python`.
+fn pip_install(python: &Path, packages: &[&str]) {
     succeed(
-        Command::new(&python)
+        Command::new(python)
             .args([
                 "-m",
                 "pip",
@@ -504,14 +499,27 @@ fn the_python_api_the_pytest_plugin_and_the_magic_pass_their_tests_where_install
                 "--quiet",
                 "--disable-pip-version-check",
             ])
-            .args([
-                "numpy",
-                "pytest>=8",
-                "pytest-xdist",
-                "ipython",
-                "ipykernel",
-                "jupyter_client",
-            ]),
+            .args(packages),
+    );
+}
+
+/// The Python side's own tests (`python/tests`: the API, the pytest plugin through
+/// pytester, the `%%memwarden` magic through IPython and a kernel through jupyter_client),
+/// run by the installed package's interpreter, so they test what `pip install` gave.
+#[test]
+fn the_python_api_the_pytest_plugin_and_the_magic_pass_their_tests_where_installed() {
+    let venv = venv();
+    let python = venv.join("bin/python");
+    pip_install(
+        &python,
+        &[
+            "numpy",
+            "pytest>=8",
+            "pytest-xdist",
+            "ipython",
+            "ipykernel",
+            "jupyter_client",
+        ],
     );
     let tests = util::workspace_root().join("python/tests");
     let output = Command::new(&python)
@@ -545,16 +553,9 @@ fn the_python_api_the_pytest_plugin_and_the_magic_pass_their_tests_where_install
 #[test]
 fn the_package_type_checks_with_its_stubs() {
     let python = venv().join("bin/python");
-    succeed(
-        Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .args(["mypy", "pyflakes", "pytest>=8", "ipython", "jupyter_client"]),
+    pip_install(
+        &python,
+        &["mypy", "pyflakes", "pytest>=8", "ipython", "jupyter_client"],
     );
     let package = util::workspace_root().join("python/memwarden");
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mypy-cache");
@@ -577,17 +578,7 @@ fn the_package_type_checks_with_its_stubs() {
 #[test]
 fn pytest_memray_installed_beside_it_is_named() {
     let python = venv().join("bin/python");
-    succeed(
-        Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .args(["pytest>=8", "pytest-memray", "numpy"]),
-    );
+    pip_install(&python, &["pytest>=8", "pytest-memray", "numpy"]);
     let suite = own_dir().join("memray-suite");
     fs::create_dir_all(&suite).expect("suite folder");
     fs::write(
