@@ -446,6 +446,27 @@ pub struct Peak {
     pub sources: std::collections::BTreeMap<String, PeakSource>,
 }
 
+impl Peak {
+    /// A peak of `rss_bytes` from `source`, with no other figure (yet), at the start.
+    pub fn new(rss_bytes: u64, source: PeakSource) -> Peak {
+        Peak {
+            rss_bytes,
+            source,
+            pss_bytes: None,
+            uss_bytes: None,
+            anon_bytes: None,
+            file_bytes: None,
+            shmem_bytes: None,
+            cgroup_bytes: None,
+            heap_bytes: None,
+            gpu_bytes: None,
+            at_s: 0.0,
+            pid: None,
+            sources: Default::default(),
+        }
+    }
+}
+
 /// Memory limits in force and the headroom left.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Limits {
@@ -488,6 +509,20 @@ pub struct Budget {
     pub enforcement_note: Option<String>,
 }
 
+impl Budget {
+    /// No budget and no hard limit.
+    pub fn unset() -> Budget {
+        Budget {
+            limit_bytes: None,
+            metric: "peak.rss_bytes".to_owned(),
+            status: BudgetStatus::Unset,
+            hard_limit_bytes: None,
+            enforced_by: Enforcement::None,
+            enforcement_note: None,
+        }
+    }
+}
+
 /// Outcome of the budget check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -498,6 +533,17 @@ pub enum BudgetStatus {
     Fail,
     /// No budget given.
     Unset,
+}
+
+impl BudgetStatus {
+    /// The verdict on `measured` bytes against the budget `limit` (none: unset).
+    pub fn of(limit: Option<u64>, measured: u64) -> BudgetStatus {
+        match limit {
+            None => BudgetStatus::Unset,
+            Some(limit) if measured > limit => BudgetStatus::Fail,
+            Some(_) => BudgetStatus::Pass,
+        }
+    }
 }
 
 /// How a hard memory limit is enforced.

@@ -32,30 +32,9 @@ fn process(pid: i32, ppid: i32, cmdline: &[&str]) -> ProcessReport {
 
 fn peak(rss_bytes: u64, source: PeakSource, at_s: f64, pid: Option<i32>) -> Peak {
     Peak {
-        rss_bytes,
-        source,
-        pss_bytes: None,
-        uss_bytes: None,
-        anon_bytes: None,
-        file_bytes: None,
-        shmem_bytes: None,
-        cgroup_bytes: None,
-        heap_bytes: None,
-        gpu_bytes: None,
         at_s,
         pid,
-        sources: Default::default(),
-    }
-}
-
-fn unset_budget() -> Budget {
-    Budget {
-        limit_bytes: None,
-        metric: "peak.rss_bytes".to_owned(),
-        status: BudgetStatus::Unset,
-        hard_limit_bytes: None,
-        enforced_by: Enforcement::None,
-        enforcement_note: None,
+        ..Peak::new(rss_bytes, source)
     }
 }
 
@@ -80,7 +59,7 @@ fn base_report(command: &[&str], peak: Peak) -> Report {
             headroom_bytes: (16 * GIB - 900 * MIB) as i64,
             ..Limits::default()
         },
-        budget: unset_budget(),
+        budget: Budget::unset(),
         gpu: Gpu {
             status: "unavailable".to_owned(),
             ..Gpu::default()
@@ -132,7 +111,7 @@ fn run_single_process() {
     report.budget = Budget {
         limit_bytes: Some(GIB),
         status: BudgetStatus::Pass,
-        ..unset_budget()
+        ..Budget::unset()
     };
     report.gpu.status = "available".to_owned();
     assert_golden("run_single_process", &summary(&report));
@@ -300,7 +279,7 @@ fn run_oom_killed_over_budget() {
         status: BudgetStatus::Fail,
         hard_limit_bytes: Some(300 * MIB),
         enforced_by: Enforcement::Cgroup,
-        ..unset_budget()
+        ..Budget::unset()
     };
     report.processes = vec![process(42, 1, &["python", "train.py"])];
     report.warnings = vec!["something to know".to_owned()];

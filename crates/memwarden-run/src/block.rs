@@ -15,8 +15,8 @@ use memwarden_format::capture::Capture;
 use memwarden_report::profile;
 
 use memwarden_format::report::{
-    Budget, BudgetStatus, Enforcement, Exit, Gpu, Limits, ModelRun, MonitorInfo, Peak, PeakSource,
-    Report, SCHEMA,
+    Budget, BudgetStatus, Exit, Gpu, Limits, ModelRun, MonitorInfo, Peak, PeakSource, Report,
+    SCHEMA,
 };
 use memwarden_monitor::procfs;
 
@@ -141,19 +141,11 @@ pub fn report(block: &Block) -> Report {
             ..Exit::default()
         },
         peak: Peak {
-            rss_bytes: block.peak_rss_bytes,
-            source: rss_source,
-            pss_bytes: None,
-            uss_bytes: None,
-            anon_bytes: None,
-            file_bytes: None,
-            shmem_bytes: None,
-            cgroup_bytes: None,
             heap_bytes: block.peak_heap_bytes,
             gpu_bytes: block.peak_gpu_bytes,
-            at_s: 0.0,
             pid: Some(std::process::id() as i32),
             sources,
+            ..Peak::new(block.peak_rss_bytes, rss_source)
         },
         limits: Limits {
             system_total_bytes: meminfo.total_bytes,
@@ -170,14 +162,8 @@ pub fn report(block: &Block) -> Report {
             } else {
                 "peak.rss_bytes".to_owned()
             },
-            status: match block.budget_bytes {
-                None => BudgetStatus::Unset,
-                Some(limit) if measured > limit => BudgetStatus::Fail,
-                Some(_) => BudgetStatus::Pass,
-            },
-            hard_limit_bytes: None,
-            enforced_by: Enforcement::None,
-            enforcement_note: None,
+            status: BudgetStatus::of(block.budget_bytes, measured),
+            ..Budget::unset()
         },
         gpu: Gpu {
             status: if block.peak_gpu_bytes.is_some() {

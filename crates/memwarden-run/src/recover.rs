@@ -225,11 +225,7 @@ fn build_report(
         budget: Budget {
             limit_bytes: journal.budget_bytes,
             metric: "peak.rss_bytes".to_owned(),
-            status: match journal.budget_bytes {
-                None => BudgetStatus::Unset,
-                Some(limit) if rss_bytes > limit => BudgetStatus::Fail,
-                Some(_) => BudgetStatus::Pass,
-            },
+            status: BudgetStatus::of(journal.budget_bytes, rss_bytes),
             hard_limit_bytes: journal.hard_limit_bytes,
             enforced_by: journal.enforced_by,
             enforcement_note: None,

@@ -117,11 +117,7 @@ pub fn build(
     let budget = Budget {
         limit_bytes: config.budget_bytes,
         metric: "peak.rss_bytes".to_owned(),
-        status: match config.budget_bytes {
-            None => BudgetStatus::Unset,
-            Some(limit) if peak.rss_bytes > limit => BudgetStatus::Fail,
-            Some(_) => BudgetStatus::Pass,
-        },
+        status: BudgetStatus::of(config.budget_bytes, peak.rss_bytes),
         hard_limit_bytes: config.hard_limit_bytes,
         enforced_by: isolation.enforcement,
         enforcement_note: isolation.note.clone(),

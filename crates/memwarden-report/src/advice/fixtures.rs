@@ -1,9 +1,8 @@
 //! Synthetic reports for the rules' tests.
 
 use memwarden_format::report::{
-    Budget, BudgetStatus, Enforcement, Exit, Gpu, HeapTimelinePoint, Limits, MonitorInfo, Peak,
-    PeakSource, Profile, ProfileMode, Report, SourceLine, StackBytes, StackFrame,
-    TimelineStackBytes, SCHEMA,
+    Budget, Exit, Gpu, HeapTimelinePoint, Limits, MonitorInfo, Peak, PeakSource, Profile,
+    ProfileMode, Report, SourceLine, StackBytes, StackFrame, TimelineStackBytes, SCHEMA,
 };
 
 pub const MIB: u64 = 1 << 20;
@@ -91,19 +90,11 @@ pub fn report(profile: Profile) -> Report {
             ..Exit::default()
         },
         peak: Peak {
-            rss_bytes,
-            source: PeakSource::VmHwm,
-            pss_bytes: None,
-            uss_bytes: None,
             anon_bytes: Some(rss_bytes - 20 * MIB),
             file_bytes: Some(20 * MIB),
-            shmem_bytes: None,
-            cgroup_bytes: None,
             heap_bytes: Some(profile.peak_bytes),
-            gpu_bytes: None,
             at_s: 1.0,
-            pid: None,
-            sources: Default::default(),
+            ..Peak::new(rss_bytes, PeakSource::VmHwm)
         },
         limits: Limits {
             system_total_bytes: 16 * GIB,
@@ -112,14 +103,7 @@ pub fn report(profile: Profile) -> Report {
             headroom_bytes: (16 * GIB - rss_bytes) as i64,
             ..Limits::default()
         },
-        budget: Budget {
-            limit_bytes: None,
-            metric: "peak.rss_bytes".to_owned(),
-            status: BudgetStatus::Unset,
-            hard_limit_bytes: None,
-            enforced_by: Enforcement::None,
-            enforcement_note: None,
-        },
+        budget: Budget::unset(),
         gpu: Gpu::default(),
         monitor: MonitorInfo::default(),
         processes: Vec::new(),

@@ -5,9 +5,9 @@
 //! passes its own path to `memwarden_report::flame::prune`.
 
 use memwarden_format::report::{
-    Budget, BudgetStatus, Enforcement, Exit, Gpu, HeapTimelinePoint, Limits, LineStats,
-    MonitorInfo, Peak, PeakSource, ProcessProfile, ProcessReport, Profile, ProfileMode, Report,
-    SourceLine, StackBytes, StackFrame, TimelinePoint, TimelineStackBytes, SCHEMA,
+    Budget, Exit, Gpu, HeapTimelinePoint, Limits, LineStats, MonitorInfo, Peak, PeakSource,
+    ProcessProfile, ProcessReport, Profile, ProfileMode, Report, SourceLine, StackBytes,
+    StackFrame, TimelinePoint, TimelineStackBytes, SCHEMA,
 };
 
 const MIB: u64 = 1 << 20;
@@ -148,19 +148,11 @@ pub fn large_report(prune: impl Fn(&[StackBytes], u64) -> Vec<StackBytes>) -> Re
             ..Exit::default()
         },
         peak: Peak {
-            rss_bytes: 1100 * MIB,
-            source: PeakSource::Sampled,
             pss_bytes: Some(900 * MIB),
-            uss_bytes: None,
-            anon_bytes: None,
-            file_bytes: None,
-            shmem_bytes: None,
-            cgroup_bytes: None,
             heap_bytes: Some(peak_bytes),
-            gpu_bytes: None,
             at_s: 50.0,
             pid: Some(10_000),
-            sources: Default::default(),
+            ..Peak::new(1100 * MIB, PeakSource::Sampled)
         },
         limits: Limits {
             system_total_bytes: 64 * gib,
@@ -169,14 +161,7 @@ pub fn large_report(prune: impl Fn(&[StackBytes], u64) -> Vec<StackBytes>) -> Re
             headroom_bytes: (63 * gib) as i64,
             ..Limits::default()
         },
-        budget: Budget {
-            limit_bytes: None,
-            metric: "peak.rss_bytes".to_owned(),
-            status: BudgetStatus::Unset,
-            hard_limit_bytes: None,
-            enforced_by: Enforcement::None,
-            enforcement_note: None,
-        },
+        budget: Budget::unset(),
         gpu: Gpu::default(),
         monitor: MonitorInfo::default(),
         processes,

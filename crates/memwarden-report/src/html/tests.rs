@@ -141,19 +141,12 @@ fn report(names: &[&str]) -> Report {
             ..Exit::default()
         },
         peak: Peak {
-            rss_bytes: 900 * MIB,
-            source: PeakSource::VmHwm,
             pss_bytes: Some(800 * MIB),
-            uss_bytes: None,
-            anon_bytes: None,
-            file_bytes: None,
-            shmem_bytes: None,
-            cgroup_bytes: None,
             heap_bytes: Some(peak_bytes),
-            gpu_bytes: None,
             at_s: 1.5,
             pid: Some(100),
             sources: [("pss_bytes".to_owned(), PeakSource::Sampled)].into(),
+            ..Peak::new(900 * MIB, PeakSource::VmHwm)
         },
         limits: Limits {
             cgroup_limit_bytes: Some(2 * GIB),
