@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 use util::browser::{browse, browser_ready};
-use util::{memwarden, python, require};
+use util::{memwarden, python, require, succeed};
 
 const WORKLOAD: &str = r#"
 import time
@@ -54,21 +54,16 @@ fn speedscope() -> Result<PathBuf, String> {
 fn profiled_run(dir: &Path) -> PathBuf {
     std::fs::write(dir.join("workload.py"), WORKLOAD).expect("script");
     let report = dir.join("report.json");
-    let output = memwarden()
-        .args(["run", "--profile", "--json"])
-        .arg(&report)
-        .arg("--html")
-        .arg(dir.join("run.html"))
-        .arg("--")
-        .arg(python())
-        .arg("workload.py")
-        .current_dir(dir)
-        .output()
-        .expect("memwarden runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    succeed(
+        memwarden()
+            .args(["run", "--profile", "--json"])
+            .arg(&report)
+            .arg("--html")
+            .arg(dir.join("run.html"))
+            .arg("--")
+            .arg(python())
+            .arg("workload.py")
+            .current_dir(dir),
     );
     report
 }
@@ -79,13 +74,7 @@ fn report_to(report: &Path, args: &[&str], outputs: &[&Path]) -> String {
     for (flag, path) in args.iter().zip(outputs) {
         command.arg(flag).arg(path);
     }
-    let output = command.output().expect("memwarden runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    succeed(&mut command)
 }
 
 #[test]
@@ -254,17 +243,12 @@ fn a_report_that_is_not_one_is_refused_with_what_to_do() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("--profile"));
     // ... but its HTML page and CSV are made.
     let page = dir.path().join("plain.html");
-    let output = memwarden()
-        .arg("report")
-        .arg(&plain)
-        .arg("--html")
-        .arg(&page)
-        .output()
-        .expect("runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    succeed(
+        memwarden()
+            .arg("report")
+            .arg(&plain)
+            .arg("--html")
+            .arg(&page),
     );
     assert!(std::fs::read_to_string(&page)
         .expect("page")
@@ -279,39 +263,29 @@ fn a_kept_capture_directory_is_reported_again_and_the_summary_lists_the_top_line
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("workload.py"), WORKLOAD).expect("script");
     let caps = dir.path().join("caps");
-    let output = memwarden()
-        .args(["run", "--quiet", "--profile", "--capture-dir"])
-        .arg(&caps)
-        .arg("--")
-        .arg(python())
-        .arg("workload.py")
-        .current_dir(dir.path())
-        .output()
-        .expect("memwarden runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    succeed(
+        memwarden()
+            .args(["run", "--quiet", "--profile", "--capture-dir"])
+            .arg(&caps)
+            .arg("--")
+            .arg(python())
+            .arg("workload.py")
+            .current_dir(dir.path()),
     );
     assert!(
         caps.join("report.json").is_file(),
         "the run's report is kept beside its captures"
     );
 
-    let output = memwarden()
-        .arg("report")
-        .arg("--capture-dir")
-        .arg(&caps)
-        .arg("--raw-frames")
-        .args(["--json", "-"])
-        .output()
-        .expect("memwarden runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let stdout = succeed(
+        memwarden()
+            .arg("report")
+            .arg("--capture-dir")
+            .arg(&caps)
+            .arg("--raw-frames")
+            .args(["--json", "-"]),
     );
-    let again: Value = serde_json::from_slice(&output.stdout).expect("JSON on stdout");
+    let again: Value = serde_json::from_str(&stdout).expect("JSON on stdout");
     let at_peak = again["profile"]["at_peak"].as_array().expect("stacks");
     assert!(
         at_peak

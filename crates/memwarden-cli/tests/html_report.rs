@@ -17,22 +17,17 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 use util::browser::{artifacts, browse, browser_ready};
-use util::{memwarden, python};
+use util::{memwarden, python, succeed};
 
 /// Renders the JSON report at `report` into the page at `page` with `memwarden report
 /// --html`, as a user re-renders a kept report.
 fn render_page(report: &Path, page: &Path) {
-    let output = memwarden()
-        .arg("report")
-        .arg(report)
-        .arg("--html")
-        .arg(page)
-        .output()
-        .expect("memwarden runs");
-    assert!(
-        output.status.success(),
-        "memwarden report --html: {}",
-        String::from_utf8_lossy(&output.stderr)
+    succeed(
+        memwarden()
+            .arg("report")
+            .arg(report)
+            .arg("--html")
+            .arg(page),
     );
 }
 
@@ -40,21 +35,16 @@ fn render_page(report: &Path, page: &Path) {
 /// report's path (the page is `page`).
 fn profile(dir: &Path, script: &OsStr, page: &Path) -> PathBuf {
     let json = dir.join("report.json");
-    let output = memwarden()
-        .args(["run", "--profile", "--json"])
-        .arg(&json)
-        .arg("--html")
-        .arg(page)
-        .arg("--")
-        .arg(python())
-        .arg(script)
-        .current_dir(dir)
-        .output()
-        .expect("memwarden runs");
-    assert!(
-        output.status.success(),
-        "memwarden run failed: {}",
-        String::from_utf8_lossy(&output.stderr)
+    succeed(
+        memwarden()
+            .args(["run", "--profile", "--json"])
+            .arg(&json)
+            .arg("--html")
+            .arg(page)
+            .arg("--")
+            .arg(python())
+            .arg(script)
+            .current_dir(dir),
     );
     json
 }

@@ -10,7 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use serde_json::Value;
-use util::{line_of, memwarden, python};
+use util::{line_of, memwarden, python, succeed};
 
 const MIB: u64 = 1 << 20;
 
@@ -318,17 +318,12 @@ fn imports_are_charged_to_the_import_line_unless_raw_frames_are_asked_for() {
     assert_eq!(mymod["stack"][1]["imports"], "mymod");
 
     // The same captures, raw: the machinery is there and nothing is marked as an import.
-    let output = memwarden()
-        .args(["analyze", "--raw-frames", "--json", "-"])
-        .arg(&captures)
-        .output()
-        .expect("memwarden runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let stdout = succeed(
+        memwarden()
+            .args(["analyze", "--raw-frames", "--json", "-"])
+            .arg(&captures),
     );
-    let raw: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let raw: Value = serde_json::from_str(&stdout).expect("JSON");
     let raw_frames: Vec<Value> = raw["at_peak"]
         .as_array()
         .expect("at_peak")

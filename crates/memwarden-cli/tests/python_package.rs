@@ -13,33 +13,16 @@ mod util;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
 
 use serde_json::Value;
-use util::{bytes_at, line_of, pyenv_python, python, require, Run};
+use util::{bytes_at, line_of, pyenv_python, python, require, succeed, text, Run};
 
 /// The tag the wheel must carry: the binaries use symbols of glibc 2.34.
 const PLATFORM_TAG: &str = "manylinux_2_34_x86_64";
 
 /// What a command printed, both streams.
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-/// Runs `command`, failing the test with its output unless it succeeds; its stdout.
-fn succeed(command: &mut Command) -> String {
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("{command:?} does not start: {e}"));
-    assert!(output.status.success(), "{command:?}: {}", text(&output));
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 /// This test process's own folder under the target folder: nextest runs each test in a
 /// process of its own, and they must not build into (or delete) each other's wheels and
 /// venvs. Folders of processes that are gone are removed.

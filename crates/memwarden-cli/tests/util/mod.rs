@@ -11,6 +11,24 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+/// A command's stdout and stderr, for messages.
+pub fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Runs `command`, failing the test with its output unless it succeeds; its stdout.
+pub fn succeed(command: &mut Command) -> String {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?} does not start: {e}"));
+    assert!(output.status.success(), "{command:?}: {}", text(&output));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// The Python interpreter with numpy: `MEMWARDEN_TEST_PYTHON`, else the workspace's `.venv`
 /// (made by `scripts/test.sh`), else `python3`. Panics with what to do when numpy is missing,
 /// because these tests must not pass without running.
