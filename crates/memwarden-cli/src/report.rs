@@ -28,9 +28,13 @@ pub fn main(args: ReportArgs) -> Result<Status, Failure> {
             ));
         }
         memwarden_run::recover::attach_kept_profile(&mut report, dir, args.raw_frames);
+        // The profile analysed again names its lines anew: their text is read now, as at
+        // the end of a run, and the advice given on it.
+        memwarden_report::advice::complete(&mut report);
+    } else {
+        // Advice from this memwarden's rules, on the evidence the report holds.
+        report.advice = memwarden_report::advice::advise(&report);
     }
-    // Advice from this memwarden's rules, on the evidence the report holds.
-    report.advice = memwarden_report::advice::advise(&report);
 
     let mut wrote = Vec::new();
     let mut write = |flag: &str, path: &Path, contents: &[u8]| -> Result<(), Failure> {
@@ -73,19 +77,16 @@ pub fn main(args: ReportArgs) -> Result<Status, Failure> {
             memwarden_report::export::timeline_csv(&report).as_bytes(),
         )?;
     }
-    match &args.json {
-        Some(out) if out == Path::new("-") => {
-            let text = serde_json::to_string_pretty(&report).unwrap_or_default() + "\n";
+    if let Some(out) = &args.json {
+        let text = memwarden_run::report_json(&report)
+            .map_err(|e| Failure::new(Status::Usage, format!("--json: {e}")))?;
+        if out == Path::new("-") {
             std::io::stdout()
-                .write_all(text.as_bytes())
+                .write_all(&text)
                 .map_err(|e| Failure::new(Status::Usage, format!("--json -: {e}")))?;
             return Ok(Status::Command(0));
         }
-        Some(out) => {
-            let text = serde_json::to_string_pretty(&report).unwrap_or_default() + "\n";
-            write("--json", out, text.as_bytes())?;
-        }
-        None => {}
+        write("--json", out, &text)?;
     }
     if wrote.is_empty() {
         print!("{}", memwarden_report::text::summary(&report));

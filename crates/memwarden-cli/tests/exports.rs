@@ -294,6 +294,15 @@ fn a_kept_capture_directory_is_reported_again_and_the_summary_lists_the_top_line
             .all(|f| f.get("imports").is_none()),
         "raw frames: no import folded"
     );
+    let sources = again["profile"]["source_lines"]
+        .as_array()
+        .expect("source lines");
+    assert!(
+        sources.iter().any(|s| s["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("np.ones(40 * 2**20 // 8)"))),
+        "the profile analysed again has its lines' text: {sources:?}"
+    );
     let heap = again["profile"]["peak_bytes"].as_u64().unwrap_or(0);
     assert!(heap > 40 << 20, "{heap}");
 

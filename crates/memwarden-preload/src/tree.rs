@@ -132,10 +132,12 @@ fn record_exit(pid: u64) {
 
 /// Joins the tree counter at `<dir>/tree.mwtree` after the process started, when it counts
 /// in none (a pytest-xdist worker, whose siblings must not share its counter): maps it as
-/// [`attach`] does and, when the capture is already open, counts what the process holds now
-/// into it, so that its share, taken out as it ends, is what it added. Returns whether the
-/// process counts in that tree now. Another thread allocating while it joins may leave its
-/// weight out of the tree; at the process's end that much is taken out too many.
+/// [`attach`] does and, when the capture is already open, begins counting as a new capture
+/// does ([`begin_capture`]) and adds what the process holds now ([`add`]), so that its
+/// share, taken out as it ends, is what it added. Returns whether the process counts in
+/// that tree now. Another thread's allocation between the reading of what is held and the
+/// start of counting is left out of the tree; at the process's end that much is taken out
+/// too many.
 pub fn adopt(dir: &[u8]) -> bool {
     if !TREE.load(Ordering::Acquire).is_null() {
         return false;
@@ -149,20 +151,8 @@ pub fn adopt(dir: &[u8]) -> bool {
         let held = CAPTURE
             .header(capture_field::LIVE_BYTES)
             .load(Ordering::Acquire) as i64;
-        word::<AtomicU64>(tree, field::IMAGES).fetch_add(1, Ordering::Relaxed);
-        CAPTURE
-            .header(capture_field::TREE_RESERVED_BYTES)
-            .store(0, Ordering::Relaxed);
-        CAPTURE
-            .header(capture_field::TREE_STATE)
-            .store(tree_state::COUNTED, Ordering::Release);
-        let live =
-            word::<AtomicI64>(tree, field::LIVE_BYTES).fetch_add(held, Ordering::Relaxed) + held;
-        for high in [field::REQUESTED_PEAK_BYTES, field::MARK_PEAK_BYTES] {
-            word::<AtomicI64>(tree, high).fetch_max(live, Ordering::Relaxed);
-        }
-        raise_peak(tree, live);
-        COUNTING.store(true, Ordering::Release);
+        begin_capture();
+        add(held.max(0) as u64);
     }
     true
 }

@@ -136,24 +136,27 @@ pub fn write_all(location: &LedgerLocation, records: &[RunRecord]) -> Result<Str
         return Ok("nothing to record".to_owned());
     };
     let spool = Spool::default_dir();
-    let mut written = 0;
+    let (mut written, mut head) = (0, None);
     let appended = Ledger::open(location).and_then(|mut ledger| {
         let synced = spool.sync(&mut ledger);
-        let mut head = None;
         for record in records {
             head = Some(ledger.append(record)?);
             written += 1;
         }
-        Ok((head, synced))
+        Ok(synced)
     });
-    match appended {
-        Ok((Some((seq, hash)), synced)) => {
-            // Loud even with --quiet: an unanchored (or unsigned) head is a gap in the tamper
-            // evidence.
-            let anchored = memwarden_ledger::anchor::anchor_head(location, seq, &hash);
-            for warning in &anchored.warnings {
-                eprintln!("memwarden: warning: {warning}");
-            }
+    // The head is anchored whatever was appended, also when a later record failed: an
+    // unanchored head is a gap in the tamper evidence. Loud even with --quiet (as is an
+    // unsigned one).
+    let anchored = head.as_ref().map(|(seq, hash)| {
+        let anchored = memwarden_ledger::anchor::anchor_head(location, *seq, hash);
+        for warning in &anchored.warnings {
+            eprintln!("memwarden: warning: {warning}");
+        }
+        anchored
+    });
+    match (appended, head, anchored) {
+        (Ok(synced), Some((seq, hash)), Some(anchored)) => {
             let what = match records.len() {
                 1 => format!("as run {} (#{seq})", first.run_id),
                 n => format!(
@@ -178,8 +181,8 @@ pub fn write_all(location: &LedgerLocation, records: &[RunRecord]) -> Result<Str
             line.push_str(&format!("; ledger head {}", anchored.head(seq, &hash)));
             Ok(line)
         }
-        Ok((None, _)) => Ok("nothing to record".to_owned()),
-        Err(error) => {
+        (Ok(_), _, _) => unreachable!("records were given and every one was appended"),
+        (Err(error), _, _) => {
             let mut kept = Vec::new();
             for record in &records[written..] {
                 match spool.keep(location, record, &error.to_string()) {

@@ -397,12 +397,7 @@ fn supervise(
     };
     let mut report = report::build(&config, &isolation, &sampler, &figures, &observed, interval);
     if let (Some(governance), Some(before)) = (&config.governance, &before) {
-        report.model = Some(memwarden_format::report::ModelRun {
-            name: governance.model.clone(),
-            version: governance.version.clone(),
-            stage: governance.stage.clone(),
-            run_id: before.run_id.clone(),
-        });
+        report.model = Some(governance.model_run(&before.run_id));
     }
     report.warnings.extend(early_warnings);
     if let Some(failure) = journal.as_deref_mut().and_then(|j| j.failure.take()) {
@@ -556,7 +551,7 @@ pub fn write_file_at(path: &Path, contents: &[u8]) -> io::Result<()> {
 }
 
 /// The report as the JSON written to disk.
-fn report_json(report: &memwarden_format::report::Report) -> io::Result<Vec<u8>> {
+pub fn report_json(report: &memwarden_format::report::Report) -> io::Result<Vec<u8>> {
     let mut json = serde_json::to_vec_pretty(report).map_err(io::Error::from)?;
     json.push(b'\n');
     Ok(json)
