@@ -15,8 +15,7 @@ use memwarden_format::capture::Capture;
 use memwarden_report::profile;
 
 use memwarden_format::report::{
-    Budget, BudgetStatus, Exit, Gpu, Limits, ModelRun, MonitorInfo, Peak, PeakSource, Report,
-    SCHEMA,
+    Budget, BudgetStatus, Exit, Gpu, Limits, MonitorInfo, Peak, PeakSource, Report, SCHEMA,
 };
 use memwarden_monitor::procfs;
 
@@ -72,12 +71,7 @@ pub fn record(block: &Block) -> Result<String, String> {
     let started = UNIX_EPOCH + Duration::from_secs_f64(block.started_at_unix_s.max(0.0));
     let before = ledger_record::before(&governance, started)?;
     let mut report = report(block);
-    report.model = Some(ModelRun {
-        name: governance.model.clone(),
-        version: governance.version.clone(),
-        stage: governance.stage.clone(),
-        run_id: before.run_id.clone(),
-    });
+    report.model = Some(governance.model_run(&before.run_id));
     let path = ledger_record::default_report_path(&before.run_id);
     let kept = crate::write_report_at(&path, &report).ok().map(|()| path);
     let record = ledger_record::build(&governance, before, &report, kept.as_deref());

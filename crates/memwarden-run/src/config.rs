@@ -89,6 +89,18 @@ pub struct Governance {
     pub inputs: Vec<PathBuf>,
 }
 
+impl Governance {
+    /// The report's name for a run of this model, version and stage, with id `run_id`.
+    pub fn model_run(&self, run_id: &str) -> memwarden_format::report::ModelRun {
+        memwarden_format::report::ModelRun {
+            name: self.model.clone(),
+            version: self.version.clone(),
+            stage: self.stage.clone(),
+            run_id: run_id.to_owned(),
+        }
+    }
+}
+
 impl Default for RunOptions {
     fn default() -> RunOptions {
         RunOptions {

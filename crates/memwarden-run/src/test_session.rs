@@ -5,7 +5,7 @@
 //! written together at the session's end). The rules are the ledger's:
 //! `memwarden_ledger::gate::baseline`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -88,6 +88,7 @@ pub struct Recorder {
     python: Option<PythonEnv>,
     host: Host,
     records: Vec<RunRecord>,
+    run_ids: HashSet<String>,
 }
 
 impl Recorder {
@@ -127,6 +128,7 @@ impl Recorder {
             python,
             host: provenance::host(memory),
             records: Vec::new(),
+            run_ids: HashSet::new(),
         })
     }
 
@@ -141,7 +143,7 @@ impl Recorder {
         // clock's resolution: a later one moves on a nanosecond until its id is new.
         let mut started = UNIX_EPOCH + Duration::from_secs_f64(run.started_at_unix_s.max(0.0));
         let mut run_id = provenance::new_run_id(started);
-        while self.records.iter().any(|r| r.run_id == run_id) {
+        while !self.run_ids.insert(run_id.clone()) {
             started += Duration::from_nanos(1);
             run_id = provenance::new_run_id(started);
         }

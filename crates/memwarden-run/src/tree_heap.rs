@@ -7,7 +7,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
@@ -125,22 +125,20 @@ impl SharedTree {
     /// later capture of the same pid exists (it `exec`'d) or its process is gone or a
     /// zombie. Returns how many shares were taken out.
     pub fn withdraw_ended(&self, dir: &Path) -> io::Result<usize> {
-        let mut latest: std::collections::HashMap<u32, (u64, PathBuf)> = Default::default();
+        let mut latest: std::collections::HashMap<u32, u64> = Default::default();
         let mut images = Vec::new();
         for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
             let Some((pid, seq)) = capture::parse_file_name(&path) else {
                 continue;
             };
-            let newest = latest.entry(pid).or_insert((seq, path.clone()));
-            if seq > newest.0 {
-                *newest = (seq, path.clone());
-            }
-            images.push((pid, path));
+            let newest = latest.entry(pid).or_insert(seq);
+            *newest = (*newest).max(seq);
+            images.push((pid, seq, path));
         }
         let mut withdrawn = 0;
-        for (pid, path) in images {
-            let replaced = latest.get(&pid).is_some_and(|(_, newest)| *newest != path);
+        for (pid, seq, path) in images {
+            let replaced = latest[&pid] != seq;
             if (replaced || process_start(pid).is_none()) && self.withdraw(&path)?.is_some() {
                 withdrawn += 1;
             }

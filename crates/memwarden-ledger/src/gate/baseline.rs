@@ -111,14 +111,15 @@ pub fn judge(
         noise_tolerance(relative_noise(&[history]), settings.min_noise_pct, settings);
     let allowed_pct = settings.regression_pct + noise_pct;
     let slack_bytes = (settings.noise_sigmas * sample_bytes as f64).ceil() as u64;
-    let allowed = (center * (1.0 + allowed_pct / 100.0)).max(center + slack_bytes as f64);
+    let by_share = center * (1.0 + allowed_pct / 100.0);
+    let allowed = by_share.max(center + slack_bytes as f64);
     let allowed_bytes = allowed.ceil() as u64;
     let pass = now_bytes <= allowed_bytes;
     let change = match center > 0.0 {
         true => format!("{:+.1}%", (now_bytes as f64 - center) * 100.0 / center),
         false => "up from nothing".to_owned(),
     };
-    let slack = if allowed > center * (1.0 + allowed_pct / 100.0) {
+    let slack = if allowed > by_share {
         format!(", at least {} for the sampling", format_size(slack_bytes))
     } else {
         String::new()
