@@ -23,6 +23,12 @@ def analyze_captures(dir: str | os.PathLike[str], raw_frames: bool = False) -> s
     a missing ``DIR`` raises ``FileNotFoundError``, a file ``NotADirectoryError``.
     """
 
+def kept_report(dir: str | os.PathLike[str], raw_frames: bool = False) -> str:
+    """The report kept with the captures in ``dir`` (``memwarden run --capture-dir DIR``),
+    as JSON, its profile analysed again from them and completed as ``memwarden report
+    --capture-dir`` completes it (lines' text, advice). Raises ``FileNotFoundError`` when
+    ``DIR/report.json`` is missing, ``ValueError`` when it is no report."""
+
 def parse_size(text: str) -> int:
     """Bytes from a size as memwarden writes them: ``512MiB``, ``2 GiB``, ``1.5GB`` (powers
     of 1000), ``1048576``. Raises ``ValueError`` with what to write instead."""

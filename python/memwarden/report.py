@@ -294,12 +294,11 @@ class Report:
     @classmethod
     def load(cls, path: Union[str, "os.PathLike[str]"]) -> "Report":
         """Reads a JSON report (``memwarden run --json``), or the report kept beside a
-        directory of captures (``--capture-dir``), its profile analysed again from them."""
+        directory of captures (``--capture-dir``), its profile analysed again from them as
+        ``memwarden report --capture-dir`` does (every figure made from the profile with it:
+        the heap peak, each process's profile, the advice)."""
         if os.path.isdir(path):
-            with open(os.path.join(path, "report.json"), "rb") as report:
-                data = json.loads(report.read())
-            data["profile"] = json.loads(_native.analyze_captures(os.fspath(path)))
-            return cls.from_json(json.dumps(data))
+            return cls.from_json(_native.kept_report(os.fspath(path)))
         with open(path, "rb") as report:
             return cls.from_json(report.read())
 

@@ -24,6 +24,23 @@ def test_census_stops_at_its_time_limit_and_says_so():
     del keep
 
 
+def test_a_capture_directory_loads_as_memwarden_report_capture_dir_renders_it(run_profiled, tmp_path):
+    caps = tmp_path / "caps"
+    run_profiled(
+        """
+        x = bytearray(50 * 2**20)
+        print(len(x))
+        """,
+        "--capture-dir",
+        str(caps),
+    )
+    report = memwarden.Report.load(caps)
+    assert report.profile is not None and report.profile.peak_bytes >= 50 << 20
+    # Every figure made from the profile is the analysis's, not the kept report's.
+    assert report.peak.heap_bytes == report.profile.peak_bytes
+    assert any("bytearray(50 * 2**20)" in s.text for s in report.profile.source_lines)
+
+
 def test_a_report_reads_typed_with_names_decoded(run_profiled, tmp_path, memwarden_bin):
     out = tmp_path / "r.json"
     run_profiled(

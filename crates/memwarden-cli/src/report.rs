@@ -27,10 +27,7 @@ pub fn main(args: ReportArgs) -> Result<Status, Failure> {
                 ),
             ));
         }
-        memwarden_run::recover::attach_kept_profile(&mut report, dir, args.raw_frames);
-        // The profile analysed again names its lines anew: their text is read now, as at
-        // the end of a run, and the advice given on it.
-        memwarden_report::advice::complete(&mut report);
+        memwarden_run::recover::reanalyze(&mut report, dir, args.raw_frames);
     } else {
         // Advice from this memwarden's rules, on the evidence the report holds.
         report.advice = memwarden_report::advice::advise(&report);

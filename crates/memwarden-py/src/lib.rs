@@ -89,15 +89,8 @@ fn analyze_captures(py: Python<'_>, dir: PathBuf, raw_frames: bool) -> PyResult<
 
 /// [`analyze_captures`] without the interpreter: the profile's JSON and the warnings.
 fn analyze(dir: &Path, raw_frames: bool) -> PyResult<(String, Vec<String>)> {
-    let report_path = dir.join("report.json");
-    let (profile, warnings) = match std::fs::read(&report_path) {
-        Ok(text) => {
-            let mut report: Report = serde_json::from_slice(&text).map_err(|e| {
-                PyValueError::new_err(format!(
-                    "{}: not a memwarden run report ({e})",
-                    report_path.display()
-                ))
-            })?;
+    let (profile, warnings) = match kept_report_in(dir)? {
+        Some(mut report) => {
             let before = report.warnings.len();
             memwarden_run::recover::attach_kept_profile(&mut report, dir, raw_frames);
             let warnings = report.warnings.split_off(before);
@@ -106,41 +99,49 @@ fn analyze(dir: &Path, raw_frames: bool) -> PyResult<(String, Vec<String>)> {
                 None => return Err(PyValueError::new_err(warnings.join("; "))),
             }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            analyze_without_report(dir, raw_frames)?
+        None => {
+            let (analysis, _, warnings) =
+                memwarden_run::recover::analyze_kept_dir(dir, raw_frames, None)
+                    .map_err(PyValueError::new_err)?;
+            (analysis.profile, warnings)
         }
-        Err(e) => return Err(io_error(&report_path, e)),
     };
     let json = serde_json::to_string(&profile)
         .map_err(|e| PyValueError::new_err(format!("cannot write the profile as JSON: {e}")))?;
     Ok((json, warnings))
 }
 
-/// The profile of the captures in `dir`, timed from the first capture's start.
-fn analyze_without_report(
-    dir: &Path,
-    raw_frames: bool,
-) -> PyResult<(memwarden_format::report::Profile, Vec<String>)> {
-    let (captures, errors) = profile::read_dir(dir).map_err(|e| io_error(dir, e))?;
-    let mut warnings: Vec<String> = errors.iter().map(ToString::to_string).collect();
-    let Some(first) = captures.first() else {
-        warnings.insert(
-            0,
-            format!("no capture with recorded allocations in {}", dir.display()),
-        );
-        return Err(PyValueError::new_err(warnings.join("; ")));
-    };
-    let mode = profile::mode_of(first);
-    let start_ns = captures.iter().map(|c| c.start_ns).min().unwrap_or(0);
-    let frames = profile::Frames::raw_if(raw_frames);
-    let (analysis, tree_error) =
-        profile::analyze_kept(dir, &captures, mode, first.sample_bytes, start_ns, frames);
-    if let Some(e) = tree_error {
-        warnings.push(format!(
-            "{e}; the tree's heap peak is the sum of each process's own peak"
-        ));
+/// The run's report kept in `dir` (`report.json`), when there is one.
+fn kept_report_in(dir: &Path) -> PyResult<Option<Report>> {
+    let path = dir.join("report.json");
+    match std::fs::read(&path) {
+        Ok(text) => serde_json::from_slice(&text).map(Some).map_err(|e| {
+            PyValueError::new_err(format!(
+                "{}: not a memwarden run report ({e})",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_error(&path, e)),
     }
-    Ok((analysis.profile, warnings))
+}
+
+/// The report kept with the captures in `dir` (`memwarden run --capture-dir DIR`), as JSON,
+/// its profile analysed again from them and completed as `memwarden report --capture-dir`
+/// completes it (lines' text, advice). `FileNotFoundError` when `DIR/report.json` is
+/// missing; `ValueError` when it is no report.
+#[pyfunction]
+#[pyo3(signature = (dir, raw_frames = false))]
+fn kept_report(py: Python<'_>, dir: PathBuf, raw_frames: bool) -> PyResult<String> {
+    let Some(mut report) = kept_report_in(&dir)? else {
+        return Err(io_error(
+            &dir.join("report.json"),
+            std::io::ErrorKind::NotFound.into(),
+        ));
+    };
+    py.detach(|| quietly(|| memwarden_run::recover::reanalyze(&mut report, &dir, raw_frames)));
+    serde_json::to_string(&report)
+        .map_err(|e| PyValueError::new_err(format!("cannot write the report as JSON: {e}")))
 }
 
 /// Bytes from a size as memwarden writes them: `512MiB`, `2 GiB`, `1.5GB` (powers of
@@ -352,6 +353,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(version, module)?)?;
     module.add_function(wrap_pyfunction!(unescape, module)?)?;
     module.add_function(wrap_pyfunction!(analyze_captures, module)?)?;
+    module.add_function(wrap_pyfunction!(kept_report, module)?)?;
     module.add_function(wrap_pyfunction!(parse_size, module)?)?;
     module.add_function(wrap_pyfunction!(format_size, module)?)?;
     module.add_function(wrap_pyfunction!(capture_allocated, module)?)?;

@@ -10,6 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use memwarden_format::capture::Capture;
 use memwarden_format::report::{
     Budget, BudgetStatus, Exit, Gpu, Limits, ModelRun, MonitorInfo, Peak, PeakSource, Report,
     SCHEMA,
@@ -262,41 +263,65 @@ fn build_report(
     }
 }
 
-/// The captures' profile, read as `memwarden analyze` reads a kept capture directory.
-/// Puts the profile of the captures kept in `dir` into `report` (its `profile`, each
-/// process's, the heap peak), replacing any it had: as an interrupted run's recovery and
-/// `memwarden report --capture-dir` need it. The mode and sampling interval are the
-/// captures' own; times count from the report's start. Problems become report warnings.
-pub fn attach_kept_profile(report: &mut Report, dir: &Path, raw_frames: bool) {
-    let (captures, errors) = match profile::read_dir(dir) {
-        Ok(read) => read,
-        Err(e) => {
-            report.warnings.push(format!(
-                "cannot read the captures in {}: {e}; no profile",
+/// The captures kept in `dir`, analysed as `memwarden analyze` analyses them, times counted
+/// from `start_ns` (`None`: the first capture's start): the analysis, the captures, and the
+/// problems that still left one (unreadable captures, an unreadable tree counter). `Err`
+/// says why there is none: the folder cannot be read, or no capture holds a recorded
+/// allocation. The mode and sampling interval are the captures' own.
+pub fn analyze_kept_dir(
+    dir: &Path,
+    raw_frames: bool,
+    start_ns: Option<u64>,
+) -> Result<(profile::Analysis, Vec<Capture>, Vec<String>), String> {
+    let (captures, errors) = profile::read_dir(dir)
+        .map_err(|e| format!("cannot read the captures in {}: {e}", dir.display()))?;
+    let mut warnings: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    let Some(first) = captures.first() else {
+        warnings.insert(
+            0,
+            format!(
+                "no capture in {} holds a recorded allocation",
                 dir.display()
-            ));
+            ),
+        );
+        return Err(warnings.join("; "));
+    };
+    let start_ns =
+        start_ns.unwrap_or_else(|| captures.iter().map(|c| c.start_ns).min().unwrap_or(0));
+    let (analysis, tree_error) = profile::analyze_kept(
+        dir,
+        &captures,
+        profile::mode_of(first),
+        first.sample_bytes,
+        start_ns,
+        profile::Frames::raw_if(raw_frames),
+    );
+    if let Some(e) = tree_error {
+        warnings.push(format!(
+            "{e}; the tree's heap peak is the sum of each process's own peak"
+        ));
+    }
+    Ok((analysis, captures, warnings))
+}
+
+/// Puts the profile of the captures kept in `dir` into `report` (its `profile`, each
+/// process's, the heap peak), replacing any it had: as an interrupted run's recovery needs
+/// it ([`analyze_kept_dir`], times counted from the report's start). Problems become
+/// report warnings.
+pub fn attach_kept_profile(report: &mut Report, dir: &Path, raw_frames: bool) {
+    let start_ns = (report.started_at_unix_s * 1e9) as u64;
+    let (analysis, captures) = match analyze_kept_dir(dir, raw_frames, Some(start_ns)) {
+        Ok((analysis, captures, warnings)) => {
+            for warning in warnings {
+                report.warnings.push(format!("profile: {warning}"));
+            }
+            (analysis, captures)
+        }
+        Err(why) => {
+            report.warnings.push(format!("profile: {why}; no profile"));
             return;
         }
     };
-    for error in errors {
-        report.warnings.push(format!("profile: {error}"));
-    }
-    let Some(first) = captures.first() else {
-        report
-            .warnings
-            .push("profile: no capture holds a recorded allocation".to_owned());
-        return;
-    };
-    let mode = profile::mode_of(first);
-    let start_ns = (report.started_at_unix_s * 1e9) as u64;
-    let frames = profile::Frames::raw_if(raw_frames);
-    let (analysis, tree_error) =
-        profile::analyze_kept(dir, &captures, mode, first.sample_bytes, start_ns, frames);
-    if let Some(e) = tree_error {
-        report.warnings.push(format!(
-            "profile: {e}; the tree's heap peak is the sum of each process's own peak"
-        ));
-    }
     for (pid, process_profile) in analysis.processes {
         match report.processes.iter_mut().find(|p| p.pid == pid as i32) {
             Some(process) => process.profile = Some(process_profile),
@@ -307,6 +332,15 @@ pub fn attach_kept_profile(report: &mut Report, dir: &Path, raw_frames: bool) {
     }
     report.peak.heap_bytes = Some(analysis.profile.peak_bytes);
     report.profile = Some(analysis.profile);
+}
+
+/// A kept report with its profile analysed again from the captures in `dir`
+/// ([`attach_kept_profile`]), then completed as a run's is: its lines' text read now and
+/// the advice given on it (`memwarden report --capture-dir`, the Python package's
+/// `Report.load` of a capture directory).
+pub fn reanalyze(report: &mut Report, dir: &Path, raw_frames: bool) {
+    attach_kept_profile(report, dir, raw_frames);
+    memwarden_report::advice::complete(report);
 }
 
 /// Writes the report where the run meant to (`--json`), else, for a recorded run, to the
