@@ -41,15 +41,22 @@ def snapshot() -> Optional[Snapshot]:
         return None
 
 
+def since(start: Optional[Snapshot], end: Optional[Snapshot]) -> Tuple[Optional[str], List[int]]:
+    """The capture a block's end snapshot is of, and the counters to count from: the start
+    snapshot's when it is of the same capture, else none (a capture that began after the
+    start, at this process's first recorded allocation or in a forked child, is counted
+    from its beginning)."""
+    if end is None:
+        return None, []
+    return end[0], start[1] if start is not None and start[0] == end[0] else []
+
+
 def between(start: Optional[Snapshot], end: Optional[Snapshot], top: int = 10) -> List["Line"]:
     """The `top` lines that allocated the most between two snapshots, with what each holds
     now."""
-    if end is None:
+    path, baseline = since(start, end)
+    if path is None or end is None:
         return []
-    path = end[0]
-    # A capture that began after `start` (this process's first recorded allocation came
-    # later, or it forked) is counted from its beginning.
-    baseline = start[1] if start is not None and start[0] == path else []
     try:
         rows = _native.capture_lines(path, baseline, end[1])
     except (OSError, ValueError):

@@ -103,10 +103,6 @@ class TestRecorder:
         """Collects the provenance (git state, Python environment, host) once. ``version``
         None: the git commit (``+dirty`` with changes), else ``unversioned``."""
 
-    @property
-    def version(self) -> str:
-        """The version the records carry."""
-
     def add(
         self,
         test: str,

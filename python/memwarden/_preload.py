@@ -14,22 +14,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict
 
 from . import _native
 from ._paths import preload_path
-
-
-def library() -> Optional[Path]:
-    """The profiler library: ``MEMWARDEN_PRELOAD``, else the one installed with this package
-    (``memwarden/_bin/``); None when neither is there."""
-    named = os.environ.get("MEMWARDEN_PRELOAD")
-    if named:
-        return Path(named) if Path(named).is_file() else None
-    try:
-        return preload_path()
-    except FileNotFoundError:
-        return None
 
 
 PYTEST_CAPTURE_DIR = "MEMWARDEN_PYTEST_REEXECUTED"
@@ -44,15 +32,19 @@ class Unavailable(RuntimeError):
 
 
 def environment(capture_dir: str, mode: str = "sampled") -> Dict[str, str]:
-    """This process's environment with the profiler added. Raises :class:`Unavailable` with
-    the reason when there is no library or no path to preload it by."""
-    found = library()
-    if found is None:
-        named = os.environ.get("MEMWARDEN_PRELOAD")
+    """This process's environment with the profiler added: the library ``MEMWARDEN_PRELOAD``
+    names, else the one installed with this package (``memwarden/_bin/``). Raises
+    :class:`Unavailable` with the reason when there is no library or no path to preload it
+    by."""
+    named = os.environ.get("MEMWARDEN_PRELOAD")
+    if named and not Path(named).is_file():
+        raise Unavailable(f"MEMWARDEN_PRELOAD names {named!r}, which is not a file")
+    try:
+        found = Path(named) if named else preload_path()
+    except FileNotFoundError:
         raise Unavailable(
-            f"MEMWARDEN_PRELOAD names {named!r}, which is not a file" if named
-            else "memwarden's profiler library is not installed with this package; reinstall memwarden"
-        )
+            "memwarden's profiler library is not installed with this package; reinstall memwarden"
+        ) from None
     env = dict(os.environ)
     try:
         preload = os.fspath(_native.preloadable(found))

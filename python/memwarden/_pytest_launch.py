@@ -20,7 +20,10 @@ from . import _preload
 def main(args: List[str]) -> int:
     """Replaces this process with pytest under the profiler; returns only on an error."""
     command = [sys.executable, "-m", "pytest", *args]
-    xdist = any(a.startswith(("-n", "--numprocesses")) for a in args)
+    # pytest-xdist's -n, given here or in PYTEST_ADDOPTS (an ini file's addopts is not seen
+    # here: its workers then measure their own process only).
+    given = [*args, *os.environ.get("PYTEST_ADDOPTS", "").split()]
+    xdist = any(a.startswith(("-n", "--numprocesses")) for a in given)
     try:
         env = _preload.pytest_environment(xdist)
     except _preload.Unavailable as e:

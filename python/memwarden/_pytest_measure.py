@@ -85,6 +85,7 @@ class Measure:
         self.images = 0
         self.captures_before: Set[str] = set()
         self.child_captures: List[str] = []
+        self._lines: Optional[List[str]] = None
         self.started_unix_s = time.time()
         if _heap.available():
             if tree:
@@ -105,7 +106,7 @@ class Measure:
             gc.collect()
         if self.track is not None:
             self.track.__exit__(None, None, None)
-            how = "sampled estimate" if self.track.sampled else "every allocation recorded"
+            how = self.track.how
             peak, left = self.track.peak_heap_bytes, self.track.leaked_bytes
             highest = _heap.TREE_MARKS.leave(self.tree_block)
             if highest is not None:
@@ -136,10 +137,12 @@ class Measure:
 
     def lines(self, top: int) -> List[str]:
         """The lines that allocated the most in the test and in the processes it started
-        (read from the captures now)."""
+        (read from the captures once, when first asked for)."""
         if self.track is None:
             return []
-        return [str(line) for line in _lines.with_captures(self.track.top_lines, self.child_captures, top)]
+        if self._lines is None:
+            self._lines = [str(line) for line in _lines.with_captures(self.track.top_lines, self.child_captures, 10)]
+        return self._lines[:top]
 
 
 class Ledger:

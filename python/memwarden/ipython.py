@@ -19,7 +19,7 @@ import shlex
 from html import escape
 from typing import Any, Dict, Optional, Tuple
 
-from . import _native
+from . import _lines, _native
 from .report import Report
 from .track import Track
 
@@ -27,9 +27,7 @@ from .track import Track
 def cell_report(track: Track, failed: bool, sources: Dict[str, str]) -> Tuple[Report, str]:
     """The cell's report and its page (``memwarden._native.block_report``); `sources`: the
     text of the notebook's cells, by the file name their code carries."""
-    start, end = track._lines_at_start, track._lines_at_end
-    capture = end[0] if end is not None else None
-    since = start[1] if start is not None and capture is not None and start[0] == capture else []
+    capture, since = _lines.since(track._lines_at_start, track._lines_at_end)
     text, page = _native.block_report(
         f"%%memwarden {track.name}",
         capture,
@@ -69,8 +67,7 @@ def _html(track: Track) -> str:
     size = _native.format_size
     rows = []
     if track.peak_heap_bytes is not None:
-        how = "sampled estimate" if track.sampled else "every allocation recorded"
-        rows.append(("heap peak (above the cell's start)", f"{size(track.peak_heap_bytes)} ({how})"))
+        rows.append(("heap peak (above the cell's start)", f"{size(track.peak_heap_bytes)} ({track.how})"))
         rows.append(("still allocated at the end", size(max(track.leaked_bytes or 0, 0))))
     if track.peak_rss_bytes is not None:
         exact = "kernel high-water mark" if track.peak_rss_exact else "at least"

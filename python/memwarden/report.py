@@ -10,11 +10,12 @@ bytes back, through the same code the Rust side escapes with.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Union, get_args, get_origin, get_type_hints
+from typing import Any, Dict, FrozenSet, List, Optional, Tuple, Union, get_args, get_origin, get_type_hints
 
 from . import _native
 
@@ -310,6 +311,14 @@ class Report:
         return _build(cls, data)
 
 
+@functools.lru_cache(maxsize=None)
+def _fields(kind: type) -> Tuple[Dict[str, Any], FrozenSet[str]]:
+    """A report dataclass's field types and names, worked out once per class (a report
+    holds thousands of frames)."""
+    hints = get_type_hints(kind, vars(sys.modules[__name__]))
+    return hints, frozenset(f.name for f in dataclasses.fields(kind))
+
+
 def _build(kind: Any, value: Any) -> Any:
     """`value` (parsed JSON) as `kind`, a dataclass, list, dict, optional or plain type."""
     origin = get_origin(kind)
@@ -323,8 +332,7 @@ def _build(kind: Any, value: Any) -> Any:
     if origin in (dict, Dict):
         return {k: _build(get_args(kind)[1], v) for k, v in value.items()}
     if isinstance(kind, type) and dataclasses.is_dataclass(kind):
-        hints = get_type_hints(kind, vars(sys.modules[__name__]))
-        known = {f.name for f in dataclasses.fields(kind)}
+        hints, known = _fields(kind)
         arguments = {k: _build(hints[k], v) for k, v in value.items() if k in known}
         if "extra" in known:
             arguments["extra"] = {k: v for k, v in value.items() if k not in known}

@@ -109,6 +109,12 @@ class Track:
             self._top_lines = _lines.between(self._lines_at_start, self._lines_at_end) if measured else []
         return self._top_lines
 
+    @property
+    def how(self) -> str:
+        """How the heap figures were made: ``sampled estimate`` or ``every allocation
+        recorded`` (meaningful once the block measured its heap)."""
+        return "sampled estimate" if self.sampled else "every allocation recorded"
+
     # -- the block ------------------------------------------------------------------
     def __enter__(self) -> "Track":
         self._started = time.perf_counter()
@@ -197,8 +203,7 @@ class Track:
         name = f"`{self.name}`" if self.name else "the block"
         parts = []
         if self.peak_heap_bytes is not None:
-            how = "sampled estimate" if self.sampled else "every allocation recorded"
-            parts.append(f"heap peak {size(self.peak_heap_bytes)} above its start ({how})")
+            parts.append(f"heap peak {size(self.peak_heap_bytes)} above its start ({self.how})")
         if self.peak_rss_bytes is not None:
             exact = "" if self.peak_rss_exact else " (at least)"
             parts.append(f"process peak RSS {size(self.peak_rss_bytes)}{exact}")

@@ -178,7 +178,7 @@ def test_xdist_workers_measure_the_processes_their_tests_start(pytester):
     assert re.search(r"test_tree.py::test_subprocess .*with 1 process it started", text), text
 
 
-def test_baselines_learn_then_fail_only_beyond_the_noise(pytester, tmp_path, monkeypatch):
+def test_baselines_learn_then_fail_only_beyond_the_noise(pytester, tmp_path, monkeypatch, memwarden_bin):
     pytester.makepyfile(
         test_base="""
         import os
@@ -213,8 +213,7 @@ def test_baselines_learn_then_fail_only_beyond_the_noise(pytester, tmp_path, mon
     again.assert_outcomes(passed=2)
     assert "still learning" in again.stdout.str()
 
-    memwarden = os.path.join(os.path.dirname(sys.executable), "memwarden")
-    history = subprocess.run([memwarden, "history", "suite", "--ledger", ledger], capture_output=True, text=True)
+    history = subprocess.run([memwarden_bin, "history", "suite", "--ledger", ledger], capture_output=True, text=True)
     assert history.returncode == 0 and "test" in history.stdout, history.stdout + history.stderr
 
 

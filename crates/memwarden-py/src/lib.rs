@@ -293,16 +293,12 @@ fn block_report(
     };
     py.detach(|| {
         quietly(|| {
-            let report = match &capture {
-                Some(path) => {
-                    memwarden_run::block::report_with_profile(&block, path, &since, &sources)?
-                }
-                None => {
-                    let mut report = memwarden_run::block::report(&block);
-                    memwarden_report::advice::complete_with(&mut report, &sources);
-                    report
-                }
-            };
+            let report = memwarden_run::block::report_with_profile(
+                &block,
+                capture.as_deref(),
+                &since,
+                &sources,
+            )?;
             let json = serde_json::to_string(&report).map_err(|e| e.to_string())?;
             Ok::<_, String>((json, memwarden_report::html::render(&report)))
         })

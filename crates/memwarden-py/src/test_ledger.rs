@@ -58,12 +58,6 @@ impl TestRecorder {
             .map_err(PyValueError::new_err)
     }
 
-    /// The version the records carry.
-    #[getter]
-    fn version(&self) -> PyResult<String> {
-        Ok(self.recorder()?.version().to_owned())
-    }
-
     /// Adds one test's figures.
     #[pyo3(signature = (test, passed, started_at_unix_s, duration_s, heap_bytes, leaked_bytes, profile, baseline = None))]
     #[allow(clippy::too_many_arguments)]
@@ -78,10 +72,7 @@ impl TestRecorder {
         profile: String,
         baseline: Option<String>,
     ) -> PyResult<()> {
-        let recorder = self
-            .0
-            .as_mut()
-            .ok_or_else(|| PyRuntimeError::new_err("the session was already written"))?;
+        let recorder = self.0.as_mut().ok_or_else(written)?;
         recorder.add(TestRun {
             test,
             passed,
@@ -98,19 +89,13 @@ impl TestRecorder {
     /// Writes every record; the line saying where. `ValueError` when the ledger could not
     /// take them (its message says where they were kept to be written later).
     fn finish(&mut self, py: Python<'_>) -> PyResult<String> {
-        let recorder = self
-            .0
-            .take()
-            .ok_or_else(|| PyRuntimeError::new_err("the session was already written"))?;
+        let recorder = self.0.take().ok_or_else(written)?;
         py.detach(|| recorder.finish())
             .map_err(PyValueError::new_err)
     }
 }
 
-impl TestRecorder {
-    fn recorder(&self) -> PyResult<&test_session::Recorder> {
-        self.0
-            .as_ref()
-            .ok_or_else(|| PyRuntimeError::new_err("the session was already written"))
-    }
+/// The error of a recorder used after `finish`.
+fn written() -> PyErr {
+    PyRuntimeError::new_err("the session was already written")
 }

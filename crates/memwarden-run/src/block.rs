@@ -82,16 +82,16 @@ pub fn record(block: &Block) -> Result<String, String> {
 /// profile of the block's part of its process's capture, `capture`, whose nodes' allocated
 /// bytes were `since` as the block began (see `memwarden_report::profile::analyze_block`),
 /// the source of its lines (`given`: the text of code that is no file, a notebook's
-/// cells, by file name) and the advice. Without the heap peak (no profiler), the profile
-/// stays empty.
+/// cells, by file name) and the advice. Without a capture or the heap peak (no profiler),
+/// the profile stays empty.
 pub fn report_with_profile(
     block: &Block,
-    capture: &Path,
+    capture: Option<&Path>,
     since: &[u64],
     given: &BTreeMap<String, String>,
 ) -> Result<Report, String> {
     let mut report = report(block);
-    if let Some(peak) = block.peak_heap_bytes {
+    if let (Some(capture), Some(peak)) = (capture, block.peak_heap_bytes) {
         let capture = Capture::read(capture).map_err(|e| e.to_string())?;
         let start_ns = (block.started_at_unix_s.max(0.0) * 1e9) as u64;
         let (analysis, peak_inside) =
