@@ -2,7 +2,7 @@
 
 The profiler keeps, per stack, the bytes live, allocated and the allocations made
 (``docs/capture-format.md``), in ``$MEMWARDEN_CAPTURE_DIR/<pid>-<n>.mwcap``, updated in
-place. A block reads each stack's allocated bytes as it opens (cheap: the counters in use)
+place. A block reads what each stack has allocated (bytes, allocations) as it opens (cheap: the counters in use)
 and, when its lines are asked for, the whole capture once: what each of the user's lines
 allocated since, summed by line as the report's tables do
 (``memwarden._native.capture_lines``).
@@ -18,7 +18,8 @@ from . import _heap, _native
 if TYPE_CHECKING:
     from .track import Line
 
-Snapshot = Tuple[str, List[int]]
+Counts = List[Tuple[int, int]]
+Snapshot = Tuple[str, Counts]
 
 
 def _capture_path() -> Optional[str]:
@@ -41,7 +42,7 @@ def snapshot() -> Optional[Snapshot]:
         return None
 
 
-def since(start: Optional[Snapshot], end: Optional[Snapshot]) -> Tuple[Optional[str], List[int]]:
+def since(start: Optional[Snapshot], end: Optional[Snapshot]) -> Tuple[Optional[str], Counts]:
     """The capture a block's end snapshot is of, and the counters to count from: the start
     snapshot's when it is of the same capture, else none (a capture that began after the
     start, at this process's first recorded allocation or in a forked child, is counted

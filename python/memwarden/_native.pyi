@@ -36,17 +36,19 @@ def parse_size(text: str) -> int:
 def format_size(bytes: int) -> str:
     """A size as memwarden prints it: ``1.50 GiB``."""
 
-def capture_allocated(path: str | os.PathLike[str]) -> list[int]:
-    """The bytes allocated at each stack of a capture file so far (a cheap reading, for
-    ``capture_lines``'s ``since``)."""
+def capture_allocated(path: str | os.PathLike[str]) -> list[tuple[int, int]]:
+    """What each stack of a capture file has allocated so far, ``(bytes, allocations)`` (a
+    cheap reading, for ``capture_lines``'s ``since``)."""
 
 def capture_lines(
-    path: str | os.PathLike[str], since: list[int] | None = None, until: list[int] | None = None
+    path: str | os.PathLike[str],
+    since: list[tuple[int, int]] | None = None,
+    until: list[tuple[int, int]] | None = None,
 ) -> list[tuple[str, int, str, int, int, int]]:
     """Each of the user's lines in one capture file as the profiler left it now:
     ``(file, line, function, live_bytes, allocated_bytes, allocations)``, most allocated
-    first; with ``since`` (from ``capture_allocated``), the bytes allocated after that
-    reading (and before ``until``'s), lines that allocated none left out. Raises ``ValueError`` when the file is
+    first; with ``since`` (from ``capture_allocated``), the bytes and allocations made after
+    that reading (and before ``until``'s), lines that allocated none left out. Raises ``ValueError`` when the file is
     no capture."""
 
 def record_block(
@@ -123,7 +125,7 @@ class TestRecorder:
 def block_report(
     name: str,
     capture: str | os.PathLike[str] | None,
-    since: list[int],
+    since: list[tuple[int, int]],
     started_at_unix_s: float,
     duration_s: float,
     peak_rss_bytes: int,
@@ -137,7 +139,7 @@ def block_report(
     """The report of a block measured in this process (a notebook cell): ``(JSON, HTML)``.
 
     With ``peak_heap_bytes``, its profile is read from ``capture`` (this process's capture
-    file), whose nodes' allocated bytes were ``since`` as the block began; the advice and
+    file), whose nodes had allocated ``since`` (bytes, allocations) as the block began; the advice and
     the page are made as ``memwarden run --profile`` makes them. ``sources`` maps the names
     of code that is no file (a notebook's cells) to its text. Raises ``ValueError`` when
     the capture cannot be read."""

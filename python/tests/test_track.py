@@ -133,3 +133,27 @@ def test_a_block_is_recorded_in_the_ledger_under_its_model_version_and_stage(tmp
         memwarden.track(model="fraud")
     with pytest.raises(ValueError):
         memwarden.track(model="fraud", version="3", stage="deploy")
+
+
+def test_a_blocks_lines_count_only_the_allocations_it_made(run_profiled):
+    allocated, allocations = run_profiled(
+        """
+        import json, memwarden, numpy as np
+        def make():
+            return np.ones(2**20)
+        t = memwarden.track()
+        kept = []
+        for i in range(8):  # one stack for all eight: five before the block, three in it
+            if i == 5:
+                t.__enter__()
+            kept.append(make())
+        t.__exit__(None, None, None)
+        line = [l for l in t.top_lines if l.function == "make"][0]
+        print(json.dumps([line.allocated_bytes, line.allocations]))
+        """,
+        "--profile=exact",
+    )
+    assert allocated >= 3 * 8 * MIB and allocated < 4 * 8 * MIB, allocated
+    # At most two allocations an array (its data, numpy's shape and strides); the eight
+    # arrays of the whole process would make at least eight.
+    assert 3 <= allocations <= 6, f"the five arrays made before the block are not its own: {allocations}"

@@ -478,9 +478,10 @@ fn read_used(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// The bytes allocated at each stack (node) of a capture file so far, by node: a cheap
-/// reading (the header and the counters in use) to compare a later full reading with.
-pub fn read_allocated(path: &Path) -> std::io::Result<Vec<u64>> {
+/// What each stack (node) of a capture file has allocated so far, by node: `(bytes,
+/// allocations)`. A cheap reading (the header and the counters in use) to compare a later
+/// one with.
+pub fn read_allocated(path: &Path) -> std::io::Result<Vec<(u64, u64)>> {
     use std::os::unix::fs::FileExt;
     let file = std::fs::File::open(path)?;
     let mut header = vec![0u8; HEADER_SIZE as usize];
@@ -496,8 +497,9 @@ pub fn read_allocated(path: &Path) -> std::io::Result<Vec<u64>> {
         .min(MAX_NODES);
     let mut counters = vec![0u8; (nodes * COUNTER_SIZE) as usize];
     file.read_exact_at(&mut counters, COUNTERS_OFFSET)?;
+    let at = |node: u64, field: u64| u64_at(&counters, node * COUNTER_SIZE + field).unwrap_or(0);
     Ok((0..nodes)
-        .map(|node| u64_at(&counters, node * COUNTER_SIZE + counter::ALLOCATED).unwrap_or(0))
+        .map(|node| (at(node, counter::ALLOCATED), at(node, counter::COUNT)))
         .collect())
 }
 

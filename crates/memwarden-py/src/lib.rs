@@ -157,10 +157,10 @@ fn format_size(bytes: u64) -> String {
     memwarden_format::units::format_size(bytes)
 }
 
-/// The bytes allocated at each stack of a capture file so far: a cheap reading for
-/// [`capture_lines`]'s `since`.
+/// What each stack of a capture file has allocated so far, `(bytes, allocations)`: a cheap
+/// reading for [`capture_lines`]'s `since`.
 #[pyfunction]
-fn capture_allocated(py: Python<'_>, path: PathBuf) -> PyResult<Vec<u64>> {
+fn capture_allocated(py: Python<'_>, path: PathBuf) -> PyResult<Vec<(u64, u64)>> {
     py.detach(|| quietly(|| memwarden_format::capture::read_allocated(&path)))
         .map_err(|e| io_error(&path, e))
 }
@@ -168,7 +168,7 @@ fn capture_allocated(py: Python<'_>, path: PathBuf) -> PyResult<Vec<u64>> {
 /// Each of the user's lines in one capture file, as the profiler left it now:
 /// `(file, line, function, live_bytes, allocated_bytes, allocations)`, most allocated first
 /// (the stacks charged to a line summed, as the report's tables do); with `since` (from
-/// [`capture_allocated`]), bytes allocated after that reading (and before `until`'s, when
+/// [`capture_allocated`]), bytes and allocations made after that reading (and before `until`'s, when
 /// given), lines that allocated none left out.
 #[pyfunction]
 #[pyo3(signature = (path, since = None, until = None))]
@@ -176,8 +176,8 @@ fn capture_allocated(py: Python<'_>, path: PathBuf) -> PyResult<Vec<u64>> {
 fn capture_lines(
     py: Python<'_>,
     path: PathBuf,
-    since: Option<Vec<u64>>,
-    until: Option<Vec<u64>>,
+    since: Option<Vec<(u64, u64)>>,
+    until: Option<Vec<(u64, u64)>>,
 ) -> PyResult<Vec<(String, u32, String, i64, u64, u64)>> {
     let (since, until) = (since.unwrap_or_default(), until.unwrap_or_default());
     let lines = py
@@ -251,7 +251,7 @@ fn record_block(
 
 /// The report of a block measured in this process (a notebook cell): `(JSON, HTML)`. With
 /// `peak_heap_bytes`, its profile is read from `capture` (this process's capture file),
-/// whose nodes' allocated bytes were `since` as the block began; the advice and the page
+/// whose nodes had allocated `since` (bytes, allocations) as the block began; the advice and the page
 /// are made as `memwarden run --profile` makes them; `sources` maps the names of code
 /// that is no file (a notebook's cells) to its text. `ValueError` when the capture cannot
 /// be read.
@@ -263,7 +263,7 @@ fn block_report(
     py: Python<'_>,
     name: String,
     capture: Option<PathBuf>,
-    since: Vec<u64>,
+    since: Vec<(u64, u64)>,
     started_at_unix_s: f64,
     duration_s: f64,
     peak_rss_bytes: u64,

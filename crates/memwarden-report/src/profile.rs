@@ -97,11 +97,15 @@ pub struct LineTotals {
 
 /// Each line's counters in one capture (import machinery folded, as in reports), for
 /// code that compares them over time, such as the Python package's blocks: `since` and
-/// `until` hold each node's allocated bytes at two earlier readings
-/// ([`memwarden_format::capture::read_allocated`]); what was allocated between them is
-/// counted (`since` empty: from the start; `until` empty: to now; nodes made after
+/// `until` hold what each node had allocated, `(bytes, allocations)`, at two earlier
+/// readings ([`memwarden_format::capture::read_allocated`]); what was allocated between
+/// them is counted (`since` empty: from the start; `until` empty: to now; nodes made after
 /// `until`'s reading count nothing then).
-pub fn line_totals(capture: &Capture, since: &[u64], until: &[u64]) -> Vec<LineTotals> {
+pub fn line_totals(
+    capture: &Capture,
+    since: &[(u64, u64)],
+    until: &[(u64, u64)],
+) -> Vec<LineTotals> {
     let mut stacks = Stacks {
         frames: Frames::Folded,
         names: ImportNames::default(),
@@ -110,10 +114,11 @@ pub fn line_totals(capture: &Capture, since: &[u64], until: &[u64]) -> Vec<LineT
     let mut by_line: HashMap<StackFrame, LineTotals> = HashMap::new();
     for (node, counters) in capture.counters.iter().enumerate().skip(1) {
         let end = match until {
-            [] => counters.allocated,
-            _ => until.get(node).copied().unwrap_or(0),
+            [] => (counters.allocated, counters.count),
+            _ => until.get(node).copied().unwrap_or((0, 0)),
         };
-        let allocated = end.saturating_sub(since.get(node).copied().unwrap_or(0));
+        let start = since.get(node).copied().unwrap_or((0, 0));
+        let allocated = end.0.saturating_sub(start.0);
         if allocated == 0 && (counters.live == 0 || !since.is_empty()) {
             continue;
         }
@@ -129,7 +134,7 @@ pub fn line_totals(capture: &Capture, since: &[u64], until: &[u64]) -> Vec<LineT
         });
         totals.live_bytes += counters.live;
         totals.allocated_bytes += allocated;
-        totals.allocations += counters.count;
+        totals.allocations += end.1.saturating_sub(start.1);
     }
     let mut lines: Vec<LineTotals> = by_line.into_values().collect();
     lines.sort_by(|a, b| {
@@ -279,9 +284,9 @@ fn python_version(hexversion: u64) -> String {
 }
 
 /// The analysis of a block of one process (a notebook cell, `memwarden.track`), from its
-/// capture as it is at the block's end: `since` holds each node's allocated bytes as the
-/// block began ([`memwarden_format::capture::read_allocated`]), `start_ns` and `end_ns`
-/// its wall-clock bounds, `peak_bytes` and `left_bytes` its heap figures (the block's own,
+/// capture as it is at the block's end: `since` holds what each node had allocated as the
+/// block began ([`memwarden_format::capture::read_allocated`]), `start_ns` when it began
+/// (wall clock), `peak_bytes` and `left_bytes` its heap figures (the block's own,
 /// from the profiler's mark). The lines are what the block allocated; what it left is
 /// each stack's live bytes, up to what the block allocated there. The stacks at the peak
 /// are the process's peak snapshot when that peak came after the block began (the block
@@ -290,7 +295,7 @@ fn python_version(hexversion: u64) -> String {
 /// otherwise none are kept, and the second value is false.
 pub fn analyze_block(
     capture: &Capture,
-    since: &[u64],
+    since: &[(u64, u64)],
     start_ns: u64,
     peak_bytes: u64,
     left_bytes: i64,
@@ -331,7 +336,7 @@ pub fn analyze_block(
             let counters = capture.counters[node];
             let allocated = counters
                 .allocated
-                .saturating_sub(since.get(node).copied().unwrap_or(0));
+                .saturating_sub(since.get(node).map_or(0, |&(bytes, _)| bytes));
             let requested = counters.live.min(allocated.min(i64::MAX as u64) as i64);
             Held {
                 committed: requested - counters.reserved.clamp(0, requested.max(0)),

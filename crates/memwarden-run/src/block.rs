@@ -80,14 +80,14 @@ pub fn record(block: &Block) -> Result<String, String> {
 
 /// The report of a block measured with the profiler (a notebook cell): [`report`] with the
 /// profile of the block's part of its process's capture, `capture`, whose nodes' allocated
-/// bytes were `since` as the block began (see `memwarden_report::profile::analyze_block`),
+/// bytes and allocations were `since` as the block began (see `memwarden_report::profile::analyze_block`),
 /// the source of its lines (`given`: the text of code that is no file, a notebook's
 /// cells, by file name) and the advice. Without a capture or the heap peak (no profiler),
 /// the profile stays empty.
 pub fn report_with_profile(
     block: &Block,
     capture: Option<&Path>,
-    since: &[u64],
+    since: &[(u64, u64)],
     given: &BTreeMap<String, String>,
 ) -> Result<Report, String> {
     let mut report = report(block);
