@@ -18,8 +18,10 @@ const NONE: i64 = -1;
 #[derive(Serialize)]
 pub struct Model<'a> {
     strings: Vec<&'a str>,
-    /// `[file, line, function, imports, source]`: string indices, `-1` when absent.
-    frames: Vec<[i64; 5]>,
+    /// `[file, line, function, imports, source, library]`: string indices, `-1` when
+    /// absent; `library` 1 for library code by the report's one rule
+    /// (`crate::lines::is_library`), else 0.
+    frames: Vec<[i64; 6]>,
     /// Frame indices, innermost first (as in the report).
     stacks: Vec<Vec<u32>>,
     cwd: &'a str,
@@ -118,7 +120,7 @@ fn round_ms(seconds: f64) -> f64 {
 struct Tables<'a> {
     strings: Vec<&'a str>,
     string_ids: HashMap<&'a str, u32>,
-    frames: Vec<[i64; 5]>,
+    frames: Vec<[i64; 6]>,
     frame_ids: HashMap<&'a StackFrame, u32>,
     stacks: Vec<Vec<u32>>,
     stack_ids: HashMap<Vec<u32>, u32>,
@@ -155,6 +157,7 @@ impl<'a> Tables<'a> {
             i64::from(self.string(&frame.function)),
             imports,
             source,
+            i64::from(crate::lines::is_library(&frame.file)),
         ];
         let id = self.frames.len() as u32;
         self.frames.push(entry);

@@ -324,6 +324,36 @@ fn the_data_interns_frames_and_keeps_stacks_whole() {
 }
 
 #[test]
+fn frames_are_library_code_or_the_users_by_the_reports_one_rule() {
+    let mut report = report(&[]);
+    let profile = report.profile.as_mut().expect("profile");
+    profile.flame_at_peak.push(held(
+        vec![
+            frame("/usr/lib/python3.11/json/decoder.py", 353, "raw_decode"),
+            frame("<frozen runpy>", 198, "_run_module_as_main"),
+        ],
+        MIB,
+    ));
+    let island = data(&render(&report));
+    let strings = island["strings"].as_array().expect("strings");
+    let library = |file: &str| {
+        island["frames"]
+            .as_array()
+            .expect("frames")
+            .iter()
+            .find(|f| strings[f[0].as_u64().expect("id") as usize] == file)
+            .map(|f| f[5].clone())
+    };
+    assert_eq!(library("/work/project/train.py"), Some(0.into()));
+    assert_eq!(
+        library("/usr/lib/python3.11/json/decoder.py"),
+        Some(1.into())
+    );
+    // The page once took this for the user's code: its own pattern knew no `<frozen ...>`.
+    assert_eq!(library("<frozen runpy>"), Some(1.into()));
+}
+
+#[test]
 fn a_run_of_200_processes_and_100k_stacks_makes_a_page_under_5_mib() {
     let report = synthetic::large_report(crate::flame::prune);
     let started = std::time::Instant::now();

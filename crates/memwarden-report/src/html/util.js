@@ -78,6 +78,7 @@ function frameOf(id) {
     fn: STRINGS[row[2]],
     imports: row[3] >= 0 ? STRINGS[row[3]] : null,
     source: row[4] >= 0 ? STRINGS[row[4]] : null,
+    library: row[5] === 1,
   };
   frame.other = frame.file === OTHER_FILE;
   frame.kind = frameKind(frame);
@@ -88,7 +89,7 @@ function frameOf(id) {
 function frameKind(frame) {
   if (frame.other) return "other";
   if (frame.imports !== null) return "import";
-  if (/\/(site|dist)-packages\/|\/lib\/python\d+\.\d+t?\//.test(frame.file)) return "lib";
+  if (frame.library) return "lib";
   if (frame.line === 0) return "native";
   return "user";
 }
