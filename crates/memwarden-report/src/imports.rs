@@ -89,9 +89,11 @@ pub(crate) fn library_root(file: &str) -> Option<usize> {
     None
 }
 
-/// Whether a module's file is library code rather than the user's own.
+/// Whether a module's file is library code rather than the user's own, for folding
+/// imports: the report's rule (`crate::lines::is_library`), and any other pseudo-file
+/// (`<string>`, `<stdin>`) too.
 fn is_library(file: &str) -> bool {
-    file.starts_with('<') || library_root(file).is_some()
+    file.starts_with('<') || crate::lines::is_library(file)
 }
 
 /// The module a file holds, as well as its path tells: its path under a library root or

@@ -20,7 +20,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use memwarden_format::report::{Enforcement, PeakSource, ProfileMode, TimelinePoint};
+use memwarden_format::report::{Enforcement, PeakSource, TimelinePoint};
 use memwarden_ledger::record::{GitState, InputHash};
 use memwarden_ledger::LedgerLocation;
 use serde::{Deserialize, Serialize};
@@ -133,10 +133,6 @@ pub struct JournalCapture {
     pub dir: PathBuf,
     /// Made by memwarden for the run (removed afterwards), not the user's `--capture-dir`.
     pub temporary: bool,
-    /// Sampled or exact.
-    pub mode: ProfileMode,
-    /// Mean bytes between samples.
-    pub sample_bytes: u64,
     /// `--raw-frames`.
     pub raw_frames: bool,
 }
@@ -351,12 +347,6 @@ pub fn initial(
         Some(JournalCapture {
             dir: PathBuf::from(value("MEMWARDEN_CAPTURE_DIR")?),
             temporary: !protection.kept_captures,
-            mode: if value("MEMWARDEN_PROFILE_MODE")? == "exact" {
-                ProfileMode::Exact
-            } else {
-                ProfileMode::Sampled
-            },
-            sample_bytes: value("MEMWARDEN_SAMPLE_BYTES")?.to_str()?.parse().ok()?,
             raw_frames: protection.raw_frames,
         })
     });
