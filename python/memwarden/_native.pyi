@@ -113,10 +113,13 @@ class TestRecorder:
         duration_s: float,
         heap_bytes: int,
         leaked_bytes: int,
+        rss_bytes: int,
+        rss_exact: bool,
         profile: str,
         baseline: str | None = None,
     ) -> None:
-        """Adds one test's figures; ``baseline``: ``regression`` or ``accepted``."""
+        """Adds one test's figures (``rss_bytes``: its process's resident peak, the kernel's
+        high-water mark when ``rss_exact``); ``baseline``: ``regression`` or ``accepted``."""
 
     def finish(self) -> str:
         """Writes every record; the line saying where. ``ValueError`` when the ledger could

@@ -74,11 +74,12 @@ def _children_dir() -> str:
 
 
 class Measure:
-    """One test's figures: with the profiler (a :class:`Track`, and the tree's counter when
-    this process owns it), else with tracemalloc."""
+    """One test's figures: its heap with the profiler (a :class:`Track`, and the tree's
+    counter when this process owns it), else with tracemalloc; its process's resident peak
+    either way (the Track's)."""
 
     def __init__(self, name: str, tree: bool) -> None:
-        self.track: Optional[Track] = None
+        self.profiled = _heap.available()
         self.start = 0
         self.tree_block: Optional[List[int]] = None
         self.tree_start = 0
@@ -87,25 +88,25 @@ class Measure:
         self.child_captures: List[str] = []
         self._lines: Optional[List[str]] = None
         self.started_unix_s = time.time()
-        if _heap.available():
+        if self.profiled:
             if tree:
                 self.captures_before = _captures(_children_dir())
                 self.images = _heap.tree_images()
                 self.tree_block = _heap.TREE_MARKS.enter()
                 self.tree_start = self.tree_block[0] if self.tree_block is not None else 0
-            self.track = Track(name)
-            self.track.__enter__()
         elif tracemalloc.is_tracing():
             tracemalloc.reset_peak()
             self.start = tracemalloc.get_traced_memory()[0]
+        self.track = Track(name)
+        self.track.__enter__()
 
     def finish(self, collect: bool) -> Tuple[Optional[int], Optional[int], str]:
         """(peak above the start, left allocated at the end, how measured); `collect` runs
         the garbage collector first, so what is left is what the test really holds."""
         if collect:
             gc.collect()
-        if self.track is not None:
-            self.track.__exit__(None, None, None)
+        self.track.__exit__(None, None, None)
+        if self.profiled:
             how = self.track.how
             peak, left = self.track.peak_heap_bytes, self.track.leaked_bytes
             highest = _heap.TREE_MARKS.leave(self.tree_block)
@@ -131,15 +132,13 @@ class Measure:
 
     def profile(self) -> str:
         """How the heap was measured, as baselines tell figures apart."""
-        if self.track is None:
+        if not self.profiled:
             return "tracemalloc"
         return "sampled" if self.track.sampled else "exact"
 
     def lines(self, top: int) -> List[str]:
         """The lines that allocated the most in the test and in the processes it started
         (read from the captures once, when first asked for)."""
-        if self.track is None:
-            return []
         if self._lines is None:
             self._lines = [str(line) for line in _lines.with_captures(self.track.top_lines, self.child_captures, 10)]
         return self._lines[:top]

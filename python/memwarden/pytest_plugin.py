@@ -252,7 +252,8 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[Any]:
         verdict, judged, judgement = ledger.judge(item.nodeid, measure.profile(), peak)
         duration = time.time() - measure.started_unix_s
         item.user_properties.append(
-            ("memwarden_run", (measure.started_unix_s, duration, peak, left or 0, measure.profile(), verdict, judged))
+            ("memwarden_run", (measure.started_unix_s, duration, peak, left or 0, measure.profile(), verdict, judged,
+                               measure.track.peak_rss_bytes or 0, measure.track.peak_rss_exact))
         )
     size = _native.format_size
     fallback = getattr(config, "_memwarden_fallback", None)
@@ -287,8 +288,10 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         if key == "memwarden":
             _ROWS.append((report.nodeid, report.outcome, *figures))
         elif key == "memwarden_run" and _LEDGER_ROWS is not None:
-            started, duration, peak, left, profile, verdict, judged = figures
-            _LEDGER_ROWS.append((report.nodeid, report.outcome == "passed", started, duration, peak, left, profile, verdict))
+            started, duration, peak, left, profile, verdict, judged, rss, rss_exact = figures
+            _LEDGER_ROWS.append(
+                (report.nodeid, report.outcome == "passed", started, duration, peak, left, rss, rss_exact, profile, verdict)
+            )
             _JUDGED.append(judged)
 
 

@@ -215,6 +215,9 @@ def test_baselines_learn_then_fail_only_beyond_the_noise(pytester, tmp_path, mon
 
     history = subprocess.run([memwarden_bin, "history", "suite", "--ledger", ledger], capture_output=True, text=True)
     assert history.returncode == 0 and "test" in history.stdout, history.stdout + history.stderr
+    # Each record has its test's process peak, the kernel's high-water mark, not a blank.
+    rows = [line for line in history.stdout.splitlines() if " test " in line]
+    assert rows and all(" 0 B " not in row for row in rows), history.stdout
 
 
 def test_baselines_with_an_unreadable_ledger_say_so_and_keep_the_records(pytester, tmp_path, monkeypatch):

@@ -59,7 +59,7 @@ impl TestRecorder {
     }
 
     /// Adds one test's figures.
-    #[pyo3(signature = (test, passed, started_at_unix_s, duration_s, heap_bytes, leaked_bytes, profile, baseline = None))]
+    #[pyo3(signature = (test, passed, started_at_unix_s, duration_s, heap_bytes, leaked_bytes, rss_bytes, rss_exact, profile, baseline = None))]
     #[allow(clippy::too_many_arguments)]
     fn add(
         &mut self,
@@ -69,6 +69,8 @@ impl TestRecorder {
         duration_s: f64,
         heap_bytes: u64,
         leaked_bytes: i64,
+        rss_bytes: u64,
+        rss_exact: bool,
         profile: String,
         baseline: Option<String>,
     ) -> PyResult<()> {
@@ -80,6 +82,8 @@ impl TestRecorder {
             duration_s,
             heap_bytes,
             leaked_bytes,
+            rss_bytes,
+            rss_exact,
             profile,
             baseline,
         });

@@ -72,6 +72,11 @@ pub struct TestRun {
     pub heap_bytes: u64,
     /// What it left allocated (negative: it freed more than it allocated).
     pub leaked_bytes: i64,
+    /// Its process's resident peak during the call.
+    pub rss_bytes: u64,
+    /// Whether `rss_bytes` is the kernel's high-water mark (else a lower bound from
+    /// readings).
+    pub rss_exact: bool,
     /// How the heap was measured: `sampled` or `exact`.
     pub profile: String,
     /// The baseline's verdict when it was not an ordinary pass: `regression`, `accepted`.
@@ -173,8 +178,8 @@ impl Recorder {
             git: self.git.clone(),
             inputs: Vec::new(),
             peaks: Peaks {
-                rss_bytes: 0,
-                rss_source: "none".to_owned(),
+                rss_bytes: run.rss_bytes,
+                rss_source: if run.rss_exact { "VmHWM" } else { "sampled" }.to_owned(),
                 heap_bytes: Some(run.heap_bytes),
                 leaked_bytes: Some(run.leaked_bytes.max(0) as u64),
                 duration_s: run.duration_s,
@@ -213,6 +218,8 @@ mod tests {
             duration_s: 0.01,
             heap_bytes: heap,
             leaked_bytes: -5,
+            rss_bytes: 300 << 20,
+            rss_exact: true,
             profile: "exact".to_owned(),
             baseline: baseline.map(str::to_owned),
         }
