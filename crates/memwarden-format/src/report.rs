@@ -141,6 +141,18 @@ pub struct StackBytes {
     pub reserved_bytes: Option<u64>,
 }
 
+impl StackBytes {
+    /// `bytes` held at `stack`, with no split into requested and reserved bytes.
+    pub fn new(stack: Vec<StackFrame>, bytes: u64) -> StackBytes {
+        StackBytes {
+            stack,
+            bytes,
+            requested_bytes: None,
+            reserved_bytes: None,
+        }
+    }
+}
+
 /// Bytes allocated over the run by one line (churn).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LineAllocations {

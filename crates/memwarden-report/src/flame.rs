@@ -54,12 +54,7 @@ pub fn prune(stacks: &[StackBytes], peak_bytes: u64) -> Vec<StackBytes> {
 
 fn held(mut outer_first: Vec<StackFrame>, bytes: u64) -> StackBytes {
     outer_first.reverse();
-    StackBytes {
-        stack: outer_first,
-        bytes,
-        requested_bytes: None,
-        reserved_bytes: None,
-    }
+    StackBytes::new(outer_first, bytes)
 }
 
 fn emit(node: &Node, threshold: u64, path: &mut Vec<StackFrame>, out: &mut Vec<StackBytes>) {

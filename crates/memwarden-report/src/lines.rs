@@ -118,31 +118,22 @@ mod tests {
         StackFrame::new(file, line, function)
     }
 
-    fn held(stack: Vec<StackFrame>, bytes: u64) -> StackBytes {
-        StackBytes {
-            stack,
-            bytes,
-            requested_bytes: None,
-            reserved_bytes: None,
-        }
-    }
-
     #[test]
     fn pseudo_frames_are_charged_to_the_python_line_under_them() {
         let build = frame("train.py", 12, "build");
         let objects = frame(SMALL_OBJECTS_FILE, 0, SMALL_OBJECTS_FUNCTION);
         let at_peak = [
-            held(
+            StackBytes::new(
                 vec![objects, build.clone(), frame("train.py", 40, "main")],
                 300,
             ),
-            held(vec![build.clone(), frame("train.py", 40, "main")], 100),
-            held(
+            StackBytes::new(vec![build.clone(), frame("train.py", 40, "main")], 100),
+            StackBytes::new(
                 vec![frame("/usr/bin/python3", 0, "[before Python started]")],
                 5,
             ),
         ];
-        let leaked = [held(vec![build.clone()], 50)];
+        let leaked = [StackBytes::new(vec![build.clone()], 50)];
         let allocations = [LineAllocations {
             frame: build.clone(),
             allocated_bytes: 1000,
@@ -172,7 +163,7 @@ mod tests {
             "ones",
         );
         let at_peak = [
-            held(
+            StackBytes::new(
                 vec![
                     ones.clone(),
                     frame("w.py", 6, "load"),
@@ -180,8 +171,8 @@ mod tests {
                 ],
                 40,
             ),
-            held(vec![ones.clone(), frame("w.py", 10, "grow")], 20),
-            held(
+            StackBytes::new(vec![ones.clone(), frame("w.py", 10, "grow")], 20),
+            StackBytes::new(
                 vec![
                     ones.clone(),
                     frame("/usr/lib/python3.11/threading.py", 975, "run"),
@@ -214,7 +205,7 @@ mod tests {
                 allocations: 1,
             })
             .collect();
-        let at_peak = [held(vec![frame("a.py", 1, "f")], 10)];
+        let at_peak = [StackBytes::new(vec![frame("a.py", 1, "f")], 10)];
         let lines = line_stats(&at_peak, &[], &allocations);
         assert_eq!(
             lines.len(),

@@ -75,9 +75,10 @@ pub fn advise(report: &Report) -> Vec<Advice> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::advice::fixtures::{frame, held, profile, report, user, MIB};
+    use crate::advice::fixtures::{frame, profile, report, user, MIB};
     use memwarden_format::capture::{SMALL_OBJECTS_FILE, SMALL_OBJECTS_FUNCTION};
     use memwarden_format::report::ProfileMode;
+    use memwarden_format::report::StackBytes;
 
     fn objects_under(line: u32) -> Vec<memwarden_format::report::StackFrame> {
         vec![
@@ -92,9 +93,9 @@ mod tests {
             ProfileMode::Sampled,
             300 * MIB,
             vec![
-                held(objects_under(4), 200 * MIB),
-                held(vec![user(4)], 20 * MIB),
-                held(vec![user(9)], 80 * MIB),
+                StackBytes::new(objects_under(4), 200 * MIB),
+                StackBytes::new(vec![user(4)], 20 * MIB),
+                StackBytes::new(vec![user(9)], 80 * MIB),
             ],
         );
         let advice = advise(&report(p));
@@ -113,9 +114,9 @@ mod tests {
             ProfileMode::Exact,
             1000 * MIB,
             vec![
-                held(vec![user(4)], 900 * MIB),
-                held(objects_under(4), 100 * MIB),
-                held(objects_under(6), 10 * MIB),
+                StackBytes::new(vec![user(4)], 900 * MIB),
+                StackBytes::new(objects_under(4), 100 * MIB),
+                StackBytes::new(objects_under(6), 10 * MIB),
             ],
         );
         assert_eq!(advise(&report(p)), Vec::new());

@@ -20,15 +20,6 @@ pub fn user(line: u32) -> StackFrame {
     frame("train.py", line, "main")
 }
 
-pub fn held(stack: Vec<StackFrame>, bytes: u64) -> StackBytes {
-    StackBytes {
-        stack,
-        bytes,
-        requested_bytes: None,
-        reserved_bytes: None,
-    }
-}
-
 /// Adds the text of `frame`'s line to the profile (kept sorted, as `sources::attach` does).
 pub fn source(profile: &mut Profile, frame: &StackFrame, text: &str) {
     profile.source_lines.push(SourceLine {

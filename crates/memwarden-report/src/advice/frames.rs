@@ -126,7 +126,8 @@ pub fn how_measured(profile: &Profile) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::advice::fixtures::{frame, held, NUMPY};
+    use crate::advice::fixtures::{frame, NUMPY};
+    use memwarden_format::report::StackBytes;
 
     #[test]
     fn the_users_line_is_under_the_library_frames() {
@@ -140,7 +141,10 @@ mod tests {
         assert!(is_library("/usr/lib/python3.11/json/__init__.py"));
         assert!(!is_library("<string>"));
         assert!(!is_library("/home/me/lib/pythonic/train.py"));
-        let stacks = [held(stack.clone(), 10), held(vec![stack[3].clone()], 5)];
+        let stacks = [
+            StackBytes::new(stack.clone(), 10),
+            StackBytes::new(vec![stack[3].clone()], 5),
+        ];
         let lines = by_user_line(&stacks);
         assert_eq!(lines.len(), 1);
         assert_eq!((lines[0].bytes, lines[0].stacks.len()), (15, 2));

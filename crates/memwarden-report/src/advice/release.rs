@@ -226,8 +226,9 @@ pub fn advise(report: &Report) -> Vec<Advice> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::advice::fixtures::{frame, held, profile, report, source, tick, user, MIB};
+    use crate::advice::fixtures::{frame, profile, report, source, tick, user, MIB};
     use memwarden_format::report::ProfileMode;
+    use memwarden_format::report::StackBytes;
 
     fn top(line: u32) -> StackFrame {
         frame("train.py", line, "<module>")
@@ -238,11 +239,11 @@ mod tests {
         let mut p = profile(
             ProfileMode::Sampled,
             300 * MIB,
-            vec![held(vec![user(6)], 200 * MIB)],
+            vec![StackBytes::new(vec![user(6)], 200 * MIB)],
         );
         p.leaked = vec![
-            held(vec![user(6), top(30)], 200 * MIB),
-            held(vec![user(8), top(30)], 10 * MIB),
+            StackBytes::new(vec![user(6), top(30)], 200 * MIB),
+            StackBytes::new(vec![user(8), top(30)], 10 * MIB),
         ];
         source(&mut p, &top(30), "main()");
         let advice = advise(&report(p));
@@ -260,10 +261,10 @@ mod tests {
     fn module_variables_held_at_exit_get_none() {
         let mut p = profile(ProfileMode::Sampled, 300 * MIB, Vec::new());
         p.leaked = vec![
-            held(vec![top(3)], 100 * MIB),
-            held(vec![user(6), top(31)], 100 * MIB),
-            held(vec![user(7), top(32)], 100 * MIB),
-            held(vec![user(8), top(33)], 100 * MIB),
+            StackBytes::new(vec![top(3)], 100 * MIB),
+            StackBytes::new(vec![user(6), top(31)], 100 * MIB),
+            StackBytes::new(vec![user(7), top(32)], 100 * MIB),
+            StackBytes::new(vec![user(8), top(33)], 100 * MIB),
         ];
         source(&mut p, &top(3), "x = np.ones(n)");
         source(
@@ -305,7 +306,7 @@ mod tests {
         let mut p = profile(
             ProfileMode::Exact,
             200 * MIB,
-            vec![held(cache.clone(), 160 * MIB)],
+            vec![StackBytes::new(cache.clone(), 160 * MIB)],
         );
         for i in 0..20u64 {
             tick(&mut p, i as f64 * 0.05, &[(&cache, (i + 1) * 8 * MIB)]);
@@ -328,7 +329,7 @@ mod tests {
         let mut p = profile(
             ProfileMode::Sampled,
             400 * MIB,
-            vec![held(steady.clone(), 300 * MIB)],
+            vec![StackBytes::new(steady.clone(), 300 * MIB)],
         );
         for i in 0..20u64 {
             // Flat, then a load that rises over 3 ticks only.
@@ -343,7 +344,7 @@ mod tests {
                 &[(&steady, 300 * MIB), (&brief, load)],
             );
         }
-        p.leaked = vec![held(vec![user(3)], 8 * MIB)];
+        p.leaked = vec![StackBytes::new(vec![user(3)], 8 * MIB)];
         assert_eq!(advise(&report(p)), Vec::new());
     }
 }

@@ -128,7 +128,8 @@ pub fn advise(report: &Report) -> Vec<Advice> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::advice::fixtures::{frame, held, profile, report, source, tick, user, MIB};
+    use crate::advice::fixtures::{frame, profile, report, source, tick, user, MIB};
+    use memwarden_format::report::StackBytes;
     use memwarden_format::report::{ProfileMode, StackFrame};
 
     const TORCH: &str = "/venv/lib/python3.11/site-packages/torch/serialization.py";
@@ -139,7 +140,7 @@ mod tests {
         let mut p = profile(
             ProfileMode::Sampled,
             320 * MIB,
-            vec![held(stack.clone(), 300 * MIB)],
+            vec![StackBytes::new(stack.clone(), 300 * MIB)],
         );
         p.peak_at_s = Some(1.0);
         tick(&mut p, 0.95, &[(&stack, 300 * MIB)]);
@@ -168,8 +169,8 @@ mod tests {
             ProfileMode::Exact,
             500 * MIB,
             vec![
-                held(under("_read_record"), 200 * MIB),
-                held(under("_load_storage"), 200 * MIB),
+                StackBytes::new(under("_read_record"), 200 * MIB),
+                StackBytes::new(under("_load_storage"), 200 * MIB),
             ],
         );
         let advice = advise(&report(p));
@@ -184,7 +185,7 @@ mod tests {
         let mut p = profile(
             ProfileMode::Sampled,
             200 * MIB,
-            vec![held(stack.clone(), 150 * MIB)],
+            vec![StackBytes::new(stack.clone(), 150 * MIB)],
         );
         p.peak_at_s = Some(1.0);
         tick(&mut p, 1.5, &[(&stack, 150 * MIB)]);

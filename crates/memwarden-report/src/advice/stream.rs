@@ -240,8 +240,9 @@ pub fn advise(report: &Report) -> Vec<Advice> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::advice::fixtures::{frame, held, profile, report, source, user, MIB, NUMPY};
+    use crate::advice::fixtures::{frame, profile, report, source, user, MIB, NUMPY};
     use memwarden_format::report::ProfileMode;
+    use memwarden_format::report::StackBytes;
 
     fn np_load(line: u32) -> Vec<StackFrame> {
         vec![
@@ -258,8 +259,8 @@ mod tests {
             ProfileMode::Sampled,
             400 * MIB,
             vec![
-                held(np_load(12), 300 * MIB),
-                held(vec![user(20)], 100 * MIB),
+                StackBytes::new(np_load(12), 300 * MIB),
+                StackBytes::new(vec![user(20)], 100 * MIB),
             ],
         );
         source(&mut p, &user(12), "x = np.load(path)");
@@ -278,7 +279,7 @@ mod tests {
         let mut p = profile(
             ProfileMode::Exact,
             200 * MIB,
-            vec![held(vec![user(7)], 150 * MIB)],
+            vec![StackBytes::new(vec![user(7)], 150 * MIB)],
         );
         source(&mut p, &user(7), "rows = f.readlines()");
         let advice = advise(&report(p));
@@ -296,7 +297,7 @@ mod tests {
             ProfileMode::Sampled,
             160 * MIB,
             vec![
-                held(
+                StackBytes::new(
                     vec![
                         objects,
                         make.clone(),
@@ -305,7 +306,7 @@ mod tests {
                     ],
                     120 * MIB,
                 ),
-                held(vec![user(6), frame("train.py", 9, "<module>")], 30 * MIB),
+                StackBytes::new(vec![user(6), frame("train.py", 9, "<module>")], 30 * MIB),
             ],
         );
         source(&mut p, &user(6), "values = list(numbers(4_000_000))");
@@ -337,9 +338,9 @@ mod tests {
             ProfileMode::Sampled,
             1000 * MIB,
             vec![
-                held(np_load(12), 300 * MIB),
-                held(np_load(13), 50 * MIB),
-                held(vec![user(14)], 600 * MIB),
+                StackBytes::new(np_load(12), 300 * MIB),
+                StackBytes::new(np_load(13), 50 * MIB),
+                StackBytes::new(vec![user(14)], 600 * MIB),
             ],
         );
         source(&mut p, &user(12), "x = np.load(path, mmap_mode='r')");

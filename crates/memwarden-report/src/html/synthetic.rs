@@ -41,19 +41,10 @@ fn stack(leaf: usize, depth: u32, module: usize) -> Vec<StackFrame> {
     frames
 }
 
-fn held(stack: Vec<StackFrame>, bytes: u64) -> StackBytes {
-    StackBytes {
-        stack,
-        bytes,
-        requested_bytes: None,
-        reserved_bytes: None,
-    }
-}
-
 /// The large run; `prune` is `memwarden_report::flame::prune`.
 pub fn large_report(prune: impl Fn(&[StackBytes], u64) -> Vec<StackBytes>) -> Report {
     let distinct: Vec<StackBytes> = (0..DISTINCT_STACKS)
-        .map(|i| held(stack(i, 10, i % 13), 4096 + (i as u64 * 7919) % 200_000))
+        .map(|i| StackBytes::new(stack(i, 10, i % 13), 4096 + (i as u64 * 7919) % 200_000))
         .collect();
     let peak_bytes: u64 = distinct.iter().map(|s| s.bytes).sum();
     let flame_at_peak = prune(&distinct, peak_bytes);
@@ -127,7 +118,9 @@ pub fn large_report(prune: impl Fn(&[StackBytes], u64) -> Vec<StackBytes>) -> Re
                 leaked_bytes: 10 * MIB,
                 exited_cleanly: true,
                 at_peak: (0..STACKS_PER_PROCESS)
-                    .map(|k| held(stack(p * 1000 + k, 14, p % 11), (25 - k as u64) * MIB))
+                    .map(|k| {
+                        StackBytes::new(stack(p * 1000 + k, 14, p % 11), (25 - k as u64) * MIB)
+                    })
                     .collect(),
                 leaked: Vec::new(),
             }),

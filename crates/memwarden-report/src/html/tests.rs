@@ -25,25 +25,16 @@ fn frame(file: &str, line: u32, function: &str) -> StackFrame {
     StackFrame::new(file, line, function)
 }
 
-fn held(stack: Vec<StackFrame>, bytes: u64) -> StackBytes {
-    StackBytes {
-        stack,
-        bytes,
-        requested_bytes: None,
-        reserved_bytes: None,
-    }
-}
-
 /// A small profiled run of two processes, with its model, a budget, two pieces of advice,
 /// and `names` as the file, function and thread names of its stacks.
 fn report(names: &[&str]) -> Report {
     let main = frame("/work/project/train.py", 30, "main");
-    let mut stacks = vec![held(
+    let mut stacks = vec![StackBytes::new(
         vec![frame("/work/project/train.py", 12, "load"), main.clone()],
         600 * MIB,
     )];
     for (i, name) in names.iter().enumerate() {
-        stacks.push(held(
+        stacks.push(StackBytes::new(
             vec![
                 frame(name, 7, name),
                 frame("/work/project/train.py", 40, name),
@@ -53,7 +44,7 @@ fn report(names: &[&str]) -> Report {
     }
     let mut import = frame("/work/project/train.py", 1, "<module>");
     import.imports = Some("numpy".to_owned());
-    stacks.push(held(vec![import.clone()], 40 * MIB));
+    stacks.push(StackBytes::new(vec![import.clone()], 40 * MIB));
     let peak_bytes: u64 = stacks.iter().map(|s| s.bytes).sum();
     let timeline_stacks: Vec<Vec<StackFrame>> = stacks.iter().map(|s| s.stack.clone()).collect();
     let source_lines = vec![SourceLine {
@@ -327,7 +318,7 @@ fn the_data_interns_frames_and_keeps_stacks_whole() {
 fn frames_are_library_code_or_the_users_by_the_reports_one_rule() {
     let mut report = report(&[]);
     let profile = report.profile.as_mut().expect("profile");
-    profile.flame_at_peak.push(held(
+    profile.flame_at_peak.push(StackBytes::new(
         vec![
             frame("/usr/lib/python3.11/json/decoder.py", 353, "raw_decode"),
             frame("<frozen runpy>", 198, "_run_module_as_main"),
